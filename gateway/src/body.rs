@@ -1,0 +1,157 @@
+//! The body type that flows through the proxy, and bounded buffering for the
+//! plugins that read bodies.
+//!
+//! Bodies stream by default: the proxy hands the client's body to the upstream
+//! and the upstream's body to the client frame by frame. Only when a plugin
+//! asks for a body is it buffered, and only up to the configured cap; past the
+//! cap the frames read so far are put back in front of the rest of the stream
+//! and the body passes through untouched.
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::{Bytes, BytesMut};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Empty, Full};
+
+/// Any error a body can fail with.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The body type of every request and response inside the gateway.
+pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
+
+/// A body holding `bytes`.
+pub fn full(bytes: impl Into<Bytes>) -> ProxyBody {
+    Full::new(bytes.into()).map_err(|never| match never {}).boxed_unsync()
+}
+
+/// An empty body.
+pub fn empty() -> ProxyBody {
+    Empty::new().map_err(|never| match never {}).boxed_unsync()
+}
+
+/// Boxes any body with `Bytes` frames.
+pub fn boxed<B>(body: B) -> ProxyBody
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    body.map_err(Into::into).boxed_unsync()
+}
+
+/// The result of reading a body for a plugin.
+pub enum Buffered {
+    /// The whole body fitted under the cap.
+    Complete(Bytes),
+    /// The body is larger than the cap; this body replays what was read and
+    /// streams the rest.
+    TooLarge(ProxyBody),
+}
+
+/// Reads `body` whole if it fits in `cap` bytes. Trailers of a body that fits
+/// are dropped (plugins see data only).
+pub async fn buffer(mut body: ProxyBody, cap: usize) -> Result<Buffered, BoxError> {
+    if body.size_hint().lower() > cap as u64 {
+        return Ok(Buffered::TooLarge(body));
+    }
+    let mut frames: VecDeque<Frame<Bytes>> = VecDeque::new();
+    let mut size = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame?;
+        if let Some(data) = frame.data_ref() {
+            size += data.len();
+        }
+        frames.push_back(frame);
+        if size > cap {
+            return Ok(Buffered::TooLarge(
+                Replay {
+                    prefix: frames,
+                    rest: body,
+                }
+                .boxed_unsync(),
+            ));
+        }
+    }
+    let mut whole = BytesMut::with_capacity(size);
+    for frame in frames {
+        if let Ok(data) = frame.into_data() {
+            whole.extend_from_slice(&data);
+        }
+    }
+    Ok(Buffered::Complete(whole.freeze()))
+}
+
+/// Frames already read, followed by the rest of the body.
+struct Replay {
+    prefix: VecDeque<Frame<Bytes>>,
+    rest: ProxyBody,
+}
+
+impl Body for Replay {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if let Some(frame) = self.prefix.pop_front() {
+            return Poll::Ready(Some(Ok(frame)));
+        }
+        Pin::new(&mut self.rest).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.prefix.is_empty() && self.rest.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let buffered: u64 = self
+            .prefix
+            .iter()
+            .filter_map(|f| f.data_ref().map(|d| d.len() as u64))
+            .sum();
+        let rest = self.rest.size_hint();
+        let mut hint = SizeHint::new();
+        hint.set_lower(rest.lower() + buffered);
+        if let Some(upper) = rest.upper() {
+            hint.set_upper(upper + buffered);
+        }
+        hint
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::StreamBody;
+
+    fn chunks(parts: &[&'static str]) -> ProxyBody {
+        let frames: Vec<Result<Frame<Bytes>, BoxError>> = parts
+            .iter()
+            .map(|p| Ok(Frame::data(Bytes::from_static(p.as_bytes()))))
+            .collect();
+        StreamBody::new(futures_util::stream::iter(frames)).boxed_unsync()
+    }
+
+    #[tokio::test]
+    async fn a_body_under_the_cap_is_read_whole() {
+        match buffer(chunks(&["ab", "cd"]), 4).await.expect("reads") {
+            Buffered::Complete(b) => assert_eq!(b, "abcd"),
+            Buffered::TooLarge(_) => panic!("fits"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_body_over_the_cap_is_replayed_untouched() {
+        match buffer(chunks(&["ab", "cd", "ef"]), 3).await.expect("reads") {
+            Buffered::Complete(_) => panic!("too large"),
+            Buffered::TooLarge(body) => {
+                let all = body.collect().await.expect("replays").to_bytes();
+                assert_eq!(all, "abcdef");
+            }
+        }
+    }
+}

@@ -1,0 +1,653 @@
+//! The gateway's configuration: the TOML schema, loading, and validation.
+//!
+//! Parsing rejects unknown keys; [`Config::validate`] then checks what serde
+//! cannot (references between sections, duplicates, ranges) and reports every
+//! problem at once, each with the key it concerns. A configuration that fails
+//! either step never serves: at start the binary exits before binding a port,
+//! and on reload the previous configuration keeps serving.
+//!
+//! A complete example lives in `examples/portcullis.toml`; `docs/config.md`
+//! documents every key.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// The whole configuration file.
+///
+/// ```toml
+/// [[listeners]]
+/// address = "127.0.0.1:8080"
+///
+/// [plugins]
+/// directory = "plugins"
+///
+/// [upstreams.backend]
+/// servers = ["127.0.0.1:9000"]
+///
+/// [[routes]]
+/// name = "api"
+/// path_prefix = "/api"
+/// upstream = "backend"
+/// plugins = [{ name = "key_auth", config = { keys = [] } }]
+/// ```
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where the gateway accepts connections.
+    #[serde(default)]
+    pub listeners: Vec<ListenerConfig>,
+    /// Where plugin modules are loaded from.
+    pub plugins: PluginsConfig,
+    /// Resource limits for plugins and bodies.
+    #[serde(default)]
+    pub limits: Limits,
+    /// Logging.
+    #[serde(default)]
+    pub log: LogConfig,
+    /// Named groups of upstream servers.
+    #[serde(default)]
+    pub upstreams: BTreeMap<String, UpstreamConfig>,
+    /// Routes, each with its plugin chain.
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
+}
+
+/// A listening socket.
+///
+/// ```toml
+/// [[listeners]]
+/// address = "0.0.0.0:8080"
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    /// `ip:port` to bind; port 0 picks a free port.
+    pub address: SocketAddr,
+}
+
+/// The plugin directory.
+///
+/// ```toml
+/// [plugins]
+/// directory = "plugins"          # relative to the config file
+/// cache_directory = ".cache"     # compiled modules; default <directory>/.cache
+/// watch = true                   # hot-load changed modules
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginsConfig {
+    /// Directory holding `<name>.wasm` files; the file name is the plugin name.
+    pub directory: PathBuf,
+    /// Directory for compiled modules, keyed by content hash and engine.
+    /// Defaults to `<directory>/.cache`.
+    #[serde(default)]
+    pub cache_directory: Option<PathBuf>,
+    /// Whether to watch the directory and the config file and reload on change.
+    #[serde(default = "yes")]
+    pub watch: bool,
+}
+
+/// Limits on plugins and bodies.
+///
+/// ```toml
+/// [limits]
+/// plugin_memory_mib = 64
+/// plugin_timeout_ms = 50
+/// max_instances = 1000
+/// max_body_bytes = 1048576
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Linear memory cap of one plugin instance, in MiB. A plugin that grows
+    /// past it traps and fails only the request it was serving.
+    #[serde(default = "Limits::default_memory")]
+    pub plugin_memory_mib: u32,
+    /// CPU deadline of one plugin call, in milliseconds (enforced in steps of
+    /// 10 ms). A call that runs past it is interrupted.
+    #[serde(default = "Limits::default_timeout")]
+    pub plugin_timeout_ms: u64,
+    /// Most plugin instances alive at once, across all plugins and routes.
+    #[serde(default = "Limits::default_instances")]
+    pub max_instances: u32,
+    /// Largest body buffered for a plugin that reads bodies; larger bodies
+    /// stream through untouched.
+    #[serde(default = "Limits::default_body")]
+    pub max_body_bytes: usize,
+    /// Most entries in the shared plugin store, across all plugins.
+    #[serde(default = "Limits::default_state_entries")]
+    pub state_max_entries: usize,
+    /// Most alerts waiting for delivery; more are dropped and counted.
+    #[serde(default = "Limits::default_alert_queue")]
+    pub alert_queue: usize,
+}
+
+impl Limits {
+    fn default_memory() -> u32 {
+        64
+    }
+    fn default_timeout() -> u64 {
+        50
+    }
+    fn default_instances() -> u32 {
+        1000
+    }
+    fn default_body() -> usize {
+        1024 * 1024
+    }
+    fn default_state_entries() -> usize {
+        1_000_000
+    }
+    fn default_alert_queue() -> usize {
+        1024
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            plugin_memory_mib: Self::default_memory(),
+            plugin_timeout_ms: Self::default_timeout(),
+            max_instances: Self::default_instances(),
+            max_body_bytes: Self::default_body(),
+            state_max_entries: Self::default_state_entries(),
+            alert_queue: Self::default_alert_queue(),
+        }
+    }
+}
+
+/// Log output.
+///
+/// ```toml
+/// [log]
+/// format = "json"     # or "text"
+/// level = "info"      # or a tracing filter such as "portcullis=debug"
+/// access_log = true
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// `text` or `json`.
+    #[serde(default)]
+    pub format: LogFormat,
+    /// A tracing filter; `RUST_LOG` overrides it.
+    #[serde(default = "LogConfig::default_level")]
+    pub level: String,
+    /// Whether to write one access-log line per request.
+    #[serde(default = "yes")]
+    pub access_log: bool,
+}
+
+impl LogConfig {
+    fn default_level() -> String {
+        "info".to_owned()
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::default(),
+            level: Self::default_level(),
+            access_log: true,
+        }
+    }
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// A group of upstream servers, balanced round-robin.
+///
+/// ```toml
+/// [upstreams.backend]
+/// servers = ["10.0.0.1:8080", "10.0.0.2:8080"]
+/// connect_timeout_ms = 2000
+/// timeout_ms = 30000
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// `host:port` of each server.
+    pub servers: Vec<String>,
+    /// How long to wait for a TCP connection; past it the answer is 502.
+    #[serde(default = "UpstreamConfig::default_connect_timeout")]
+    pub connect_timeout_ms: u64,
+    /// How long to wait for the response head once connected; past it the
+    /// answer is 504.
+    #[serde(default = "UpstreamConfig::default_timeout")]
+    pub timeout_ms: u64,
+    /// Idle keep-alive connections kept per server.
+    #[serde(default = "UpstreamConfig::default_max_idle")]
+    pub max_idle_per_server: usize,
+}
+
+impl UpstreamConfig {
+    fn default_connect_timeout() -> u64 {
+        2_000
+    }
+    fn default_timeout() -> u64 {
+        30_000
+    }
+    fn default_max_idle() -> usize {
+        64
+    }
+}
+
+/// A route: which requests it takes, where they go, and the plugins they
+/// pass through in order.
+///
+/// ```toml
+/// [[routes]]
+/// name = "orders"
+/// hosts = ["api.example.com", "*.example.org"]   # default: any host
+/// path_prefix = "/orders"                        # default: "/"
+/// methods = ["GET", "POST"]                      # default: any method
+/// upstream = "backend"
+///
+/// [[routes.plugins]]
+/// name = "key_auth"
+/// on_error = "deny"
+/// config = { header = "x-api-key", keys = [{ consumer = "ci", sha256 = "..." }] }
+/// ```
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Unique name, used in logs and handed to plugins.
+    pub name: String,
+    /// Host names (exact, or `*.suffix`); empty means any host.
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    /// Path prefix, matched on whole segments: `/api` takes `/api` and
+    /// `/api/x` but not `/apix`.
+    #[serde(default = "RouteConfig::default_prefix")]
+    pub path_prefix: String,
+    /// Allowed methods; empty means any method.
+    #[serde(default)]
+    pub methods: Vec<String>,
+    /// Name of the upstream in `[upstreams]`.
+    pub upstream: String,
+    /// The plugin chain, run in this order for requests.
+    #[serde(default)]
+    pub plugins: Vec<RoutePlugin>,
+}
+
+impl RouteConfig {
+    fn default_prefix() -> String {
+        "/".to_owned()
+    }
+}
+
+/// One plugin in a route's chain.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoutePlugin {
+    /// The plugin's name: the module `<name>.wasm` in the plugin directory.
+    pub name: String,
+    /// What happens to a request when this plugin fails (traps, runs out of
+    /// time or memory): `deny` answers 500, `allow` goes on without it.
+    #[serde(default)]
+    pub on_error: OnError,
+    /// The plugin's own configuration, handed to its `init` as JSON.
+    #[serde(default)]
+    pub config: toml::Table,
+}
+
+/// What to do with a request when a plugin fails.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnError {
+    /// Fail closed: answer 500.
+    #[default]
+    Deny,
+    /// Fail open: go on as if the plugin had not been configured.
+    Allow,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Why a configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or does not match the schema.
+    #[error("invalid config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What the parser said, with line and column.
+        message: String,
+    },
+    /// The file parsed but its content is inconsistent.
+    #[error("invalid config file {path}:\n{}", Problems(problems))]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// Every problem found.
+        problems: Vec<Problem>,
+    },
+}
+
+/// One problem found by validation, with the key it concerns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// The key, e.g. `routes[1].upstream`.
+    pub key: String,
+    /// What is wrong and what was expected.
+    pub message: String,
+}
+
+struct Problems<'a>(&'a [Problem]);
+
+impl fmt::Display for Problems<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, p) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "  - {}: {}", p.key, p.message)?;
+        }
+        Ok(())
+    }
+}
+
+const METHODS: &[&str] = &[
+    "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT",
+];
+
+impl Config {
+    /// Reads, parses and validates the file at `path`. Relative paths in the
+    /// file are resolved against the file's directory.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut config = Self::parse(&text).map_err(|message| ConfigError::Parse {
+            path: path.to_owned(),
+            message,
+        })?;
+        let problems = config.validate();
+        if !problems.is_empty() {
+            return Err(ConfigError::Invalid {
+                path: path.to_owned(),
+                problems,
+            });
+        }
+        let base = path.parent().unwrap_or_else(|| Path::new("."));
+        config.resolve_paths(base);
+        Ok(config)
+    }
+
+    /// Parses TOML text without validating it.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        toml::from_str(text).map_err(|e| e.to_string().trim_end().to_owned())
+    }
+
+    /// The cache directory for compiled modules.
+    pub fn cache_directory(&self) -> PathBuf {
+        self.plugins
+            .cache_directory
+            .clone()
+            .unwrap_or_else(|| self.plugins.directory.join(".cache"))
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        let resolve = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        resolve(&mut self.plugins.directory);
+        if let Some(cache) = self.plugins.cache_directory.as_mut() {
+            resolve(cache);
+        }
+    }
+
+    /// Checks everything the schema cannot; returns every problem found.
+    pub fn validate(&self) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        let mut bad = |key: String, message: String| problems.push(Problem { key, message });
+
+        if self.listeners.is_empty() {
+            bad(
+                "listeners".into(),
+                "at least one listener is required, e.g. [[listeners]] address = \"127.0.0.1:8080\"".into(),
+            );
+        }
+        let mut addresses = HashSet::new();
+        for (i, l) in self.listeners.iter().enumerate() {
+            if l.address.port() != 0 && !addresses.insert(l.address) {
+                bad(
+                    format!("listeners[{i}].address"),
+                    format!("{} is used by another listener", l.address),
+                );
+            }
+        }
+
+        let limits = &self.limits;
+        if !(1..=4096).contains(&limits.plugin_memory_mib) {
+            bad(
+                "limits.plugin_memory_mib".into(),
+                format!("must be between 1 and 4096, got {}", limits.plugin_memory_mib),
+            );
+        }
+        if !(1..=60_000).contains(&limits.plugin_timeout_ms) {
+            bad(
+                "limits.plugin_timeout_ms".into(),
+                format!("must be between 1 and 60000, got {}", limits.plugin_timeout_ms),
+            );
+        }
+        if !(1..=100_000).contains(&limits.max_instances) {
+            bad(
+                "limits.max_instances".into(),
+                format!("must be between 1 and 100000, got {}", limits.max_instances),
+            );
+        }
+        if limits.alert_queue == 0 {
+            bad("limits.alert_queue".into(), "must be at least 1".into());
+        }
+        if self.log.level.trim().is_empty() {
+            bad(
+                "log.level".into(),
+                "must be a level such as \"info\" or a filter such as \"portcullis=debug\"".into(),
+            );
+        }
+
+        for (name, up) in &self.upstreams {
+            let key = |field: &str| format!("upstreams.{name}.{field}");
+            if up.servers.is_empty() {
+                bad(key("servers"), "at least one server is required".into());
+            }
+            for (i, server) in up.servers.iter().enumerate() {
+                if let Err(why) = check_authority(server) {
+                    bad(format!("upstreams.{name}.servers[{i}]"), why);
+                }
+            }
+            if up.connect_timeout_ms == 0 {
+                bad(key("connect_timeout_ms"), "must be at least 1".into());
+            }
+            if up.timeout_ms == 0 {
+                bad(key("timeout_ms"), "must be at least 1".into());
+            }
+        }
+
+        let mut names = HashSet::new();
+        for (i, route) in self.routes.iter().enumerate() {
+            let key = |field: &str| format!("routes[{i}].{field}");
+            if route.name.is_empty() {
+                bad(key("name"), "must not be empty".into());
+            } else if !names.insert(route.name.as_str()) {
+                bad(
+                    key("name"),
+                    format!("route name `{}` is used by another route", route.name),
+                );
+            }
+            if !route.path_prefix.starts_with('/') {
+                bad(
+                    key("path_prefix"),
+                    format!("must start with `/`, got `{}`", route.path_prefix),
+                );
+            }
+            for (j, host) in route.hosts.iter().enumerate() {
+                if let Err(why) = check_host_pattern(host) {
+                    bad(format!("routes[{i}].hosts[{j}]"), why);
+                }
+            }
+            for (j, method) in route.methods.iter().enumerate() {
+                if !METHODS.contains(&method.as_str()) {
+                    bad(
+                        format!("routes[{i}].methods[{j}]"),
+                        format!(
+                            "unknown method `{method}`, expected one of {}",
+                            METHODS.join(", ")
+                        ),
+                    );
+                }
+            }
+            if !self.upstreams.contains_key(&route.upstream) {
+                let known: Vec<&str> = self.upstreams.keys().map(String::as_str).collect();
+                bad(
+                    key("upstream"),
+                    format!(
+                        "unknown upstream `{}` (defined: {})",
+                        route.upstream,
+                        if known.is_empty() {
+                            "none".to_owned()
+                        } else {
+                            known.join(", ")
+                        }
+                    ),
+                );
+            }
+            for (j, plugin) in route.plugins.iter().enumerate() {
+                if let Err(why) = check_plugin_name(&plugin.name) {
+                    bad(format!("routes[{i}].plugins[{j}].name"), why);
+                }
+            }
+        }
+        problems
+    }
+}
+
+/// A plugin name is a file stem: lowercase letters, digits, `_` and `-`.
+pub fn check_plugin_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{name}` is not a plugin name: use 1 to 64 of a-z, 0-9, `_` and `-` (the module is <name>.wasm)"
+        ))
+    }
+}
+
+fn check_authority(server: &str) -> Result<(), String> {
+    let parsed: Result<http::uri::Authority, _> = server.parse();
+    match parsed {
+        Ok(a) if a.port_u16().is_some() && !server.contains('@') => Ok(()),
+        _ => Err(format!(
+            "`{server}` is not a server address: expected host:port, e.g. 127.0.0.1:9000"
+        )),
+    }
+}
+
+fn check_host_pattern(host: &str) -> Result<(), String> {
+    let name = host.strip_prefix("*.").unwrap_or(host);
+    let ok = !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b':')
+        && !name.starts_with('.')
+        && !name.ends_with('.');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{host}` is not a host name: expected e.g. api.example.com or *.example.com"
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+        [[listeners]]
+        address = "127.0.0.1:0"
+        [plugins]
+        directory = "plugins"
+        [upstreams.b]
+        servers = ["127.0.0.1:9"]
+        [[routes]]
+        name = "r"
+        upstream = "b"
+    "#;
+
+    #[test]
+    fn minimal_config_is_valid_and_has_defaults() {
+        let config = Config::parse(MINIMAL).expect("parses");
+        assert_eq!(config.validate(), vec![]);
+        assert_eq!(config.routes[0].path_prefix, "/");
+        assert_eq!(config.limits, Limits::default());
+        assert!(config.plugins.watch);
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_key() {
+        let text = format!(
+            "{MINIMAL}\n[[routes]]\nname = \"r\"\nupstream = \"nope\"\npath_prefix = \"x\"\nmethods = [\"FETCH\"]\n"
+        );
+        let config = Config::parse(&text).expect("parses");
+        let keys: Vec<String> = config.validate().into_iter().map(|p| p.key).collect();
+        assert_eq!(
+            keys,
+            [
+                "routes[1].name",
+                "routes[1].path_prefix",
+                "routes[1].methods[0]",
+                "routes[1].upstream"
+            ]
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        let err = Config::parse(&format!("{MINIMAL}\n[limits]\nplugin_memory = 3\n"))
+            .expect_err("unknown key");
+        assert!(err.contains("unknown field `plugin_memory`"), "{err}");
+    }
+
+    #[test]
+    fn plugin_names_are_file_stems() {
+        assert!(check_plugin_name("key_auth").is_ok());
+        assert!(check_plugin_name("../etc").is_err());
+        assert!(check_plugin_name("KeyAuth").is_err());
+    }
+}

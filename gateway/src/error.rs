@@ -1,0 +1,180 @@
+//! Errors on the request path, tagged with where they come from, and the one
+//! place where they become HTTP responses.
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode, header};
+
+use crate::body::{self, ProxyBody};
+
+/// Where an error comes from; logged with every failed request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// The client sent something the gateway cannot serve.
+    Client,
+    /// The upstream could not be reached or did not answer in time.
+    Upstream,
+    /// A plugin trapped, ran out of time or memory, or broke the contract.
+    Plugin,
+    /// A fault in the gateway itself.
+    Internal,
+}
+
+impl Source {
+    /// Lowercase name for logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Client => "client",
+            Source::Upstream => "upstream",
+            Source::Plugin => "plugin",
+            Source::Internal => "internal",
+        }
+    }
+}
+
+/// Why a request could not be served normally.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// No route matches the request's host and path.
+    #[error("no route for this host and path")]
+    NoRoute,
+    /// A route matches the path but not the method.
+    #[error("method not allowed on this route")]
+    MethodNotAllowed {
+        /// The methods the matching routes allow, for the `Allow` header.
+        allow: String,
+    },
+    /// The request is malformed in a way the gateway cannot forward.
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    /// A plugin failed and is configured to fail closed.
+    #[error("plugin `{plugin}` failed: {reason}")]
+    Plugin {
+        /// The plugin.
+        plugin: String,
+        /// What happened (trap, deadline, memory, bad result).
+        reason: String,
+    },
+    /// No connection could be made to any upstream server.
+    #[error("upstream `{upstream}` is unreachable: {reason}")]
+    UpstreamConnect {
+        /// The upstream name.
+        upstream: String,
+        /// The connection error.
+        reason: String,
+    },
+    /// The upstream did not send a response head in time.
+    #[error("upstream `{upstream}` timed out after {timeout_ms} ms")]
+    UpstreamTimeout {
+        /// The upstream name.
+        upstream: String,
+        /// The configured timeout.
+        timeout_ms: u64,
+    },
+    /// The upstream connection failed after it was made.
+    #[error("upstream `{upstream}` failed: {reason}")]
+    Upstream {
+        /// The upstream name.
+        upstream: String,
+        /// The protocol or I/O error.
+        reason: String,
+    },
+    /// A fault in the gateway.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ProxyError {
+    /// Where the error comes from.
+    pub fn source_kind(&self) -> Source {
+        match self {
+            ProxyError::NoRoute | ProxyError::MethodNotAllowed { .. } | ProxyError::BadRequest(_) => {
+                Source::Client
+            }
+            ProxyError::Plugin { .. } => Source::Plugin,
+            ProxyError::UpstreamConnect { .. }
+            | ProxyError::UpstreamTimeout { .. }
+            | ProxyError::Upstream { .. } => Source::Upstream,
+            ProxyError::Internal(_) => Source::Internal,
+        }
+    }
+
+    /// The status code the client gets.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::NoRoute => StatusCode::NOT_FOUND,
+            ProxyError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::Plugin { .. } | ProxyError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ProxyError::UpstreamConnect { .. } | ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
+            ProxyError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// What the client is told. Plugin and internal details stay in the log:
+    /// the client learns that the gateway failed, not how.
+    fn public_message(&self) -> String {
+        match self {
+            ProxyError::Plugin { .. } => "a policy plugin failed while handling this request".into(),
+            ProxyError::Internal(_) => "internal gateway error".into(),
+            ProxyError::UpstreamConnect { upstream, .. } => {
+                format!("upstream `{upstream}` is unreachable")
+            }
+            ProxyError::Upstream { upstream, .. } => {
+                format!("upstream `{upstream}` closed the connection or sent an invalid response")
+            }
+            other => other.to_string(),
+        }
+    }
+
+    /// The response for this error: the status and a small JSON body.
+    pub fn into_response(self) -> Response<ProxyBody> {
+        let status = self.status();
+        let body = serde_json::json!({
+            "status": status.as_u16(),
+            "error": status.canonical_reason().unwrap_or("error"),
+            "message": self.public_message(),
+        })
+        .to_string();
+        let mut response = Response::new(body::full(Bytes::from(body)));
+        *response.status_mut() = status;
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        if let ProxyError::MethodNotAllowed { allow } = &self {
+            if let Ok(value) = HeaderValue::from_str(allow) {
+                headers.insert(header::ALLOW, value);
+            }
+        }
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_follow_the_source() {
+        let timeout = ProxyError::UpstreamTimeout {
+            upstream: "b".into(),
+            timeout_ms: 5,
+        };
+        assert_eq!(timeout.status(), StatusCode::GATEWAY_TIMEOUT);
+        assert_eq!(timeout.source_kind(), Source::Upstream);
+        let plugin = ProxyError::Plugin {
+            plugin: "p".into(),
+            reason: "wasm trap: unreachable".into(),
+        };
+        assert_eq!(plugin.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(!plugin.public_message().contains("unreachable"));
+    }
+
+    #[test]
+    fn method_not_allowed_names_the_allowed_methods() {
+        let response = ProxyError::MethodNotAllowed {
+            allow: "GET, POST".into(),
+        }
+        .into_response();
+        assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(response.headers()[header::ALLOW], "GET, POST");
+    }
+}

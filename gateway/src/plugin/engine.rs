@@ -1,0 +1,248 @@
+//! The one wasmtime [`Engine`] of the gateway, its linker, the epoch ticker
+//! that enforces CPU deadlines, and compilation with an on-disk cache.
+
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+use super::PluginError;
+use super::bindings::{Policy, PolicyPre};
+use super::host::StoreState;
+
+/// How often the epoch advances; CPU deadlines are enforced in these steps.
+pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// Limits that shape the engine; fixed for the life of the process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EngineLimits {
+    /// Linear memory cap per instance, MiB.
+    pub memory_mib: u32,
+    /// CPU deadline per call, ms.
+    pub timeout_ms: u64,
+    /// Instances alive at once, across all plugins.
+    pub max_instances: u32,
+}
+
+/// A module that compiled and implements the `policy` world, ready to be
+/// instantiated cheaply any number of times.
+pub struct CompiledPlugin {
+    /// The plugin's name (the file stem).
+    pub name: Arc<str>,
+    /// SHA-256 of the module bytes, hex.
+    pub hash: String,
+    /// Size of the module file in bytes.
+    pub size: usize,
+    /// Whether the compiled code came from the on-disk cache.
+    pub from_cache: bool,
+    /// How long compiling (or loading from the cache) took.
+    pub load_time: Duration,
+    pub(super) pre: PolicyPre<StoreState>,
+}
+
+impl std::fmt::Debug for CompiledPlugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CompiledPlugin")
+            .field("name", &self.name)
+            .field("hash", &self.hash)
+            .field("size", &self.size)
+            .field("from_cache", &self.from_cache)
+            .finish()
+    }
+}
+
+/// The engine, its linker and its epoch ticker.
+pub struct PluginEngine {
+    engine: Engine,
+    linker: Linker<StoreState>,
+    limits: EngineLimits,
+    compat: String,
+    stop: Arc<AtomicBool>,
+    ticker: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for PluginEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PluginEngine")
+            .field("limits", &self.limits)
+            .finish()
+    }
+}
+
+/// Core instances, memories and tables a component built by the Rust
+/// toolchain for `wasm32-wasip2` needs (the program, the WASI adapter and the
+/// small shim modules the component linker adds).
+const CORE_INSTANCES_PER_COMPONENT: u32 = 16;
+const MEMORIES_PER_COMPONENT: u32 = 2;
+const TABLES_PER_COMPONENT: u32 = 4;
+
+impl PluginEngine {
+    /// Builds the engine with the pooling allocator sized by `limits`, and
+    /// starts the epoch ticker.
+    pub fn new(limits: EngineLimits) -> anyhow::Result<Self> {
+        let mut pool = PoolingAllocationConfig::default();
+        let n = limits.max_instances;
+        pool.total_component_instances(n)
+            .total_core_instances(n.saturating_mul(CORE_INSTANCES_PER_COMPONENT))
+            .total_memories(n.saturating_mul(MEMORIES_PER_COMPONENT))
+            .total_tables(n.saturating_mul(TABLES_PER_COMPONENT))
+            .max_core_instances_per_component(CORE_INSTANCES_PER_COMPONENT)
+            .max_memories_per_component(MEMORIES_PER_COMPONENT)
+            .max_tables_per_component(TABLES_PER_COMPONENT)
+            .max_memory_size(limits.memory_mib as usize * 1024 * 1024);
+
+        let mut config = Config::new();
+        config
+            .wasm_component_model(true)
+            .epoch_interruption(true)
+            .memory_init_cow(true)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let engine = Engine::new(&config)?;
+
+        let mut linker = Linker::<StoreState>::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+        Policy::add_to_linker::<_, HasSelf<StoreState>>(&mut linker, |s| s)?;
+
+        let mut hasher = DefaultHasher::new();
+        engine.precompile_compatibility_hash().hash(&mut hasher);
+        let compat = format!("{:016x}", hasher.finish());
+
+        let stop = Arc::new(AtomicBool::new(false));
+        let ticker = {
+            let engine = engine.clone();
+            let stop = stop.clone();
+            std::thread::Builder::new()
+                .name("portcullis-epoch".into())
+                .spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        std::thread::sleep(EPOCH_TICK);
+                        engine.increment_epoch();
+                    }
+                })?
+        };
+        Ok(Self {
+            engine,
+            linker,
+            limits,
+            compat,
+            stop,
+            ticker: Some(ticker),
+        })
+    }
+
+    /// The limits the engine was built with.
+    pub fn limits(&self) -> EngineLimits {
+        self.limits
+    }
+
+    pub(super) fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Epoch ticks that make up the CPU deadline of one call. One tick is
+    /// added because the current tick may be almost over when a call starts.
+    pub(super) fn deadline_ticks(&self) -> u64 {
+        let tick = EPOCH_TICK.as_millis() as u64;
+        self.limits.timeout_ms.div_ceil(tick) + 1
+    }
+
+    /// Compiles `bytes` as the plugin `name` and checks it against the
+    /// `policy` world. With a cache directory, a module compiled before by a
+    /// compatible engine is loaded from there instead, and a new one is
+    /// stored there.
+    pub fn compile(
+        &self,
+        name: &str,
+        bytes: &[u8],
+        cache_dir: Option<&Path>,
+    ) -> Result<CompiledPlugin, PluginError> {
+        let started = Instant::now();
+        let hash = hex::encode(Sha256::digest(bytes));
+        let cached = cache_dir.map(|dir| dir.join(format!("{hash}-{}.cwasm", self.compat)));
+        let mut from_cache = false;
+        let component = match cached.as_deref().and_then(|p| self.load_cached(p)) {
+            Some(component) => {
+                from_cache = true;
+                component
+            }
+            None => {
+                let component = Component::new(&self.engine, bytes)
+                    .map_err(|e| PluginError::Compile(format!("{e:#}")))?;
+                if let Some(path) = &cached {
+                    self.store_cached(path, &component);
+                }
+                component
+            }
+        };
+        let instance_pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| PluginError::WrongWorld(format!("{e:#}")))?;
+        let pre = PolicyPre::new(instance_pre).map_err(|e| PluginError::WrongWorld(format!("{e:#}")))?;
+        Ok(CompiledPlugin {
+            name: name.into(),
+            hash,
+            size: bytes.len(),
+            from_cache,
+            load_time: started.elapsed(),
+            pre,
+        })
+    }
+
+    fn load_cached(&self, path: &Path) -> Option<Component> {
+        if !path.is_file() {
+            return None;
+        }
+        // SAFETY: the cache directory belongs to the gateway: every file in it
+        // was written by `store_cached` below (to a temporary name, then
+        // renamed), named by the SHA-256 of the module it was compiled from
+        // and by this engine's compatibility hash. `deserialize_file` also
+        // checks the artifact's header against this engine's configuration.
+        // Operators must keep the directory writable only by the gateway.
+        #[allow(unsafe_code)]
+        let loaded = unsafe { Component::deserialize_file(&self.engine, path) };
+        match loaded {
+            Ok(component) => Some(component),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "ignoring unusable compiled-module cache entry");
+                let _ = std::fs::remove_file(path);
+                None
+            }
+        }
+    }
+
+    fn store_cached(&self, path: &Path, component: &Component) {
+        let result = (|| -> anyhow::Result<()> {
+            let bytes = component.serialize()?;
+            let dir = path.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
+            std::fs::create_dir_all(&dir)?;
+            let tmp = dir.join(format!(
+                ".{}.{}.tmp",
+                path.file_name().and_then(|n| n.to_str()).unwrap_or("module"),
+                std::process::id()
+            ));
+            std::fs::write(&tmp, bytes)?;
+            std::fs::rename(&tmp, path)?;
+            Ok(())
+        })();
+        if let Err(e) = result {
+            tracing::warn!(path = %path.display(), error = %e, "could not write compiled-module cache entry");
+        }
+    }
+}
+
+impl Drop for PluginEngine {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(ticker) = self.ticker.take() {
+            let _ = ticker.join();
+        }
+    }
+}

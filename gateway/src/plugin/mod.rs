@@ -1,0 +1,78 @@
+//! The wasmtime host: one engine for every plugin, modules compiled (and
+//! cached on disk) off the request path, and pools of initialised instances
+//! per plugin and route.
+//!
+//! This module sees only the WIT contract's types and the [`view`] structs;
+//! it knows nothing of routing, upstreams or the server.
+//!
+//! Sandbox: each instance runs in its own store with a memory cap (pooling
+//! allocator and a store limiter) and an epoch deadline per call; WASI is
+//! linked only so that Rust's standard library can start, with no
+//! preopened directories, no environment, no arguments and no network.
+
+pub mod engine;
+mod host;
+pub mod pool;
+pub mod view;
+
+pub use engine::{CompiledPlugin, PluginEngine};
+pub use host::HostServices;
+pub use pool::{Lease, PluginPool};
+
+/// Bindings generated from `wit/policy.wit`.
+#[allow(missing_docs, unreachable_pub, clippy::all)]
+pub mod bindings {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "policy",
+        with: {
+            "portcullis:policy/types.request": super::view::RequestHandle,
+            "portcullis:policy/types.response": super::view::ResponseHandle,
+        },
+    });
+}
+
+pub use bindings::portcullis::policy::types::{
+    Hooks, Identity, Reply, RequestAction, RequestChanges, ResponseChanges,
+};
+
+/// Why a plugin could not be loaded or a call failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PluginError {
+    /// The file is not a valid component (or not WebAssembly at all).
+    #[error("not a valid WebAssembly component: {0}")]
+    Compile(String),
+    /// The component does not implement the `portcullis:policy` world, or
+    /// imports something the gateway does not provide.
+    #[error("does not implement the portcullis:policy@0.1.0 world: {0}")]
+    WrongWorld(String),
+    /// Creating an instance failed.
+    #[error("instantiation failed: {0}")]
+    Instantiate(String),
+    /// `init` rejected the configuration.
+    #[error("rejected its configuration: {0}")]
+    Config(String),
+    /// The call trapped (including a panic in the plugin).
+    #[error("trapped: {0}")]
+    Trap(String),
+    /// The call ran past its CPU deadline.
+    #[error("exceeded its CPU deadline of {0} ms")]
+    Deadline(u64),
+    /// The instance tried to grow past its memory cap.
+    #[error("exceeded its memory limit of {0} MiB")]
+    Memory(u32),
+    /// Every instance slot is in use.
+    #[error("no free instance slot (limits.max_instances reached)")]
+    Exhausted,
+    /// The plugin returned something the gateway cannot apply.
+    #[error("returned an invalid result: {0}")]
+    BadResult(String),
+}
+
+impl PluginError {
+    /// Whether the error means the gateway is out of capacity rather than
+    /// that the plugin misbehaved.
+    pub fn is_overload(&self) -> bool {
+        matches!(self, PluginError::Exhausted)
+    }
+}
