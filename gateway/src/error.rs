@@ -54,6 +54,12 @@ pub enum ProxyError {
         /// What happened (trap, deadline, memory, bad result).
         reason: String,
     },
+    /// Every plugin instance slot is in use.
+    #[error("plugin `{plugin}` has no free instance")]
+    Overloaded {
+        /// The plugin.
+        plugin: String,
+    },
     /// No connection could be made to any upstream server.
     #[error("upstream `{upstream}` is unreachable: {reason}")]
     UpstreamConnect {
@@ -87,10 +93,10 @@ impl ProxyError {
     /// Where the error comes from.
     pub fn source_kind(&self) -> Source {
         match self {
-            ProxyError::NoRoute | ProxyError::MethodNotAllowed { .. } | ProxyError::BadRequest(_) => {
-                Source::Client
-            }
-            ProxyError::Plugin { .. } => Source::Plugin,
+            ProxyError::NoRoute
+            | ProxyError::MethodNotAllowed { .. }
+            | ProxyError::BadRequest(_) => Source::Client,
+            ProxyError::Plugin { .. } | ProxyError::Overloaded { .. } => Source::Plugin,
             ProxyError::UpstreamConnect { .. }
             | ProxyError::UpstreamTimeout { .. }
             | ProxyError::Upstream { .. } => Source::Upstream,
@@ -104,9 +110,14 @@ impl ProxyError {
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            ProxyError::Plugin { .. } | ProxyError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            ProxyError::UpstreamConnect { .. } | ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
+            ProxyError::Plugin { .. } | ProxyError::Internal(_) => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+            ProxyError::UpstreamConnect { .. } | ProxyError::Upstream { .. } => {
+                StatusCode::BAD_GATEWAY
+            }
             ProxyError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -114,8 +125,11 @@ impl ProxyError {
     /// the client learns that the gateway failed, not how.
     fn public_message(&self) -> String {
         match self {
-            ProxyError::Plugin { .. } => "a policy plugin failed while handling this request".into(),
+            ProxyError::Plugin { .. } => {
+                "a policy plugin failed while handling this request".into()
+            }
             ProxyError::Internal(_) => "internal gateway error".into(),
+            ProxyError::Overloaded { .. } => "the gateway is at capacity, retry later".into(),
             ProxyError::UpstreamConnect { upstream, .. } => {
                 format!("upstream `{upstream}` is unreachable")
             }
@@ -138,7 +152,10 @@ impl ProxyError {
         let mut response = Response::new(body::full(Bytes::from(body)));
         *response.status_mut() = status;
         let headers = response.headers_mut();
-        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
         if let ProxyError::MethodNotAllowed { allow } = &self {
             if let Ok(value) = HeaderValue::from_str(allow) {
                 headers.insert(header::ALLOW, value);

@@ -1,11 +1,275 @@
 //! Portcullis: a programmable API gateway. A hyper reverse proxy runs every
 //! request through sandboxed WebAssembly policy plugins that are hot-loaded
 //! from a directory.
+//!
+//! [`Gateway`] builds and starts the whole gateway in-process (the binary is
+//! a thin CLI around it), which is also how the end-to-end tests run it:
+//!
+//! ```no_run
+//! # async fn demo() -> anyhow::Result<()> {
+//! let gateway = portcullis::Gateway::builder("portcullis.toml").start().await?;
+//! println!("listening on {:?}", gateway.local_addrs());
+//! gateway.shutdown().await;
+//! # Ok(()) }
+//! ```
 
 pub mod alerts;
 pub mod body;
 pub mod clock;
 pub mod config;
 pub mod error;
+pub mod pipeline;
 pub mod plugin;
+pub mod registry;
+pub mod router;
+pub mod server;
 pub mod state;
+pub mod upstream;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+use tokio::sync::{broadcast, watch};
+use tokio::task::JoinHandle;
+
+use crate::alerts::AlertSender;
+use crate::clock::{Clock, SystemClock};
+use crate::config::Config;
+use crate::plugin::engine::EngineLimits;
+use crate::plugin::{HostServices, PluginEngine};
+use crate::registry::{Registry, ReloadEvent};
+use crate::state::SharedStore;
+
+/// How often expired entries are swept from the shared store.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Entry point: configure, then [`GatewayBuilder::start`].
+#[derive(Debug)]
+pub struct Gateway;
+
+impl Gateway {
+    /// A builder for a gateway configured by the TOML file at `config_path`.
+    pub fn builder(config_path: impl Into<PathBuf>) -> GatewayBuilder {
+        GatewayBuilder {
+            config_path: config_path.into(),
+            clock: Arc::new(SystemClock),
+        }
+    }
+}
+
+/// Options beyond the config file.
+pub struct GatewayBuilder {
+    config_path: PathBuf,
+    clock: Arc<dyn Clock>,
+}
+
+impl std::fmt::Debug for GatewayBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GatewayBuilder")
+            .field("config_path", &self.config_path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl GatewayBuilder {
+    /// The clock plugins and the shared store see (tests use a manual one).
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Loads the config and every plugin the way [`start`](Self::start)
+    /// does, without binding anything; returns the first generation's
+    /// registry. What `portcullis check` runs.
+    pub async fn check(self) -> anyhow::Result<Arc<Registry>> {
+        Ok(self.load().await?.registry)
+    }
+
+    async fn load(self) -> anyhow::Result<Loaded> {
+        let config_path = self.config_path;
+        let config = Config::load(&config_path)?;
+
+        let limits = &config.limits;
+        let engine = Arc::new(
+            PluginEngine::new(EngineLimits {
+                memory_mib: limits.plugin_memory_mib,
+                timeout_ms: limits.plugin_timeout_ms,
+                max_instances: limits.max_instances,
+            })
+            .context("cannot create the WebAssembly engine")?,
+        );
+        let store = Arc::new(SharedStore::new(
+            limits.state_max_entries,
+            self.clock.clone(),
+        ));
+        let (alerts, alert_rx) = alerts::queue(limits.alert_queue);
+        let services = Arc::new(HostServices {
+            store: store.clone(),
+            alerts: alerts.clone(),
+            clock: self.clock,
+        });
+        let registry = tokio::task::spawn_blocking(move || {
+            Registry::start(config, config_path, engine, services)
+        })
+        .await
+        .context("plugin loading task failed")??;
+        Ok(Loaded {
+            registry: Arc::new(registry),
+            store,
+            alerts,
+            alert_rx,
+        })
+    }
+
+    /// Loads the config and every plugin, builds the first generation, and
+    /// only then binds the listeners and starts serving. Any error (bad
+    /// config, a module that fails to load, a plugin that rejects its route
+    /// config, a port in use) is returned before a request is served.
+    pub async fn start(self) -> anyhow::Result<GatewayHandle> {
+        let Loaded {
+            registry,
+            store,
+            alerts,
+            alert_rx,
+        } = self.load().await?;
+        let config = registry.current().config.clone();
+        let listeners_config = config.listeners.clone();
+        let watch_files = config.plugins.watch;
+
+        let mut listeners = Vec::with_capacity(listeners_config.len());
+        for listener in &listeners_config {
+            let bound = TcpListener::bind(listener.address)
+                .await
+                .with_context(|| format!("cannot listen on {}", listener.address))?;
+            listeners.push(bound);
+        }
+
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let mut tasks = Vec::new();
+        let mut addrs = Vec::new();
+        for listener in listeners {
+            let addr = listener.local_addr()?;
+            tracing::info!(%addr, "listening");
+            addrs.push(addr);
+            tasks.push(tokio::spawn(server::serve(
+                listener,
+                registry.clone(),
+                shutdown_rx.clone(),
+            )));
+        }
+        if watch_files {
+            tasks.push(registry::watch::spawn(
+                registry.clone(),
+                shutdown_rx.clone(),
+            )?);
+        }
+        tasks.push(tokio::spawn(sweep(store.clone(), shutdown_rx.clone())));
+        let sink = tokio::spawn(alerts::run_log_sink(alert_rx));
+
+        Ok(GatewayHandle {
+            addrs,
+            registry,
+            store,
+            alerts,
+            shutdown,
+            tasks,
+            sink,
+        })
+    }
+}
+
+struct Loaded {
+    registry: Arc<Registry>,
+    store: Arc<SharedStore>,
+    alerts: AlertSender,
+    alert_rx: tokio::sync::mpsc::Receiver<alerts::Alert>,
+}
+
+async fn sweep(store: Arc<SharedStore>, mut shutdown: watch::Receiver<bool>) {
+    let mut interval = tokio::time::interval(SWEEP_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = interval.tick() => { store.sweep(); }
+            _ = shutdown.changed() => break,
+        }
+    }
+}
+
+/// A running gateway.
+pub struct GatewayHandle {
+    addrs: Vec<SocketAddr>,
+    registry: Arc<Registry>,
+    store: Arc<SharedStore>,
+    alerts: AlertSender,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+    sink: JoinHandle<()>,
+}
+
+impl std::fmt::Debug for GatewayHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GatewayHandle")
+            .field("addrs", &self.addrs)
+            .field("registry", &self.registry)
+            .finish_non_exhaustive()
+    }
+}
+
+impl GatewayHandle {
+    /// The bound address of each listener, in config order.
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.addrs
+    }
+
+    /// The registry holding the current generation.
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
+    }
+
+    /// The id of the generation serving now.
+    pub fn generation(&self) -> u64 {
+        self.registry.current().id
+    }
+
+    /// Reload events (module and config changes) from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<ReloadEvent> {
+        self.registry.subscribe()
+    }
+
+    /// The shared plugin store.
+    pub fn store(&self) -> &Arc<SharedStore> {
+        &self.store
+    }
+
+    /// Alerts dropped because the queue was full.
+    pub fn alerts_dropped(&self) -> u64 {
+        self.alerts.dropped()
+    }
+
+    /// Reloads the config file now (what SIGHUP does).
+    pub async fn reload_config(&self) -> anyhow::Result<ReloadEvent> {
+        let registry = self.registry.clone();
+        Ok(tokio::task::spawn_blocking(move || registry.reload_config()).await?)
+    }
+
+    /// Reloads `<name>.wasm` now (what the directory watcher does).
+    pub async fn reload_plugin(&self, name: &str) -> anyhow::Result<ReloadEvent> {
+        let registry = self.registry.clone();
+        let name = name.to_owned();
+        Ok(tokio::task::spawn_blocking(move || registry.reload_plugin(&name)).await?)
+    }
+
+    /// Stops accepting, drains requests in flight (up to
+    /// [`server::DRAIN_TIMEOUT`]), and stops the watcher.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        for task in self.tasks {
+            let _ = task.await;
+        }
+        self.sink.abort();
+    }
+}

@@ -1,1 +1,151 @@
-fn main(){}
+//! The `portcullis` binary: parse arguments, set up logging, load the config,
+//! start the gateway, and wait for signals.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use portcullis::Gateway;
+use portcullis::config::{Config, LogConfig, LogFormat};
+use tracing_subscriber::EnvFilter;
+
+/// Portcullis: an API gateway whose policies are hot-loaded WebAssembly plugins.
+#[derive(Debug, Parser)]
+#[command(version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the gateway until SIGINT or SIGTERM. SIGHUP reloads the config file;
+    /// changes to the config file and the plugin directory are also picked up
+    /// on their own unless `plugins.watch = false`.
+    Run {
+        /// The TOML config file. Relative paths inside it are relative to the file.
+        #[arg(short, long, value_name = "FILE", default_value = "portcullis.toml")]
+        config: PathBuf,
+        /// Log format, overriding `log.format` in the config: `text` or `json`.
+        #[arg(long, value_name = "FORMAT")]
+        log_format: Option<LogFormatArg>,
+    },
+    /// Check the config file and load every plugin it uses (compile, check
+    /// the contract, `init` with each route's config), then exit: 0 if the
+    /// gateway would start, 1 with every problem otherwise. Binds no port.
+    Check {
+        /// The TOML config file.
+        #[arg(short, long, value_name = "FILE", default_value = "portcullis.toml")]
+        config: PathBuf,
+    },
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum LogFormatArg {
+    Text,
+    Json,
+}
+
+fn init_tracing(log: &LogConfig, format: Option<LogFormatArg>) {
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(&log.level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let json = match format {
+        Some(LogFormatArg::Json) => true,
+        Some(LogFormatArg::Text) => false,
+        None => log.format == LogFormat::Json,
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().flatten_event(true).init();
+    } else {
+        builder.init();
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let (config_path, log_format, check_only) = match cli.command {
+        Command::Run { config, log_format } => (config, log_format, false),
+        Command::Check { config } => (config, None, true),
+    };
+    // A bad config exits here, before anything binds a port.
+    let config = match Config::load(&config_path) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    init_tracing(&config.log, log_format);
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        if check_only {
+            return check(config_path).await;
+        }
+        run(config_path).await
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn check(config_path: PathBuf) -> anyhow::Result<()> {
+    let registry = Gateway::builder(&config_path).check().await?;
+    let generation = registry.current();
+    let plugins: usize = generation.routes.iter().map(|r| r.chain.len()).sum();
+    println!(
+        "{}: OK ({} routes, {plugins} plugin configs accepted)",
+        config_path.display(),
+        generation.routes.len()
+    );
+    Ok(())
+}
+
+async fn run(config_path: PathBuf) -> anyhow::Result<()> {
+    let gateway = Gateway::builder(&config_path).start().await?;
+    wait_for_signals(&gateway).await?;
+    tracing::info!("shutting down: draining requests in flight");
+    gateway.shutdown().await;
+    Ok(())
+}
+
+#[cfg(unix)]
+async fn wait_for_signals(gateway: &portcullis::GatewayHandle) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hangup = signal(SignalKind::hangup())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    loop {
+        tokio::select! {
+            _ = hangup.recv() => {
+                tracing::info!("SIGHUP: reloading the config");
+                gateway.reload_config().await?;
+            }
+            _ = terminate.recv() => return Ok(()),
+            _ = interrupt.recv() => return Ok(()),
+        }
+    }
+}
+
+#[cfg(not(unix))]
+async fn wait_for_signals(_gateway: &portcullis::GatewayHandle) -> anyhow::Result<()> {
+    tokio::signal::ctrl_c().await?;
+    Ok(())
+}

@@ -450,13 +450,19 @@ impl Config {
         if !(1..=4096).contains(&limits.plugin_memory_mib) {
             bad(
                 "limits.plugin_memory_mib".into(),
-                format!("must be between 1 and 4096, got {}", limits.plugin_memory_mib),
+                format!(
+                    "must be between 1 and 4096, got {}",
+                    limits.plugin_memory_mib
+                ),
             );
         }
         if !(1..=60_000).contains(&limits.plugin_timeout_ms) {
             bad(
                 "limits.plugin_timeout_ms".into(),
-                format!("must be between 1 and 60000, got {}", limits.plugin_timeout_ms),
+                format!(
+                    "must be between 1 and 60000, got {}",
+                    limits.plugin_timeout_ms
+                ),
             );
         }
         if !(1..=100_000).contains(&limits.max_instances) {

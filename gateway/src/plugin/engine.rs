@@ -20,6 +20,11 @@ use super::host::StoreState;
 /// How often the epoch advances; CPU deadlines are enforced in these steps.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 
+/// SHA-256 of a module's bytes, hex: its identity in logs and in the cache.
+pub fn content_hash(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
 /// Limits that shape the engine; fixed for the life of the process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EngineLimits {
@@ -164,7 +169,7 @@ impl PluginEngine {
         cache_dir: Option<&Path>,
     ) -> Result<CompiledPlugin, PluginError> {
         let started = Instant::now();
-        let hash = hex::encode(Sha256::digest(bytes));
+        let hash = content_hash(bytes);
         let cached = cache_dir.map(|dir| dir.join(format!("{hash}-{}.cwasm", self.compat)));
         let mut from_cache = false;
         let component = match cached.as_deref().and_then(|p| self.load_cached(p)) {
@@ -185,7 +190,8 @@ impl PluginEngine {
             .linker
             .instantiate_pre(&component)
             .map_err(|e| PluginError::WrongWorld(format!("{e:#}")))?;
-        let pre = PolicyPre::new(instance_pre).map_err(|e| PluginError::WrongWorld(format!("{e:#}")))?;
+        let pre =
+            PolicyPre::new(instance_pre).map_err(|e| PluginError::WrongWorld(format!("{e:#}")))?;
         Ok(CompiledPlugin {
             name: name.into(),
             hash,
@@ -221,11 +227,16 @@ impl PluginEngine {
     fn store_cached(&self, path: &Path, component: &Component) {
         let result = (|| -> anyhow::Result<()> {
             let bytes = component.serialize()?;
-            let dir = path.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
+            let dir = path
+                .parent()
+                .map(Path::to_path_buf)
+                .unwrap_or_else(|| PathBuf::from("."));
             std::fs::create_dir_all(&dir)?;
             let tmp = dir.join(format!(
                 ".{}.{}.tmp",
-                path.file_name().and_then(|n| n.to_str()).unwrap_or("module"),
+                path.file_name()
+                    .and_then(|n| n.to_str())
+                    .unwrap_or("module"),
                 std::process::id()
             ));
             std::fs::write(&tmp, bytes)?;

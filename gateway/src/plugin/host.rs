@@ -48,7 +48,10 @@ impl wasmtime::ResourceLimiter for MemoryCap {
     ) -> wasmtime::Result<bool> {
         if desired > self.max_bytes {
             self.exceeded = true;
-            wasmtime::bail!("memory limit of {} bytes exceeded (wanted {desired})", self.max_bytes);
+            wasmtime::bail!(
+                "memory limit of {} bytes exceeded (wanted {desired})",
+                self.max_bytes
+            );
         }
         Ok(true)
     }
@@ -259,11 +262,21 @@ impl host::Host for StoreState {
     fn log(&mut self, level: host::Level, message: String) {
         let (plugin, route) = (&*self.plugin, &*self.route);
         match level {
-            host::Level::Trace => tracing::trace!(target: "portcullis::plugin", plugin, route, "{message}"),
-            host::Level::Debug => tracing::debug!(target: "portcullis::plugin", plugin, route, "{message}"),
-            host::Level::Info => tracing::info!(target: "portcullis::plugin", plugin, route, "{message}"),
-            host::Level::Warn => tracing::warn!(target: "portcullis::plugin", plugin, route, "{message}"),
-            host::Level::Error => tracing::error!(target: "portcullis::plugin", plugin, route, "{message}"),
+            host::Level::Trace => {
+                tracing::trace!(target: "portcullis::plugin", plugin, route, "{message}")
+            }
+            host::Level::Debug => {
+                tracing::debug!(target: "portcullis::plugin", plugin, route, "{message}")
+            }
+            host::Level::Info => {
+                tracing::info!(target: "portcullis::plugin", plugin, route, "{message}")
+            }
+            host::Level::Warn => {
+                tracing::warn!(target: "portcullis::plugin", plugin, route, "{message}")
+            }
+            host::Level::Error => {
+                tracing::error!(target: "portcullis::plugin", plugin, route, "{message}")
+            }
         }
     }
 
@@ -307,7 +320,12 @@ impl store::Host for StoreState {
         self.services.store.get(&self.plugin, &key)
     }
 
-    fn set(&mut self, key: String, value: String, ttl_ms: Option<u64>) -> Result<(), store::StoreError> {
+    fn set(
+        &mut self,
+        key: String,
+        value: String,
+        ttl_ms: Option<u64>,
+    ) -> Result<(), store::StoreError> {
         self.services
             .store
             .set(&self.plugin, &key, value, ttl_ms)

@@ -139,8 +139,10 @@ impl PluginPool {
 }
 
 fn is_pool_exhausted(e: &wasmtime::Error) -> bool {
-    e.chain()
-        .any(|c| c.downcast_ref::<wasmtime::PoolConcurrencyLimitError>().is_some())
+    e.chain().any(|c| {
+        c.downcast_ref::<wasmtime::PoolConcurrencyLimitError>()
+            .is_some()
+    })
 }
 
 /// Names the failure when it is one the sandbox enforces (deadline, memory).
@@ -245,7 +247,11 @@ impl Lease {
         &mut self,
         request: RequestView,
         response: ResponseView,
-    ) -> (RequestView, ResponseView, Result<ResponseChanges, PluginError>) {
+    ) -> (
+        RequestView,
+        ResponseView,
+        Result<ResponseChanges, PluginError>,
+    ) {
         let (request, returned, result) = self.call(request, Some(response), |store, policy| {
             policy.call_on_response(store, Resource::new_borrow(0), Resource::new_borrow(0))
         });

@@ -329,12 +329,28 @@ mod tests {
     #[test]
     fn compare_and_swap_only_on_match() {
         let (s, clock) = store(10);
-        assert_eq!(s.compare_and_swap("p", "k", None, "1".into(), Some(10)), Ok(true));
-        assert_eq!(s.compare_and_swap("p", "k", None, "2".into(), None), Ok(false));
-        assert_eq!(s.compare_and_swap("p", "k", Some("0"), "2".into(), None), Ok(false));
-        assert_eq!(s.compare_and_swap("p", "k", Some("1"), "2".into(), Some(10)), Ok(true));
+        assert_eq!(
+            s.compare_and_swap("p", "k", None, "1".into(), Some(10)),
+            Ok(true)
+        );
+        assert_eq!(
+            s.compare_and_swap("p", "k", None, "2".into(), None),
+            Ok(false)
+        );
+        assert_eq!(
+            s.compare_and_swap("p", "k", Some("0"), "2".into(), None),
+            Ok(false)
+        );
+        assert_eq!(
+            s.compare_and_swap("p", "k", Some("1"), "2".into(), Some(10)),
+            Ok(true)
+        );
         clock.advance(10);
-        assert_eq!(s.compare_and_swap("p", "k", None, "x".into(), None), Ok(true), "expired counts as absent");
+        assert_eq!(
+            s.compare_and_swap("p", "k", None, "x".into(), None),
+            Ok(true),
+            "expired counts as absent"
+        );
     }
 
     #[test]
@@ -343,7 +359,8 @@ mod tests {
         s.set("p", "a", "1".into(), Some(5)).expect("room");
         s.set("p", "b", "1".into(), None).expect("room");
         assert_eq!(s.set("p", "c", "1".into(), None), Err(StoreError::Full));
-        s.set("p", "b", "2".into(), None).expect("overwrite needs no room");
+        s.set("p", "b", "2".into(), None)
+            .expect("overwrite needs no room");
         clock.advance(5);
         assert_eq!(s.sweep(), 1);
         s.set("p", "c", "1".into(), None).expect("room after sweep");

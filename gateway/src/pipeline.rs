@@ -1,0 +1,698 @@
+//! One request's journey, and the only place that knows the order of the
+//! phases:
+//!
+//! ```text
+//!  client ──► route ──► request phase ──────────► upstream ──► response phase ──► client
+//!             (404,      plugin 1 on-request        (502/504)     plugin N .. 1
+//!              405)      plugin 2 on-request                      on-response
+//!                        ...   │ respond (401, 429, ...)             ▲
+//!                              └─────────────────────────────────────┘
+//! ```
+//!
+//! * Plugins run in chain order for the request and in reverse order for the
+//!   response. A plugin that answers the request itself (`respond`) stops the
+//!   request phase; the plugins that already ran still see that reply in
+//!   their `on-response`, as they would an upstream response.
+//! * A plugin that implements `on-response` keeps its instance from its
+//!   request hook to its response hook; others give it back at once.
+//! * A failed plugin (trap, deadline, memory, invalid result) fails this
+//!   request only: 500 if it is configured `on_error = "deny"` (the default),
+//!   or the request goes on without it with `on_error = "allow"`.
+//! * Bodies stream unless a plugin on the route reads them.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header::{self, HeaderName, HeaderValue};
+use http::uri::PathAndQuery;
+use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
+use hyper::body::Incoming;
+
+use crate::body::{self, Buffered, ProxyBody};
+use crate::config::OnError;
+use crate::error::ProxyError;
+use crate::plugin::view::{BodyView, RequestView, ResponseView};
+use crate::plugin::{
+    Hooks, Lease, PluginError, Reply, RequestAction, RequestChanges, ResponseChanges,
+};
+use crate::registry::{ChainLink, Generation, Registry, RouteRuntime};
+use crate::router::Match;
+
+/// Serves one request with the registry's current generation, and writes
+/// its access-log line.
+pub async fn handle(
+    registry: &Registry,
+    request: Request<Incoming>,
+    peer: SocketAddr,
+) -> Response<ProxyBody> {
+    let started = Instant::now();
+    let generation = registry.current();
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let mut record = Record::default();
+    let response = match proxy(&generation, request, peer, &mut record).await {
+        Ok(response) => response,
+        Err(error) => {
+            record.fail(&error);
+            error.into_response()
+        }
+    };
+    if generation.config.log.access_log {
+        record.log(&method, &path, peer, response.status(), started);
+    }
+    response
+}
+
+/// What the access log says about a request.
+#[derive(Default)]
+struct Record {
+    route: Option<Arc<str>>,
+    decisions: Vec<String>,
+    consumer: Option<String>,
+    error: Option<String>,
+}
+
+impl Record {
+    fn decide(&mut self, link: &ChainLink, what: impl std::fmt::Display) {
+        self.decisions.push(format!("{}:{what}", link.plugin));
+    }
+
+    fn fail(&mut self, error: &ProxyError) {
+        self.error = Some(format!("{}: {error}", error.source_kind().as_str()));
+    }
+
+    fn log(
+        &self,
+        method: &Method,
+        path: &str,
+        peer: SocketAddr,
+        status: StatusCode,
+        started: Instant,
+    ) {
+        tracing::info!(
+            target: "portcullis::access",
+            route = self.route.as_deref().unwrap_or("-"),
+            method = %method,
+            path,
+            status = status.as_u16(),
+            latency_ms = started.elapsed().as_secs_f64() * 1000.0,
+            client = %peer.ip(),
+            consumer = self.consumer.as_deref().unwrap_or("-"),
+            plugins = %self.decisions.join(" "),
+            error = self.error.as_deref().unwrap_or(""),
+        );
+    }
+}
+
+/// A plugin lease kept for the response phase.
+struct Held<'g> {
+    link: &'g ChainLink,
+    lease: Lease,
+}
+
+async fn proxy(
+    generation: &Generation,
+    request: Request<Incoming>,
+    peer: SocketAddr,
+    record: &mut Record,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let original_host = host_of(&request);
+    let route = match generation.router.find(
+        original_host.as_deref(),
+        request.uri().path(),
+        request.method(),
+    ) {
+        Match::Route(i) => generation
+            .routes
+            .get(i)
+            .ok_or_else(|| ProxyError::Internal(format!("route index {i} out of range")))?,
+        Match::MethodNotAllowed(allow) => return Err(ProxyError::MethodNotAllowed { allow }),
+        Match::NotFound => return Err(ProxyError::NoRoute),
+    };
+    record.route = Some(route.name.clone());
+    let max_body = generation.config.limits.max_body_bytes;
+
+    let (head, incoming) = request.into_parts();
+    let (mut body, body_view) = if route.request_body {
+        read_body(body::boxed(incoming), max_body)
+            .await
+            .map_err(|e| ProxyError::BadRequest(format!("cannot read the request body: {e}")))?
+    } else {
+        (body::boxed(incoming), BodyView::NotRequested)
+    };
+    let mut request = RequestView {
+        head,
+        client_ip: peer.ip(),
+        route: route.name.clone(),
+        identity: None,
+        attributes: Vec::new(),
+        body: body_view,
+    };
+
+    // Request phase.
+    let mut held: Vec<Held<'_>> = Vec::new();
+    let mut reply: Option<Response<ProxyBody>> = None;
+    for link in &route.chain {
+        let on_request = link.hooks.contains(Hooks::ON_REQUEST);
+        let on_response = link.hooks.contains(Hooks::ON_RESPONSE);
+        if !on_request && !on_response {
+            continue;
+        }
+        let mut lease = match link.pool.lease() {
+            Ok(lease) => lease,
+            Err(e) => match plugin_failed(route, link, e, record) {
+                Some(response) => {
+                    reply = Some(response);
+                    break;
+                }
+                None => continue,
+            },
+        };
+        if on_request {
+            let (returned, result) = lease.on_request(request);
+            request = returned;
+            let step = result.and_then(|action| apply_action(&mut request, &mut body, action));
+            match step {
+                Ok(None) => record.decide(link, "continue"),
+                Ok(Some(response)) => {
+                    record.decide(
+                        link,
+                        format_args!("respond({})", response.status().as_u16()),
+                    );
+                    reply = Some(response);
+                    if on_response {
+                        held.push(Held { link, lease });
+                    }
+                    break;
+                }
+                Err(e) => match plugin_failed(route, link, e, record) {
+                    Some(response) => {
+                        reply = Some(response);
+                        break;
+                    }
+                    None => continue,
+                },
+            }
+        }
+        if on_response {
+            held.push(Held { link, lease });
+        }
+    }
+    record.consumer = request.identity.as_ref().map(|i| i.consumer.clone());
+
+    // Upstream, unless a plugin answered.
+    let response = match reply {
+        Some(response) => response,
+        None => {
+            let head = if held.is_empty() {
+                std::mem::replace(&mut request.head, Request::new(()).into_parts().0)
+            } else {
+                request.head.clone()
+            };
+            let outgoing = upstream_request(head, body, peer, original_host.as_deref());
+            match route.upstream.send(outgoing).await {
+                Ok(response) => {
+                    let (mut head, incoming) = response.into_parts();
+                    strip_hop_by_hop(&mut head.headers);
+                    Response::from_parts(head, body::boxed(incoming))
+                }
+                Err(error) => {
+                    tracing::warn!(route = %route.name, "{error}");
+                    record.fail(&error);
+                    error.into_response()
+                }
+            }
+        }
+    };
+    if held.is_empty() {
+        return Ok(response);
+    }
+    response_phase(route, held, request, response, max_body, record).await
+}
+
+/// Runs `on-response` of the held plugins, last to first.
+async fn response_phase(
+    route: &RouteRuntime,
+    mut held: Vec<Held<'_>>,
+    mut request: RequestView,
+    response: Response<ProxyBody>,
+    max_body: usize,
+    record: &mut Record,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let (head, body) = response.into_parts();
+    let (mut body, body_view) = if route.response_body {
+        read_body(body, max_body)
+            .await
+            .map_err(|e| ProxyError::Upstream {
+                upstream: route.upstream.name().to_owned(),
+                reason: format!("cannot read the response body: {e}"),
+            })?
+    } else {
+        (body, BodyView::NotRequested)
+    };
+    let mut response = ResponseView {
+        head,
+        body: body_view,
+    };
+    for Held { link, lease } in held.iter_mut().rev() {
+        let (req, resp, result) = lease.on_response(request, response);
+        request = req;
+        response = resp;
+        let applied = result.and_then(|changes| apply_response(&mut response, &mut body, changes));
+        if let Err(e) = applied {
+            if let Some(error_response) = plugin_failed(route, link, e, record) {
+                let (head, error_body) = error_response.into_parts();
+                response = ResponseView {
+                    head,
+                    body: BodyView::NotRequested,
+                };
+                body = error_body;
+            }
+        }
+    }
+    drop(held);
+    Ok(Response::from_parts(response.head, body))
+}
+
+/// Reads a body for the plugins, up to `max` bytes.
+async fn read_body(body: ProxyBody, max: usize) -> Result<(ProxyBody, BodyView), body::BoxError> {
+    Ok(match body::buffer(body, max).await? {
+        Buffered::Complete(bytes) => (body::full(bytes.clone()), BodyView::Complete(bytes)),
+        Buffered::TooLarge(body) => (body, BodyView::TooLarge),
+    })
+}
+
+/// Logs a plugin failure; returns the response that ends the request when
+/// the plugin fails closed.
+fn plugin_failed(
+    route: &RouteRuntime,
+    link: &ChainLink,
+    error: PluginError,
+    record: &mut Record,
+) -> Option<Response<ProxyBody>> {
+    tracing::warn!(
+        plugin = %link.plugin,
+        route = %route.name,
+        on_error = ?link.on_error,
+        "plugin failed: {error}"
+    );
+    match link.on_error {
+        OnError::Allow => {
+            record.decide(link, "failed(allowed)");
+            None
+        }
+        OnError::Deny => {
+            record.decide(link, "failed");
+            let error = if error.is_overload() {
+                ProxyError::Overloaded {
+                    plugin: link.plugin.to_string(),
+                }
+            } else {
+                ProxyError::Plugin {
+                    plugin: link.plugin.to_string(),
+                    reason: error.to_string(),
+                }
+            };
+            record.fail(&error);
+            Some(error.into_response())
+        }
+    }
+}
+
+fn bad(what: impl Into<String>) -> PluginError {
+    PluginError::BadResult(what.into())
+}
+
+fn header_name(name: &str) -> Result<HeaderName, PluginError> {
+    HeaderName::from_bytes(name.as_bytes())
+        .map_err(|_| bad(format!("invalid header name `{name}`")))
+}
+
+fn header_value(name: &str, value: &str) -> Result<HeaderValue, PluginError> {
+    HeaderValue::from_str(value).map_err(|_| bad(format!("invalid value for header `{name}`")))
+}
+
+/// Applies header changes in the contract's order: remove, set, add.
+fn edit_headers(
+    headers: &mut HeaderMap,
+    remove: &[String],
+    set: &[(String, String)],
+    add: &[(String, String)],
+) -> Result<(), PluginError> {
+    for name in remove {
+        headers.remove(header_name(name)?);
+    }
+    for (name, value) in set {
+        headers.insert(header_name(name)?, header_value(name, value)?);
+    }
+    for (name, value) in add {
+        headers.append(header_name(name)?, header_value(name, value)?);
+    }
+    Ok(())
+}
+
+/// Replaces a body the plugins read, keeping the framing headers right.
+fn replace_body(headers: &mut HeaderMap, view: &mut BodyView, body: &mut ProxyBody, new: Vec<u8>) {
+    if !matches!(view, BodyView::Complete(_)) {
+        tracing::debug!("plugin body change ignored: the body was not read whole");
+        return;
+    }
+    let new = Bytes::from(new);
+    headers.remove(header::TRANSFER_ENCODING);
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(new.len()));
+    *body = body::full(new.clone());
+    *view = BodyView::Complete(new);
+}
+
+/// Applies a plugin's decision; `Some` is the reply that ends the request.
+fn apply_action(
+    request: &mut RequestView,
+    body: &mut ProxyBody,
+    action: RequestAction,
+) -> Result<Option<Response<ProxyBody>>, PluginError> {
+    match action {
+        RequestAction::Continue(changes) => apply_request(request, body, changes).map(|()| None),
+        RequestAction::Respond(reply) => reply_response(reply).map(Some),
+    }
+}
+
+fn apply_request(
+    request: &mut RequestView,
+    body: &mut ProxyBody,
+    changes: RequestChanges,
+) -> Result<(), PluginError> {
+    let RequestChanges {
+        remove_headers,
+        set_headers,
+        add_headers,
+        method,
+        path,
+        query,
+        attributes,
+        identity,
+        body: new_body,
+    } = changes;
+    let head = &mut request.head;
+    edit_headers(
+        &mut head.headers,
+        &remove_headers,
+        &set_headers,
+        &add_headers,
+    )?;
+    if let Some(method) = method {
+        head.method = Method::from_bytes(method.as_bytes())
+            .map_err(|_| bad(format!("invalid method `{method}`")))?;
+    }
+    if path.is_some() || query.is_some() {
+        let path = path.unwrap_or_else(|| head.uri.path().to_owned());
+        if !path.starts_with('/') {
+            return Err(bad(format!("path `{path}` does not start with `/`")));
+        }
+        let query = match query {
+            Some(q) if q.is_empty() => None,
+            Some(q) => Some(q),
+            None => head.uri.query().map(str::to_owned),
+        };
+        let text = match query {
+            Some(q) => format!("{path}?{q}"),
+            None => path,
+        };
+        let pq = PathAndQuery::try_from(text.as_str())
+            .map_err(|_| bad(format!("invalid path or query `{text}`")))?;
+        head.uri = Uri::from(pq);
+    }
+    for (key, value) in attributes {
+        request.set_attribute(key, value);
+    }
+    if identity.is_some() {
+        request.identity = identity;
+    }
+    if let Some(new) = new_body {
+        replace_body(&mut request.head.headers, &mut request.body, body, new);
+    }
+    Ok(())
+}
+
+fn reply_response(reply: Reply) -> Result<Response<ProxyBody>, PluginError> {
+    let status = StatusCode::from_u16(reply.status)
+        .ok()
+        .filter(|s| (200..=599).contains(&s.as_u16()))
+        .ok_or_else(|| {
+            bad(format!(
+                "reply status {} is not between 200 and 599",
+                reply.status
+            ))
+        })?;
+    let mut response = Response::new(body::full(reply.body));
+    *response.status_mut() = status;
+    edit_headers(response.headers_mut(), &[], &[], &reply.headers)?;
+    Ok(response)
+}
+
+fn apply_response(
+    response: &mut ResponseView,
+    body: &mut ProxyBody,
+    changes: ResponseChanges,
+) -> Result<(), PluginError> {
+    if let Some(status) = changes.status {
+        response.head.status = StatusCode::from_u16(status)
+            .ok()
+            .filter(|s| (200..=599).contains(&s.as_u16()))
+            .ok_or_else(|| bad(format!("status {status} is not between 200 and 599")))?;
+    }
+    edit_headers(
+        &mut response.head.headers,
+        &changes.remove_headers,
+        &changes.set_headers,
+        &changes.add_headers,
+    )?;
+    if let Some(new) = changes.body {
+        replace_body(&mut response.head.headers, &mut response.body, body, new);
+    }
+    Ok(())
+}
+
+/// The Host header, or the authority of an absolute-form request.
+fn host_of<B>(request: &Request<B>) -> Option<String> {
+    request
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| request.uri().authority().map(|a| a.to_string()))
+}
+
+/// Headers that concern one connection, not the message (RFC 9110 §7.6.1).
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::UPGRADE,
+];
+
+/// Removes hop-by-hop headers, including those the `Connection` header names.
+/// `Transfer-Encoding` is left to hyper, which frames each side itself.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+/// The request as it goes upstream: origin-form URI, HTTP/1.1, hop-by-hop
+/// headers removed, `X-Forwarded-*` set.
+fn upstream_request(
+    mut head: http::request::Parts,
+    body: ProxyBody,
+    peer: SocketAddr,
+    original_host: Option<&str>,
+) -> Request<ProxyBody> {
+    strip_hop_by_hop(&mut head.headers);
+    head.headers.remove(header::TRANSFER_ENCODING);
+    let client = peer.ip().to_string();
+    let forwarded_for = match head
+        .headers
+        .get("x-forwarded-for")
+        .and_then(|v| v.to_str().ok())
+    {
+        Some(earlier) => format!("{earlier}, {client}"),
+        None => client,
+    };
+    if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
+        head.headers.insert("x-forwarded-for", value);
+    }
+    head.headers
+        .insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    if let Some(value) = original_host.and_then(|h| HeaderValue::from_str(h).ok()) {
+        head.headers.insert("x-forwarded-host", value);
+    }
+    if let Some(pq) = head.uri.path_and_query().cloned() {
+        head.uri = Uri::from(pq);
+    }
+    head.version = Version::HTTP_11;
+    Request::from_parts(head, body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_go_including_those_named_by_connection() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-secret"),
+        );
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn forwarded_headers_are_set_and_appended() {
+        let mut req = Request::builder()
+            .uri("http://api.example.com/a?b=1")
+            .header("x-forwarded-for", "10.0.0.1")
+            .body(())
+            .expect("request");
+        req.headers_mut()
+            .insert(header::HOST, HeaderValue::from_static("api.example.com"));
+        let (head, ()) = req.into_parts();
+        let peer: SocketAddr = "192.0.2.7:5000".parse().expect("addr");
+        let out = upstream_request(head, body::empty(), peer, Some("api.example.com"));
+        assert_eq!(out.uri(), "/a?b=1");
+        assert_eq!(out.headers()["x-forwarded-for"], "10.0.0.1, 192.0.2.7");
+        assert_eq!(out.headers()["x-forwarded-proto"], "http");
+        assert_eq!(out.headers()["x-forwarded-host"], "api.example.com");
+    }
+
+    fn view(uri: &str) -> RequestView {
+        let (head, ()) = Request::builder()
+            .uri(uri)
+            .body(())
+            .expect("request")
+            .into_parts();
+        RequestView {
+            head,
+            client_ip: "127.0.0.1".parse().expect("ip"),
+            route: "r".into(),
+            identity: None,
+            attributes: Vec::new(),
+            body: BodyView::NotRequested,
+        }
+    }
+
+    fn changes() -> RequestChanges {
+        RequestChanges {
+            remove_headers: vec![],
+            set_headers: vec![],
+            add_headers: vec![],
+            method: None,
+            path: None,
+            query: None,
+            attributes: vec![],
+            identity: None,
+            body: None,
+        }
+    }
+
+    #[test]
+    fn path_and_query_rewrites() {
+        let mut v = view("/a?x=1");
+        let mut b = body::empty();
+        apply_request(
+            &mut v,
+            &mut b,
+            RequestChanges {
+                query: Some(String::new()),
+                ..changes()
+            },
+        )
+        .expect("ok");
+        assert_eq!(v.head.uri, "/a");
+        apply_request(
+            &mut v,
+            &mut b,
+            RequestChanges {
+                path: Some("/b".into()),
+                query: Some("y=2".into()),
+                ..changes()
+            },
+        )
+        .expect("ok");
+        assert_eq!(v.head.uri, "/b?y=2");
+        let err = apply_request(
+            &mut v,
+            &mut b,
+            RequestChanges {
+                path: Some("nope".into()),
+                ..changes()
+            },
+        );
+        assert!(matches!(err, Err(PluginError::BadResult(_))));
+    }
+
+    #[test]
+    fn header_changes_apply_remove_then_set_then_add() {
+        let mut v = view("/");
+        v.head
+            .headers
+            .insert("x-a", HeaderValue::from_static("old"));
+        let mut b = body::empty();
+        let c = RequestChanges {
+            remove_headers: vec!["x-a".into()],
+            set_headers: vec![("x-b".into(), "1".into())],
+            add_headers: vec![("x-b".into(), "2".into()), ("x-a".into(), "new".into())],
+            attributes: vec![("k".into(), "v".into())],
+            ..changes()
+        };
+        apply_request(&mut v, &mut b, c).expect("ok");
+        assert_eq!(v.head.headers.get_all("x-b").iter().count(), 2);
+        assert_eq!(v.head.headers["x-a"], "new");
+        assert_eq!(v.attribute("k"), Some("v"));
+        let bad_header = RequestChanges {
+            set_headers: vec![("bad header".into(), "1".into())],
+            ..changes()
+        };
+        assert!(apply_request(&mut v, &mut b, bad_header).is_err());
+    }
+
+    #[test]
+    fn replies_need_a_final_status() {
+        let ok = Reply {
+            status: 401,
+            headers: vec![("www-authenticate".into(), "ApiKey".into())],
+            body: b"no".to_vec(),
+        };
+        assert_eq!(
+            reply_response(ok).expect("valid").status(),
+            StatusCode::UNAUTHORIZED
+        );
+        let informational = Reply {
+            status: 101,
+            headers: vec![],
+            body: vec![],
+        };
+        assert!(reply_response(informational).is_err());
+    }
+}

@@ -1,0 +1,617 @@
+//! Config generations: everything one request needs (config, routing table,
+//! upstreams, initialised plugin pools), built off the request path,
+//! validated as a whole, and published atomically.
+//!
+//! A request loads the current generation once and keeps it to the end, so
+//! requests in flight finish on the version they started with while new ones
+//! see the new version. A module or config that fails any step (compile,
+//! world check, `init` with every route config that uses it) is rejected with
+//! a logged reason and the current generation keeps serving.
+
+pub mod watch;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use tokio::sync::broadcast;
+
+use crate::config::{Config, OnError};
+use crate::plugin::{CompiledPlugin, Hooks, HostServices, PluginEngine, PluginError, PluginPool};
+use crate::router::Router;
+use crate::upstream::Upstream;
+
+/// One plugin in a route's chain, ready to run.
+#[derive(Debug)]
+pub struct ChainLink {
+    /// The plugin's name.
+    pub plugin: Arc<str>,
+    /// What to do when it fails.
+    pub on_error: OnError,
+    /// Initialised instances for this route.
+    pub pool: Arc<PluginPool>,
+    /// The hooks it implements.
+    pub hooks: Hooks,
+}
+
+/// A route, ready to serve.
+#[derive(Debug)]
+pub struct RouteRuntime {
+    /// The route's name.
+    pub name: Arc<str>,
+    /// Where its requests go.
+    pub upstream: Arc<Upstream>,
+    /// Its plugins, in request order.
+    pub chain: Vec<ChainLink>,
+    /// Whether a plugin reads the request body.
+    pub request_body: bool,
+    /// Whether a plugin reads the response body.
+    pub response_body: bool,
+}
+
+/// Everything a request needs, immutable once published.
+#[derive(Debug)]
+pub struct Generation {
+    /// Increases by one with every published generation.
+    pub id: u64,
+    /// The configuration it was built from.
+    pub config: Arc<Config>,
+    /// The routing table.
+    pub router: Router,
+    /// Routes, in config order (the router returns indexes into this).
+    pub routes: Vec<RouteRuntime>,
+}
+
+/// What started a reload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Trigger {
+    /// The gateway starting.
+    Startup,
+    /// A change of the module `<name>.wasm`.
+    Plugin(String),
+    /// A change of the config file (or SIGHUP).
+    Config,
+}
+
+/// How a reload ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// A new generation is live.
+    Applied {
+        /// Its id.
+        generation: u64,
+        /// Time from reading the file to publishing.
+        elapsed: Duration,
+    },
+    /// The file has the content already loaded; nothing to do.
+    Unchanged,
+    /// An unused module was removed.
+    Removed,
+    /// Refused; the current generation keeps serving.
+    Rejected {
+        /// Why, in words for the log.
+        reason: String,
+    },
+}
+
+/// A reload and its outcome, as logged and as sent to subscribers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReloadEvent {
+    /// What started it.
+    pub trigger: Trigger,
+    /// How it ended.
+    pub outcome: Outcome,
+}
+
+struct Loaded {
+    config: Arc<Config>,
+    modules: HashMap<String, Arc<CompiledPlugin>>,
+    next_id: u64,
+}
+
+/// Holds the current generation and builds the next one.
+pub struct Registry {
+    current: ArcSwap<Generation>,
+    loaded: Mutex<Loaded>,
+    engine: Arc<PluginEngine>,
+    services: Arc<HostServices>,
+    config_path: PathBuf,
+    events: broadcast::Sender<ReloadEvent>,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry")
+            .field("generation", &self.current.load().id)
+            .field("config_path", &self.config_path)
+            .finish()
+    }
+}
+
+/// Module files in `dir`: `<name>.wasm` with a valid plugin name.
+fn module_files(dir: &Path) -> std::io::Result<Vec<(String, PathBuf)>> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if let Some(name) = plugin_name(&path) {
+            found.push((name, path));
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
+/// The plugin name of a module path, if it is one (`key_auth.wasm`).
+pub fn plugin_name(path: &Path) -> Option<String> {
+    if path.extension()? != "wasm" {
+        return None;
+    }
+    let stem = path.file_stem()?.to_str()?;
+    crate::config::check_plugin_name(stem).ok()?;
+    Some(stem.to_owned())
+}
+
+impl Registry {
+    /// Loads every module in the plugin directory and builds the first
+    /// generation. Fails if any route cannot be served.
+    pub fn start(
+        config: Config,
+        config_path: PathBuf,
+        engine: Arc<PluginEngine>,
+        services: Arc<HostServices>,
+    ) -> anyhow::Result<Self> {
+        let started = Instant::now();
+        let dir = config.plugins.directory.clone();
+        let cache = config.cache_directory();
+        let files = module_files(&dir)
+            .map_err(|e| anyhow::anyhow!("cannot read plugin directory {}: {e}", dir.display()))?;
+        let used = used_plugins(&config);
+        let mut modules = HashMap::new();
+        let mut problems = Vec::new();
+        for (name, path) in files {
+            match load_module(&engine, &name, &path, &cache) {
+                Ok(module) => {
+                    log_module(&module, "loaded");
+                    modules.insert(name, Arc::new(module));
+                }
+                Err(reason) if used.contains(&name) => {
+                    problems.push(format!("plugin `{name}`: {reason}"))
+                }
+                Err(reason) => {
+                    tracing::warn!(plugin = %name, "skipping unused plugin module: {reason}")
+                }
+            }
+        }
+        if !problems.is_empty() {
+            anyhow::bail!("{}", problems.join("\n"));
+        }
+        let config = Arc::new(config);
+        let generation = build(&config, &modules, None, &engine, &services, 1)
+            .map_err(|problems| anyhow::anyhow!("{}", problems.join("\n")))?;
+        let (events, _) = broadcast::channel(256);
+        let registry = Self {
+            current: ArcSwap::from_pointee(generation),
+            loaded: Mutex::new(Loaded {
+                config,
+                modules,
+                next_id: 2,
+            }),
+            engine,
+            services,
+            config_path,
+            events,
+        };
+        registry.emit(ReloadEvent {
+            trigger: Trigger::Startup,
+            outcome: Outcome::Applied {
+                generation: 1,
+                elapsed: started.elapsed(),
+            },
+        });
+        Ok(registry)
+    }
+
+    /// The generation serving now.
+    pub fn current(&self) -> Arc<Generation> {
+        self.current.load_full()
+    }
+
+    /// Reload events from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<ReloadEvent> {
+        self.events.subscribe()
+    }
+
+    /// The config file this registry reloads.
+    pub fn config_path(&self) -> &Path {
+        &self.config_path
+    }
+
+    /// The plugin directory of the current config.
+    pub fn plugin_directory(&self) -> PathBuf {
+        self.current().config.plugins.directory.clone()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Loaded> {
+        match self.loaded.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    fn emit(&self, event: ReloadEvent) -> ReloadEvent {
+        let what = match &event.trigger {
+            Trigger::Startup => "startup".to_owned(),
+            Trigger::Plugin(name) => format!("plugin `{name}`"),
+            Trigger::Config => format!("config {}", self.config_path.display()),
+        };
+        match &event.outcome {
+            Outcome::Applied {
+                generation,
+                elapsed,
+            } => tracing::info!(
+                generation,
+                elapsed_ms = elapsed.as_secs_f64() * 1000.0,
+                "{what}: generation {generation} is live"
+            ),
+            Outcome::Unchanged => tracing::debug!("{what}: unchanged"),
+            Outcome::Removed => tracing::info!("{what}: removed (no route used it)"),
+            Outcome::Rejected { reason } => tracing::error!(
+                generation = self.current.load().id,
+                "{what} rejected, the current generation keeps serving: {reason}"
+            ),
+        }
+        let _ = self.events.send(event.clone());
+        event
+    }
+
+    fn publish(
+        &self,
+        loaded: &mut Loaded,
+        generation: Generation,
+        started: Instant,
+        trigger: Trigger,
+    ) -> ReloadEvent {
+        let id = generation.id;
+        loaded.next_id = id + 1;
+        self.current.store(Arc::new(generation));
+        self.emit(ReloadEvent {
+            trigger,
+            outcome: Outcome::Applied {
+                generation: id,
+                elapsed: started.elapsed(),
+            },
+        })
+    }
+
+    fn reject(&self, trigger: Trigger, reason: String) -> ReloadEvent {
+        self.emit(ReloadEvent {
+            trigger,
+            outcome: Outcome::Rejected { reason },
+        })
+    }
+
+    /// Reacts to a change of `<name>.wasm` in the plugin directory: loads
+    /// the new content, or handles its removal. Blocking (compiles).
+    pub fn reload_plugin(&self, name: &str) -> ReloadEvent {
+        let started = Instant::now();
+        let trigger = Trigger::Plugin(name.to_owned());
+        let mut loaded = self.lock();
+        let config = loaded.config.clone();
+        let path = config.plugins.directory.join(format!("{name}.wasm"));
+        let bytes = match std::fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return self.remove_plugin(&mut loaded, name, trigger);
+            }
+            Err(e) => return self.reject(trigger, format!("cannot read {}: {e}", path.display())),
+        };
+        if let Some(current) = loaded.modules.get(name) {
+            if current.hash == crate::plugin::engine::content_hash(&bytes) {
+                return self.emit(ReloadEvent {
+                    trigger,
+                    outcome: Outcome::Unchanged,
+                });
+            }
+        }
+        let module = match self
+            .engine
+            .compile(name, &bytes, Some(&config.cache_directory()))
+        {
+            Ok(m) => Arc::new(m),
+            Err(e) => return self.reject(trigger, e.to_string()),
+        };
+        let mut modules = loaded.modules.clone();
+        modules.insert(name.to_owned(), module.clone());
+        let previous = self.current();
+        match build(
+            &config,
+            &modules,
+            Some(&previous),
+            &self.engine,
+            &self.services,
+            loaded.next_id,
+        ) {
+            Ok(generation) => {
+                log_module(&module, "loaded");
+                loaded.modules = modules;
+                self.publish(&mut loaded, generation, started, trigger)
+            }
+            Err(problems) => self.reject(trigger, problems.join("; ")),
+        }
+    }
+
+    fn remove_plugin(&self, loaded: &mut Loaded, name: &str, trigger: Trigger) -> ReloadEvent {
+        let users: Vec<&str> = loaded
+            .config
+            .routes
+            .iter()
+            .filter(|r| r.plugins.iter().any(|p| p.name == name))
+            .map(|r| r.name.as_str())
+            .collect();
+        if !users.is_empty() {
+            let reason = format!(
+                "{name}.wasm was removed but routes {} use it; the loaded version keeps serving (restore the file, or remove the plugin from those routes first)",
+                users
+                    .iter()
+                    .map(|u| format!("`{u}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            return self.reject(trigger, reason);
+        }
+        if loaded.modules.remove(name).is_none() {
+            return self.emit(ReloadEvent {
+                trigger,
+                outcome: Outcome::Unchanged,
+            });
+        }
+        self.emit(ReloadEvent {
+            trigger,
+            outcome: Outcome::Removed,
+        })
+    }
+
+    /// Reloads the config file. Listeners, the plugin directory and the
+    /// plugin limits are fixed at start; changes to them are reported and
+    /// ignored until a restart. Blocking (may compile).
+    pub fn reload_config(&self) -> ReloadEvent {
+        let started = Instant::now();
+        let mut loaded = self.lock();
+        let mut config = match Config::load(&self.config_path) {
+            Ok(c) => c,
+            Err(e) => return self.reject(Trigger::Config, e.to_string()),
+        };
+        keep_static_settings(&loaded.config, &mut config);
+
+        // Modules the new config uses that are not loaded yet (new files, or
+        // files that failed before) are loaded now.
+        let mut modules = loaded.modules.clone();
+        let cache = config.cache_directory();
+        for name in used_plugins(&config) {
+            if modules.contains_key(&name) {
+                continue;
+            }
+            let path = config.plugins.directory.join(format!("{name}.wasm"));
+            match load_module(&self.engine, &name, &path, &cache) {
+                Ok(m) => {
+                    modules.insert(name, Arc::new(m));
+                }
+                Err(reason) => {
+                    return self.reject(Trigger::Config, format!("plugin `{name}`: {reason}"));
+                }
+            }
+        }
+        let config = Arc::new(config);
+        let previous = self.current();
+        match build(
+            &config,
+            &modules,
+            Some(&previous),
+            &self.engine,
+            &self.services,
+            loaded.next_id,
+        ) {
+            Ok(generation) => {
+                loaded.config = config;
+                loaded.modules = modules;
+                self.publish(&mut loaded, generation, started, Trigger::Config)
+            }
+            Err(problems) => self.reject(Trigger::Config, problems.join("; ")),
+        }
+    }
+}
+
+fn keep_static_settings(old: &Config, new: &mut Config) {
+    if new.listeners != old.listeners {
+        tracing::warn!("config reload: `listeners` changed; listeners change only with a restart");
+        new.listeners = old.listeners.clone();
+    }
+    if new.plugins != old.plugins {
+        tracing::warn!(
+            "config reload: `[plugins]` changed; the plugin directory changes only with a restart"
+        );
+        new.plugins = old.plugins.clone();
+    }
+    let engine_limits = |c: &Config| {
+        (
+            c.limits.plugin_memory_mib,
+            c.limits.plugin_timeout_ms,
+            c.limits.max_instances,
+        )
+    };
+    if engine_limits(new) != engine_limits(old) {
+        tracing::warn!(
+            "config reload: plugin_memory_mib, plugin_timeout_ms and max_instances change only with a restart"
+        );
+        new.limits.plugin_memory_mib = old.limits.plugin_memory_mib;
+        new.limits.plugin_timeout_ms = old.limits.plugin_timeout_ms;
+        new.limits.max_instances = old.limits.max_instances;
+    }
+    if new.log != old.log {
+        tracing::warn!("config reload: `[log]` changes only with a restart");
+        new.log = old.log.clone();
+    }
+}
+
+fn used_plugins(config: &Config) -> Vec<String> {
+    let mut names: Vec<String> = config
+        .routes
+        .iter()
+        .flat_map(|r| r.plugins.iter().map(|p| p.name.clone()))
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
+fn load_module(
+    engine: &PluginEngine,
+    name: &str,
+    path: &Path,
+    cache: &Path,
+) -> Result<CompiledPlugin, String> {
+    let bytes = std::fs::read(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => {
+            format!("no module {} in the plugin directory", path.display())
+        }
+        _ => format!("cannot read {}: {e}", path.display()),
+    })?;
+    engine
+        .compile(name, &bytes, Some(cache))
+        .map_err(|e| e.to_string())
+}
+
+fn log_module(module: &CompiledPlugin, what: &str) {
+    tracing::info!(
+        plugin = %module.name,
+        sha256 = %&module.hash[..12],
+        bytes = module.size,
+        from_cache = module.from_cache,
+        load_ms = module.load_time.as_secs_f64() * 1000.0,
+        "plugin module {what}"
+    );
+}
+
+/// Builds a generation: routing table, upstreams and one initialised pool
+/// per plugin per route. Pools and upstreams whose inputs did not change
+/// are taken over from `previous`. Every problem is collected.
+fn build(
+    config: &Arc<Config>,
+    modules: &HashMap<String, Arc<CompiledPlugin>>,
+    previous: Option<&Generation>,
+    engine: &Arc<PluginEngine>,
+    services: &Arc<HostServices>,
+    id: u64,
+) -> Result<Generation, Vec<String>> {
+    let mut problems = Vec::new();
+    let router = Router::build(&config.routes).unwrap_or_else(|ps| {
+        problems.extend(ps.into_iter().map(|p| format!("{}: {}", p.key, p.message)));
+        Router::default()
+    });
+
+    let mut upstreams: HashMap<&str, Arc<Upstream>> = HashMap::new();
+    for (name, up) in &config.upstreams {
+        let reused = previous.and_then(|g| {
+            g.routes
+                .iter()
+                .map(|r| &r.upstream)
+                .find(|u| u.name() == name && u.config() == up)
+                .cloned()
+        });
+        match reused
+            .map(Ok)
+            .unwrap_or_else(|| Upstream::new(name, up).map(Arc::new))
+        {
+            Ok(u) => {
+                upstreams.insert(name, u);
+            }
+            Err(e) => problems.push(e),
+        }
+    }
+
+    let mut routes = Vec::with_capacity(config.routes.len());
+    for route in &config.routes {
+        let name: Arc<str> = route.name.as_str().into();
+        let mut chain = Vec::with_capacity(route.plugins.len());
+        for (i, link) in route.plugins.iter().enumerate() {
+            let Some(module) = modules.get(&link.name) else {
+                problems.push(format!(
+                    "route `{}` plugin `{}`: no module {}.wasm in {}",
+                    route.name,
+                    link.name,
+                    link.name,
+                    config.plugins.directory.display()
+                ));
+                continue;
+            };
+            let config_json = match serde_json::to_string(&link.config) {
+                Ok(json) => json,
+                Err(e) => {
+                    problems.push(format!(
+                        "route `{}` plugin `{}`: config: {e}",
+                        route.name, link.name
+                    ));
+                    continue;
+                }
+            };
+            let reused = previous
+                .and_then(|g| g.routes.iter().find(|r| r.name == name))
+                .and_then(|r| r.chain.get(i))
+                .filter(|l| {
+                    Arc::ptr_eq(l.pool.plugin(), module) && l.pool.config_json() == config_json
+                })
+                .map(|l| l.pool.clone());
+            let pool = match reused {
+                Some(pool) => pool,
+                None => match PluginPool::new(
+                    engine.clone(),
+                    module.clone(),
+                    name.clone(),
+                    config_json,
+                    services.clone(),
+                ) {
+                    Ok(pool) => pool,
+                    Err(e) => {
+                        problems.push(describe_pool_error(&route.name, &link.name, &e));
+                        continue;
+                    }
+                },
+            };
+            chain.push(ChainLink {
+                plugin: link.name.as_str().into(),
+                on_error: link.on_error,
+                hooks: pool.hooks(),
+                pool,
+            });
+        }
+        let Some(upstream) = upstreams.get(route.upstream.as_str()).cloned() else {
+            problems.push(format!(
+                "route `{}`: unknown upstream `{}`",
+                route.name, route.upstream
+            ));
+            continue;
+        };
+        routes.push(RouteRuntime {
+            request_body: chain.iter().any(|l| l.hooks.contains(Hooks::REQUEST_BODY)),
+            response_body: chain.iter().any(|l| l.hooks.contains(Hooks::RESPONSE_BODY)),
+            name,
+            upstream,
+            chain,
+        });
+    }
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    Ok(Generation {
+        id,
+        config: config.clone(),
+        router,
+        routes,
+    })
+}
+
+fn describe_pool_error(route: &str, plugin: &str, e: &PluginError) -> String {
+    format!("route `{route}` plugin `{plugin}`: {e}")
+}

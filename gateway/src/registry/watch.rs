@@ -1,0 +1,189 @@
+//! Watches the plugin directory and the config file and reloads on change.
+//!
+//! A finished write (`close_write`) or a rename into place triggers a reload
+//! at once; other changes (a create, a write still in progress, platforms
+//! without close events) after a quiet period, so a module is not read half
+//! written. Reloads run one at a time on the blocking pool, off the request
+//! path. Content equal to what is loaded is ignored.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use notify::event::{AccessKind, AccessMode, ModifyKind};
+use notify::{Event, EventKind, RecommendedWatcher, RecursiveMode, Watcher};
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+
+use super::{Registry, plugin_name};
+
+/// Quiet period after a change that is not known to be complete.
+const SETTLE: Duration = Duration::from_millis(150);
+/// Events arriving this close together are handled as one.
+const COALESCE: Duration = Duration::from_millis(2);
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Target {
+    Plugin(String),
+    Config,
+}
+
+/// Starts watching; the task ends when `shutdown` turns true.
+pub fn spawn(
+    registry: Arc<Registry>,
+    mut shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let plugin_dir = canonical(&registry.plugin_directory());
+    let config_path = canonical(registry.config_path());
+    let config_dir = config_path
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+
+    let (tx, mut rx) = mpsc::unbounded_channel::<Event>();
+    let mut watcher: RecommendedWatcher =
+        notify::recommended_watcher(move |res: notify::Result<Event>| match res {
+            Ok(event) => {
+                let _ = tx.send(event);
+            }
+            Err(e) => tracing::warn!("file watcher error: {e}"),
+        })?;
+    watcher.watch(&plugin_dir, RecursiveMode::NonRecursive)?;
+    if config_dir != plugin_dir {
+        watcher.watch(&config_dir, RecursiveMode::NonRecursive)?;
+    }
+    tracing::info!(plugins = %plugin_dir.display(), config = %config_path.display(), "watching for changes");
+
+    Ok(tokio::spawn(async move {
+        let _watcher = watcher;
+        let mut pending: HashMap<Target, Instant> = HashMap::new();
+        loop {
+            let next_due = pending.values().min().copied();
+            tokio::select! {
+                _ = shutdown.changed() => break,
+                event = rx.recv() => {
+                    let Some(event) = event else { break };
+                    for (target, delay) in classify(&event, &plugin_dir, &config_path) {
+                        let due = Instant::now() + delay;
+                        pending
+                            .entry(target)
+                            .and_modify(|d| {
+                                // A completed write brings a pending reload forward;
+                                // a write in progress pushes it back.
+                                *d = if delay == COALESCE { due.min(*d) } else { due };
+                            })
+                            .or_insert(due);
+                    }
+                }
+                _ = sleep_until(next_due) => {
+                    let now = Instant::now();
+                    let due: Vec<Target> = pending.iter().filter(|(_, d)| **d <= now).map(|(t, _)| t.clone()).collect();
+                    for target in due {
+                        pending.remove(&target);
+                        let registry = registry.clone();
+                        let job = tokio::task::spawn_blocking(move || match target {
+                            Target::Plugin(name) => registry.reload_plugin(&name),
+                            Target::Config => registry.reload_config(),
+                        });
+                        if let Err(e) = job.await {
+                            tracing::error!("reload task failed: {e}");
+                        }
+                    }
+                }
+            }
+        }
+    }))
+}
+
+async fn sleep_until(due: Option<Instant>) {
+    match due {
+        Some(due) => tokio::time::sleep_until(due).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn canonical(path: &Path) -> PathBuf {
+    std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
+/// What an event concerns and how soon to act on it.
+fn classify(event: &Event, plugin_dir: &Path, config_path: &Path) -> Vec<(Target, Duration)> {
+    let delay = match event.kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write))
+        | EventKind::Modify(ModifyKind::Name(_))
+        | EventKind::Remove(_) => COALESCE,
+        EventKind::Access(_) => return Vec::new(),
+        _ => SETTLE,
+    };
+    let mut targets = Vec::new();
+    for path in &event.paths {
+        let target = if path == config_path {
+            Some(Target::Config)
+        } else if path.parent() == Some(plugin_dir) {
+            plugin_name(path).map(Target::Plugin)
+        } else {
+            None
+        };
+        if let Some(target) = target {
+            if !targets.iter().any(|(t, _)| *t == target) {
+                targets.push((target, delay));
+            }
+        }
+    }
+    targets
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use notify::event::{CreateKind, DataChange, RenameMode};
+
+    fn event(kind: EventKind, paths: &[&str]) -> Event {
+        Event {
+            kind,
+            paths: paths.iter().map(PathBuf::from).collect(),
+            attrs: Default::default(),
+        }
+    }
+
+    #[test]
+    fn completed_writes_are_immediate_and_partial_ones_settle() {
+        let dir = Path::new("/p");
+        let cfg = Path::new("/c/portcullis.toml");
+        let closed = event(
+            EventKind::Access(AccessKind::Close(AccessMode::Write)),
+            &["/p/key_auth.wasm"],
+        );
+        assert_eq!(
+            classify(&closed, dir, cfg),
+            vec![(Target::Plugin("key_auth".into()), COALESCE)]
+        );
+        let written = event(
+            EventKind::Modify(ModifyKind::Data(DataChange::Any)),
+            &["/p/key_auth.wasm"],
+        );
+        assert_eq!(
+            classify(&written, dir, cfg),
+            vec![(Target::Plugin("key_auth".into()), SETTLE)]
+        );
+        let created = event(EventKind::Create(CreateKind::File), &["/c/portcullis.toml"]);
+        assert_eq!(classify(&created, dir, cfg), vec![(Target::Config, SETTLE)]);
+    }
+
+    #[test]
+    fn other_files_are_ignored() {
+        let dir = Path::new("/p");
+        let cfg = Path::new("/c/portcullis.toml");
+        let e = event(
+            EventKind::Modify(ModifyKind::Name(RenameMode::To)),
+            &[
+                "/p/.key_auth.wasm.tmp",
+                "/p/notes.txt",
+                "/p/.cache/x.cwasm",
+                "/p/Bad.wasm",
+            ],
+        );
+        assert!(classify(&e, dir, cfg).is_empty());
+    }
+}
