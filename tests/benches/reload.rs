@@ -1,0 +1,96 @@
+//! How long a module update takes: from the moment the new file is in place
+//! (renamed into the plugin directory) to the first response served by the
+//! new version, through the real watcher and a running gateway.
+//!
+//! Two cases, side by side:
+//! * `new module`: content never seen before (a unique custom section is
+//!   appended), so it is compiled by Cranelift;
+//! * `cached module`: content compiled before, loaded from the on-disk cache.
+//!
+//! Run: `cargo bench -p portcullis-tests --bench reload`.
+
+use std::time::{Duration, Instant};
+
+use portcullis_tests::echo::Echo;
+use portcullis_tests::{Client, TestGateway, base_config, fixtures};
+
+const ROUNDS: usize = 15;
+
+/// Appends a custom section (id 0) named `portcullis-bench` holding `n`, so
+/// the module's content hash is new while its behaviour is unchanged.
+fn unique(module: &[u8], n: usize) -> Vec<u8> {
+    let name = b"portcullis-bench";
+    let payload = n.to_le_bytes();
+    let mut section = vec![name.len() as u8];
+    section.extend_from_slice(name);
+    section.extend_from_slice(&payload);
+    let mut out = module.to_vec();
+    out.push(0);
+    out.push(section.len() as u8);
+    out.extend_from_slice(&section);
+    out
+}
+
+async fn wait_for_stamp(client: &Client, gw: &TestGateway, want: &str) -> Duration {
+    let started = Instant::now();
+    loop {
+        let reply = client.get(&gw.url("/x"), &[]).await.expect("response");
+        assert_eq!(reply.status, 200);
+        if reply.header("x-stamp") == Some(want) {
+            return started.elapsed();
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "no reload after 10 s");
+    }
+}
+
+fn summary(name: &str, mut samples: Vec<Duration>) {
+    samples.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    println!(
+        "{name:<16} n={:<3} min {:>7.1} ms  median {:>7.1} ms  p90 {:>7.1} ms  max {:>7.1} ms",
+        samples.len(),
+        ms(samples[0]),
+        ms(samples[samples.len() / 2]),
+        ms(samples[samples.len() * 9 / 10]),
+        ms(samples[samples.len() - 1]),
+    );
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let echo = Echo::start_local().await.expect("echo starts");
+    let config = format!(
+        "{}\n[[routes]]\nname = \"r\"\npath_prefix = \"/\"\nupstream = \"echo\"\nplugins = [{{ name = \"stamp\" }}]\n",
+        base_config(echo.addr)
+    );
+    let gw = TestGateway::start(&config, &[("stamp", fixtures::STAMP_V1)])
+        .await
+        .expect("gateway starts");
+    let client = Client::new();
+    let v1 = std::fs::read(fixtures::STAMP_V1).expect("v1");
+    let v2 = std::fs::read(fixtures::STAMP_V2).expect("v2");
+
+    let mut fresh = Vec::new();
+    let mut cached = Vec::new();
+    for round in 0..ROUNDS {
+        // New content each time: compiled.
+        let (bytes, want) = if round % 2 == 0 { (&v2, "v2") } else { (&v1, "v1") };
+        gw.install("stamp", &unique(bytes, round)).expect("install");
+        fresh.push(wait_for_stamp(&client, &gw, want).await);
+    }
+    // Alternate two modules already compiled: cache hits.
+    let known = [unique(&v1, 1000), unique(&v2, 1001)];
+    for (bytes, want) in known.iter().zip(["v1", "v2"]) {
+        gw.install("stamp", bytes).expect("install");
+        wait_for_stamp(&client, &gw, want).await;
+    }
+    for round in 0..ROUNDS {
+        let (bytes, want) = if round % 2 == 0 { (&known[0], "v1") } else { (&known[1], "v2") };
+        gw.install("stamp", bytes).expect("install");
+        cached.push(wait_for_stamp(&client, &gw, want).await);
+    }
+    println!("reload latency, file renamed into place -> first response from the new version");
+    summary("new module", fresh);
+    summary("cached module", cached);
+    gw.stop().await;
+}

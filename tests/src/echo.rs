@@ -1,0 +1,155 @@
+//! A small upstream that answers every request with a JSON description of
+//! what it received: method, path, query, headers, and the body's length and
+//! SHA-256 (never the body itself, so 10 MiB bodies stay cheap).
+//!
+//! Paths with a meaning: `/status/<code>` answers with that status,
+//! `/delay/<ms>` waits before answering.
+//!
+//! It also reports, through [`Echo::first_chunk`], when the first body bytes
+//! of a request arrive, which lets a test prove the gateway streams bodies.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+/// What the echo server saw of a request.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Seen {
+    /// The method.
+    pub method: String,
+    /// The path.
+    pub path: String,
+    /// The query, if any.
+    pub query: Option<String>,
+    /// Every header, lowercase name, in order.
+    pub headers: Vec<(String, String)>,
+    /// Body length.
+    pub body_len: usize,
+    /// Body SHA-256, hex.
+    pub body_sha256: String,
+}
+
+impl Seen {
+    /// The first value of a header.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// A running echo server.
+#[derive(Debug, Clone)]
+pub struct Echo {
+    /// Its address.
+    pub addr: SocketAddr,
+    first_chunk: watch::Receiver<u64>,
+}
+
+impl Echo {
+    /// Binds `addr` (port 0 for any) and serves until the runtime ends.
+    pub async fn start(addr: SocketAddr) -> std::io::Result<Self> {
+        let listener = TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let (chunk_tx, first_chunk) = watch::channel(0u64);
+        let chunk_tx = Arc::new(chunk_tx);
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let chunk_tx = chunk_tx.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |req| {
+                        let chunk_tx = chunk_tx.clone();
+                        async move { Ok::<_, Infallible>(answer(req, &chunk_tx).await) }
+                    });
+                    let _ = http1::Builder::new()
+                        .keep_alive(true)
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Ok(Self { addr, first_chunk })
+    }
+
+    /// Starts on an ephemeral port of 127.0.0.1.
+    pub async fn start_local() -> std::io::Result<Self> {
+        Self::start(SocketAddr::from(([127, 0, 0, 1], 0))).await
+    }
+
+    /// Waits until a request body's first bytes have reached the server
+    /// (counted across all requests since start).
+    pub async fn first_chunk(&self, timeout: Duration) -> bool {
+        let mut rx = self.first_chunk.clone();
+        tokio::time::timeout(timeout, rx.wait_for(|n| *n > 0))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+}
+
+async fn answer(req: Request<Incoming>, chunk_tx: &watch::Sender<u64>) -> Response<Full<Bytes>> {
+    let (head, mut body) = req.into_parts();
+    let mut hasher = Sha256::new();
+    let mut len = 0usize;
+    while let Some(frame) = body.frame().await {
+        let Ok(frame) = frame else { break };
+        if let Some(data) = frame.data_ref() {
+            if len == 0 && !data.is_empty() {
+                chunk_tx.send_modify(|n| *n += 1);
+            }
+            len += data.len();
+            hasher.update(data);
+        }
+    }
+    let path = head.uri.path().to_owned();
+    let mut status = StatusCode::OK;
+    if let Some(code) = path.strip_prefix("/status/") {
+        status = code
+            .parse::<u16>()
+            .ok()
+            .and_then(|c| StatusCode::from_u16(c).ok())
+            .unwrap_or(StatusCode::BAD_REQUEST);
+    }
+    if let Some(ms) = path.strip_prefix("/delay/").and_then(|ms| ms.parse::<u64>().ok()) {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    let seen = Seen {
+        method: head.method.to_string(),
+        path,
+        query: head.uri.query().map(str::to_owned),
+        headers: head
+            .headers
+            .iter()
+            .map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+            .collect(),
+        body_len: len,
+        body_sha256: hex::encode(hasher.finalize()),
+    };
+    let body = serde_json::to_vec(&seen).unwrap_or_default();
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    response
+        .headers_mut()
+        .insert("x-upstream", http::HeaderValue::from_static("echo"));
+    response
+}

@@ -1,0 +1,288 @@
+//! Test support for Portcullis: the guest fixtures (built by `build.rs`),
+//! an echo upstream, an in-process gateway on ephemeral ports, and a small
+//! HTTP client.
+
+pub mod echo;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, Once};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, StatusCode};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client as HyperClient;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use portcullis::GatewayHandle;
+use portcullis::registry::ReloadEvent;
+use tokio::sync::broadcast;
+
+/// Paths of the guest fixtures, built for `wasm32-wasip2` by `build.rs`.
+pub mod fixtures {
+    include!(concat!(env!("OUT_DIR"), "/fixtures.rs"));
+}
+
+static LOGS: Mutex<String> = Mutex::new(String::new());
+
+/// Log lines go to the test's output (shown for failing tests) and to a
+/// buffer that [`logged`] searches. `RUST_LOG` filters them.
+pub fn init_logs() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_ansi(false)
+            .with_writer(|| LogTee)
+            .try_init();
+    });
+}
+
+struct LogTee;
+
+impl std::io::Write for LogTee {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let text = String::from_utf8_lossy(buf);
+        print!("{text}");
+        if let Ok(mut logs) = LOGS.lock() {
+            logs.push_str(&text);
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Whether one log line written so far contains every one of `parts`.
+pub fn logged(parts: &[&str]) -> bool {
+    LOGS.lock()
+        .map(|logs| logs.lines().any(|line| parts.iter().all(|p| line.contains(p))))
+        .unwrap_or(false)
+}
+
+/// A gateway running in-process on 127.0.0.1 with its own temporary
+/// directory holding `portcullis.toml` and `plugins/`.
+pub struct TestGateway {
+    /// The running gateway.
+    pub handle: GatewayHandle,
+    /// Its first listener.
+    pub addr: SocketAddr,
+    dir: tempfile::TempDir,
+}
+
+impl std::fmt::Debug for TestGateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TestGateway").field("addr", &self.addr).finish()
+    }
+}
+
+/// The config header every test gateway shares: one listener on an
+/// ephemeral port, the plugin directory, and a small instance pool (each
+/// engine reserves address space for its pool).
+pub fn base_config(upstream: SocketAddr) -> String {
+    format!(
+        r#"
+[[listeners]]
+address = "127.0.0.1:0"
+
+[plugins]
+directory = "plugins"
+
+[limits]
+max_instances = 64
+plugin_memory_mib = 32
+plugin_timeout_ms = 100
+
+[upstreams.echo]
+servers = ["{upstream}"]
+timeout_ms = 2000
+"#
+    )
+}
+
+impl TestGateway {
+    /// Writes `config` and copies `plugins` (name, fixture path) into a new
+    /// temporary directory, then starts the gateway.
+    pub async fn start(config: &str, plugins: &[(&str, &str)]) -> anyhow::Result<Self> {
+        let dir = Self::prepare(config, plugins)?;
+        Self::start_in(dir).await
+    }
+
+    /// Like [`start`](Self::start) but returns the directory without
+    /// starting, for tests of start-up failures.
+    pub fn prepare(config: &str, plugins: &[(&str, &str)]) -> anyhow::Result<tempfile::TempDir> {
+        init_logs();
+        let dir = tempfile::tempdir()?;
+        std::fs::create_dir(dir.path().join("plugins"))?;
+        std::fs::write(dir.path().join("portcullis.toml"), config)?;
+        for (name, path) in plugins {
+            std::fs::copy(path, dir.path().join("plugins").join(format!("{name}.wasm")))?;
+        }
+        Ok(dir)
+    }
+
+    /// Starts a gateway on a directory made by [`prepare`](Self::prepare).
+    pub async fn start_in(dir: tempfile::TempDir) -> anyhow::Result<Self> {
+        let handle = portcullis::Gateway::builder(dir.path().join("portcullis.toml"))
+            .start()
+            .await?;
+        let addr = handle.local_addrs()[0];
+        Ok(Self { handle, addr, dir })
+    }
+
+    /// `http://127.0.0.1:<port><path>`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// The temporary directory.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The plugin directory.
+    pub fn plugin_dir(&self) -> PathBuf {
+        self.dir.path().join("plugins")
+    }
+
+    /// Installs `bytes` as `<name>.wasm` the way an operator should: write a
+    /// temporary file in the same directory, then rename it into place.
+    pub fn install(&self, name: &str, bytes: &[u8]) -> std::io::Result<()> {
+        let tmp = self.plugin_dir().join(format!(".{name}.wasm.tmp"));
+        std::fs::write(&tmp, bytes)?;
+        std::fs::rename(&tmp, self.plugin_dir().join(format!("{name}.wasm")))
+    }
+
+    /// Reload events from now on.
+    pub fn events(&self) -> broadcast::Receiver<ReloadEvent> {
+        self.handle.subscribe()
+    }
+
+    /// Stops the gateway.
+    pub async fn stop(self) {
+        self.handle.shutdown().await;
+    }
+}
+
+/// Waits for the next reload event about `trigger`, for at most `timeout`.
+pub async fn next_event(
+    events: &mut broadcast::Receiver<ReloadEvent>,
+    trigger: &portcullis::registry::Trigger,
+    timeout: Duration,
+) -> Option<ReloadEvent> {
+    tokio::time::timeout(timeout, async {
+        loop {
+            match events.recv().await {
+                Ok(event) if &event.trigger == trigger => return Some(event),
+                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    })
+    .await
+    .ok()
+    .flatten()
+}
+
+/// A response, read whole.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    /// Status.
+    pub status: StatusCode,
+    /// Headers.
+    pub headers: HeaderMap,
+    /// Body.
+    pub body: Bytes,
+}
+
+impl Reply {
+    /// A header as text.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// The body as JSON.
+    pub fn json<T: serde::de::DeserializeOwned>(&self) -> anyhow::Result<T> {
+        Ok(serde_json::from_slice(&self.body)?)
+    }
+
+    /// What the echo upstream saw (panics with the body if it is not that).
+    pub fn seen(&self) -> echo::Seen {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "not an echo response ({e}): {} {}",
+                self.status,
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+}
+
+/// Body type of the test client.
+pub type ClientBody = UnsyncBoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
+
+/// A keep-alive HTTP/1.1 client.
+#[derive(Clone)]
+pub struct Client {
+    inner: HyperClient<HttpConnector, ClientBody>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Client")
+    }
+}
+
+impl Default for Client {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Client {
+    /// A new client with its own connection pool.
+    pub fn new() -> Self {
+        Self {
+            inner: HyperClient::builder(TokioExecutor::new()).build(HttpConnector::new()),
+        }
+    }
+
+    /// Sends a request with a body given as a `ClientBody`.
+    pub async fn send(&self, request: Request<ClientBody>) -> anyhow::Result<Reply> {
+        let response = self.inner.request(request).await?;
+        let (head, body) = response.into_parts();
+        let body = body.collect().await?.to_bytes();
+        Ok(Reply {
+            status: head.status,
+            headers: head.headers,
+            body,
+        })
+    }
+
+    /// Sends `method url` with `headers` and `body`.
+    pub async fn request(
+        &self,
+        method: Method,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: impl Into<Bytes>,
+    ) -> anyhow::Result<Reply> {
+        let mut builder = Request::builder().method(method).uri(url);
+        for (k, v) in headers {
+            builder = builder.header(*k, *v);
+        }
+        let body = Full::new(body.into()).map_err(|never| match never {}).boxed_unsync();
+        self.send(builder.body(body)?).await
+    }
+
+    /// `GET url` with `headers`.
+    pub async fn get(&self, url: &str, headers: &[(&str, &str)]) -> anyhow::Result<Reply> {
+        self.request(Method::GET, url, headers, Bytes::new()).await
+    }
+}

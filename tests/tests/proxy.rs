@@ -1,0 +1,228 @@
+//! The reverse proxy with the key-auth plugin, end to end over real sockets.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, StatusCode};
+use http_body_util::{BodyExt, StreamBody};
+use portcullis_tests::echo::Echo;
+use portcullis_tests::{Client, ClientBody, TestGateway, base_config, fixtures};
+use sha2::{Digest, Sha256};
+
+fn sha256(key: &str) -> String {
+    hex::encode(Sha256::digest(key.as_bytes()))
+}
+
+fn key_auth_config(echo: &Echo) -> String {
+    format!(
+        r#"{base}
+[[routes]]
+name = "api"
+path_prefix = "/api"
+upstream = "echo"
+
+[[routes.plugins]]
+name = "key_auth"
+config = {{ query_param = "apikey", keys = [
+    {{ consumer = "alice", sha256 = "{alice}", roles = ["admin"] }},
+    {{ consumer = "bob", sha256 = "{bob}" }},
+] }}
+
+[[routes]]
+name = "open"
+path_prefix = "/open"
+methods = ["GET", "POST"]
+upstream = "echo"
+"#,
+        base = base_config(echo.addr),
+        alice = sha256("alice-secret"),
+        bob = sha256("bob-secret"),
+    )
+}
+
+async fn gateway() -> (TestGateway, Echo) {
+    let echo = Echo::start_local().await.expect("echo starts");
+    let gw = TestGateway::start(&key_auth_config(&echo), &[("key_auth", fixtures::KEY_AUTH)])
+        .await
+        .expect("gateway starts");
+    (gw, echo)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_without_a_valid_key_get_401_and_never_reach_the_upstream() {
+    let (gw, _echo) = gateway().await;
+    let client = Client::new();
+
+    let missing = client.get(&gw.url("/api/users"), &[]).await.expect("response");
+    assert_eq!(missing.status, StatusCode::UNAUTHORIZED);
+    assert!(
+        missing.header("www-authenticate").is_some_and(|v| v.starts_with("ApiKey")),
+        "{:?}",
+        missing.headers
+    );
+    assert_eq!(missing.header("x-upstream"), None, "the upstream must not answer");
+
+    let wrong = client
+        .get(&gw.url("/api/users"), &[("x-api-key", "guess")])
+        .await
+        .expect("response");
+    assert_eq!(wrong.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(wrong.header("x-upstream"), None);
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_valid_key_reaches_the_upstream_stripped_with_forwarded_headers() {
+    let (gw, _echo) = gateway().await;
+    let client = Client::new();
+
+    let ok = client
+        .get(
+            &gw.url("/api/users/42?limit=5&sort=name%20asc"),
+            &[("x-api-key", "alice-secret"), ("host", "api.example.com")],
+        )
+        .await
+        .expect("response");
+    assert_eq!(ok.status, StatusCode::OK, "{}", String::from_utf8_lossy(&ok.body));
+    let seen = ok.seen();
+    assert_eq!(seen.method, "GET");
+    assert_eq!(seen.path, "/api/users/42");
+    assert_eq!(seen.query.as_deref(), Some("limit=5&sort=name%20asc"));
+    assert_eq!(seen.header("x-api-key"), None, "the credential is stripped");
+    assert_eq!(seen.header("x-forwarded-for"), Some("127.0.0.1"));
+    assert_eq!(seen.header("x-forwarded-proto"), Some("http"));
+    assert_eq!(seen.header("x-forwarded-host"), Some("api.example.com"));
+    assert_eq!(seen.header("host"), Some("api.example.com"));
+
+    // The key in the query: accepted, and removed from the query.
+    let by_query = client
+        .get(&gw.url("/api/users?apikey=bob-secret&page=2"), &[])
+        .await
+        .expect("response");
+    assert_eq!(by_query.status, StatusCode::OK);
+    assert_eq!(by_query.seen().query.as_deref(), Some("page=2"));
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_10_mib_body_streams_through_without_being_buffered() {
+    let (gw, echo) = gateway().await;
+    const TOTAL: usize = 10 * 1024 * 1024;
+    const CHUNK: usize = 64 * 1024;
+
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<http_body::Frame<Bytes>, Box<dyn std::error::Error + Send + Sync>>>(4);
+    let body: ClientBody = StreamBody::new(futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    }))
+    .boxed_unsync();
+    let request = Request::builder()
+        .method(Method::POST)
+        .uri(gw.url("/api/upload"))
+        .header("x-api-key", "alice-secret")
+        .header("content-length", TOTAL.to_string())
+        .body(body)
+        .expect("request");
+    let client = Client::new();
+    let response = tokio::spawn(async move { client.send(request).await });
+
+    let mut hasher = Sha256::new();
+    let chunk: Vec<u8> = (0..CHUNK).map(|i| (i % 251) as u8).collect();
+    hasher.update(&chunk);
+    tx.send(Ok(http_body::Frame::data(Bytes::from(chunk.clone()))))
+        .await
+        .expect("first chunk sent");
+    // The rest of the body is held back until the upstream has seen the first
+    // chunk: a gateway that buffered whole bodies would never pass this point.
+    assert!(
+        echo.first_chunk(Duration::from_secs(10)).await,
+        "the upstream did not receive the first chunk before the body was complete"
+    );
+    for _ in 1..TOTAL / CHUNK {
+        hasher.update(&chunk);
+        tx.send(Ok(http_body::Frame::data(Bytes::from(chunk.clone()))))
+            .await
+            .expect("chunk sent");
+    }
+    drop(tx);
+    let reply = response.await.expect("task").expect("response");
+    assert_eq!(reply.status, StatusCode::OK);
+    let seen = reply.seen();
+    assert_eq!(seen.body_len, TOTAL);
+    assert_eq!(seen.body_sha256, hex::encode(hasher.finalize()));
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hop_by_hop_headers_are_not_forwarded() {
+    let (gw, _echo) = gateway().await;
+    let reply = Client::new()
+        .get(
+            &gw.url("/open/x"),
+            &[("connection", "x-session"), ("x-session", "abc"), ("te", "trailers"), ("x-kept", "1")],
+        )
+        .await
+        .expect("response");
+    let seen = reply.seen();
+    assert_eq!(seen.header("x-session"), None);
+    assert_eq!(seen.header("te"), None);
+    assert_eq!(seen.header("x-kept"), Some("1"));
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_paths_are_404_and_wrong_methods_405() {
+    let (gw, _echo) = gateway().await;
+    let client = Client::new();
+    let none = client.get(&gw.url("/nowhere"), &[]).await.expect("response");
+    assert_eq!(none.status, StatusCode::NOT_FOUND);
+    let method = client
+        .request(Method::DELETE, &gw.url("/open/x"), &[], Bytes::new())
+        .await
+        .expect("response");
+    assert_eq!(method.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(method.header("allow"), Some("GET, POST"));
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_upstream_is_502_and_a_slow_one_504() {
+    let echo = Echo::start_local().await.expect("echo starts");
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr")
+    };
+    let config = format!(
+        r#"{base}
+[upstreams.dead]
+servers = ["{closed}"]
+
+[upstreams.slow]
+servers = ["{echo}"]
+timeout_ms = 200
+
+[[routes]]
+name = "dead"
+path_prefix = "/dead"
+upstream = "dead"
+
+[[routes]]
+name = "slow"
+path_prefix = "/delay"
+upstream = "slow"
+"#,
+        base = base_config(echo.addr),
+        echo = echo.addr,
+    );
+    let gw = TestGateway::start(&config, &[]).await.expect("gateway starts");
+    let client = Client::new();
+    let dead = client.get(&gw.url("/dead"), &[]).await.expect("response");
+    assert_eq!(dead.status, StatusCode::BAD_GATEWAY);
+    let body: serde_json::Value = dead.json().expect("json body");
+    assert_eq!(body["message"], "upstream `dead` is unreachable");
+
+    let slow = client.get(&gw.url("/delay/2000"), &[]).await.expect("response");
+    assert_eq!(slow.status, StatusCode::GATEWAY_TIMEOUT);
+    let body: serde_json::Value = slow.json().expect("json body");
+    assert_eq!(body["message"], "upstream `slow` timed out after 200 ms");
+    gw.stop().await;
+}
