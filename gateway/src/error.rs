@@ -156,10 +156,10 @@ impl ProxyError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
-        if let ProxyError::MethodNotAllowed { allow } = &self {
-            if let Ok(value) = HeaderValue::from_str(allow) {
-                headers.insert(header::ALLOW, value);
-            }
+        if let ProxyError::MethodNotAllowed { allow } = &self
+            && let Ok(value) = HeaderValue::from_str(allow)
+        {
+            headers.insert(header::ALLOW, value);
         }
         response
     }

@@ -261,15 +261,15 @@ async fn response_phase(
         request = req;
         response = resp;
         let applied = result.and_then(|changes| apply_response(&mut response, &mut body, changes));
-        if let Err(e) = applied {
-            if let Some(error_response) = plugin_failed(route, link, e, record) {
-                let (head, error_body) = error_response.into_parts();
-                response = ResponseView {
-                    head,
-                    body: BodyView::NotRequested,
-                };
-                body = error_body;
-            }
+        if let Err(e) = applied
+            && let Some(error_response) = plugin_failed(route, link, e, record)
+        {
+            let (head, error_body) = error_response.into_parts();
+            response = ResponseView {
+                head,
+                body: BodyView::NotRequested,
+            };
+            body = error_body;
         }
     }
     drop(held);

@@ -16,7 +16,7 @@ use crate::config::{Problem, RouteConfig};
 #[derive(Debug, Clone)]
 struct Entry {
     prefix: String,
-    methods: Option<Vec<Method>>,
+    methods: Methods,
     route: usize,
 }
 
@@ -62,7 +62,10 @@ pub struct Router {
     any: Vec<Entry>,
 }
 
-fn parse_methods(methods: &[String]) -> Option<Vec<Method>> {
+/// A route's methods; `None` is any method.
+type Methods = Option<Vec<Method>>;
+
+fn parse_methods(methods: &[String]) -> Methods {
     if methods.is_empty() {
         return None;
     }
@@ -74,7 +77,7 @@ fn parse_methods(methods: &[String]) -> Option<Vec<Method>> {
     )
 }
 
-fn overlap(a: &Option<Vec<Method>>, b: &Option<Vec<Method>>) -> bool {
+fn overlap(a: &Methods, b: &Methods) -> bool {
     match (a, b) {
         (Some(a), Some(b)) => a.iter().any(|m| b.contains(m)),
         _ => true,
@@ -87,7 +90,8 @@ impl Router {
     pub fn build(routes: &[RouteConfig]) -> Result<Self, Vec<Problem>> {
         let mut router = Router::default();
         let mut problems = Vec::new();
-        let mut seen: HashMap<(String, String), Vec<(usize, Option<Vec<Method>>)>> = HashMap::new();
+        // (host, prefix) -> the routes (index, methods) already taking it.
+        let mut seen: HashMap<(String, String), Vec<(usize, Methods)>> = HashMap::new();
         for (i, route) in routes.iter().enumerate() {
             let methods = parse_methods(&route.methods);
             let hosts: Vec<String> = if route.hosts.is_empty() {
@@ -141,7 +145,9 @@ impl Router {
         };
         router.exact.values_mut().for_each(by_prefix);
         router.wildcard.iter_mut().for_each(|(_, l)| by_prefix(l));
-        router.wildcard.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        router
+            .wildcard
+            .sort_by_key(|(suffix, _)| std::cmp::Reverse(suffix.len()));
         by_prefix(&mut router.any);
         Ok(router)
     }

@@ -307,13 +307,12 @@ impl Registry {
             }
             Err(e) => return self.reject(trigger, format!("cannot read {}: {e}", path.display())),
         };
-        if let Some(current) = loaded.modules.get(name) {
-            if current.hash == crate::plugin::engine::content_hash(&bytes) {
-                return self.emit(ReloadEvent {
-                    trigger,
-                    outcome: Outcome::Unchanged,
-                });
-            }
+        let hash = crate::plugin::engine::content_hash(&bytes);
+        if loaded.modules.get(name).is_some_and(|m| m.hash == hash) {
+            return self.emit(ReloadEvent {
+                trigger,
+                outcome: Outcome::Unchanged,
+            });
         }
         let module = match self
             .engine

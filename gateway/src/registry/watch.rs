@@ -125,10 +125,10 @@ fn classify(event: &Event, plugin_dir: &Path, config_path: &Path) -> Vec<(Target
         } else {
             None
         };
-        if let Some(target) = target {
-            if !targets.iter().any(|(t, _)| *t == target) {
-                targets.push((target, delay));
-            }
+        if let Some(target) = target
+            && !targets.iter().any(|(t, _)| *t == target)
+        {
+            targets.push((target, delay));
         }
     }
     targets
