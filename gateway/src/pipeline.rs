@@ -160,7 +160,7 @@ async fn proxy(
         if !on_request && !on_response {
             continue;
         }
-        let mut lease = match link.pool.lease() {
+        let mut lease = match link.pool.lease().await {
             Ok(lease) => lease,
             Err(e) => match plugin_failed(route, link, e, record) {
                 Some(response) => {
@@ -171,7 +171,7 @@ async fn proxy(
             },
         };
         if on_request {
-            let (returned, result) = lease.on_request(request);
+            let (returned, result) = lease.on_request(request).await;
             request = returned;
             let step = result.and_then(|action| apply_action(&mut request, &mut body, action));
             match step {
@@ -257,7 +257,7 @@ async fn response_phase(
         body: body_view,
     };
     for Held { link, lease } in held.iter_mut().rev() {
-        let (req, resp, result) = lease.on_response(request, response);
+        let (req, resp, result) = lease.on_response(request, response).await;
         request = req;
         response = resp;
         let applied = result.and_then(|changes| apply_response(&mut response, &mut body, changes));

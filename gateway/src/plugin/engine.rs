@@ -101,6 +101,7 @@ impl PluginEngine {
             .max_core_instances_per_component(CORE_INSTANCES_PER_COMPONENT)
             .max_memories_per_component(MEMORIES_PER_COMPONENT)
             .max_tables_per_component(TABLES_PER_COMPONENT)
+            .total_stacks(n)
             .max_memory_size(limits.memory_mib as usize * 1024 * 1024);
 
         let mut config = Config::new();
@@ -112,7 +113,7 @@ impl PluginEngine {
         let engine = Engine::new(&config)?;
 
         let mut linker = Linker::<StoreState>::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
         Policy::add_to_linker::<_, HasSelf<StoreState>>(&mut linker, |s| s)?;
 
         let mut hasher = DefaultHasher::new();

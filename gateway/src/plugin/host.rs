@@ -128,7 +128,13 @@ impl StoreState {
     pub(super) fn output_tail(&self) -> String {
         self.output
             .lock()
-            .map(|s| s.trim().to_owned())
+            .map(|s| {
+                s.lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty() && !l.starts_with("note: run with `RUST_BACKTRACE"))
+                    .collect::<Vec<_>>()
+                    .join(" | ")
+            })
             .unwrap_or_default()
     }
 }
@@ -404,13 +410,12 @@ impl OutputLines {
         }
         let text = String::from_utf8_lossy(&self.line).into_owned();
         self.line.clear();
-        tracing::info!(
-            target: "portcullis::plugin",
-            plugin = %self.out.plugin,
-            route = %self.out.route,
-            stream = self.out.stream,
-            "{text}"
-        );
+        let (plugin, route, stream) = (&*self.out.plugin, &*self.out.route, self.out.stream);
+        if stream == "stderr" {
+            tracing::warn!(target: "portcullis::plugin", plugin, route, stream, "{text}");
+        } else {
+            tracing::info!(target: "portcullis::plugin", plugin, route, stream, "{text}");
+        }
         if let Ok(mut tail) = self.out.tail.lock() {
             tail.push_str(&text);
             tail.push('\n');

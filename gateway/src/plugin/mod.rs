@@ -9,6 +9,10 @@
 //! allocator and a store limiter) and an epoch deadline per call; WASI is
 //! linked only so that Rust's standard library can start, with no
 //! preopened directories, no environment, no arguments and no network.
+//!
+//! Calls are async (wasm runs on a fiber from the pooling allocator's stack
+//! pool): wasmtime-wasi's synchronous bindings block on a tokio runtime,
+//! which panics on a runtime thread, while its async bindings simply await.
 
 pub mod engine;
 mod host;
@@ -29,6 +33,9 @@ pub mod bindings {
             "portcullis:policy/types.request": super::view::RequestHandle,
             "portcullis:policy/types.response": super::view::ResponseHandle,
         },
+        // Exports run on a fiber (`call_async`) so that WASI's host side,
+        // which is async and tokio-based, never blocks a runtime thread.
+        exports: { default: async },
     });
 }
 

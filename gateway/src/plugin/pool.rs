@@ -47,7 +47,7 @@ impl PluginPool {
     /// Creates the pool and its first instance, whose `init` validates the
     /// configuration: a pool that exists has a configuration its plugin
     /// accepted.
-    pub fn new(
+    pub async fn new(
         engine: Arc<PluginEngine>,
         plugin: Arc<CompiledPlugin>,
         route: Arc<str>,
@@ -63,7 +63,7 @@ impl PluginPool {
             services,
             idle: Mutex::new(Vec::new()),
         };
-        let (instance, hooks) = pool.instantiate()?;
+        let (instance, hooks) = pool.instantiate().await?;
         pool.hooks = hooks;
         pool.idle_mut(|idle| idle.push(instance));
         Ok(Arc::new(pool))
@@ -97,7 +97,7 @@ impl PluginPool {
         f(&mut guard)
     }
 
-    fn instantiate(&self) -> Result<(Instance, Hooks), PluginError> {
+    async fn instantiate(&self) -> Result<(Instance, Hooks), PluginError> {
         let limits = self.engine.limits();
         let state = StoreState::new(
             self.plugin.name.clone(),
@@ -109,27 +109,33 @@ impl PluginPool {
         store.limiter(|s| &mut s.memory);
         store.epoch_deadline_trap();
         store.set_epoch_deadline(self.engine.deadline_ticks());
-        let policy = self.plugin.pre.instantiate(&mut store).map_err(|e| {
-            if is_pool_exhausted(&e) {
-                PluginError::Exhausted
-            } else {
-                classify(&e, &store, &self.engine)
-                    .unwrap_or_else(|| PluginError::Instantiate(format!("{e:#}")))
-            }
-        })?;
+        let policy = self
+            .plugin
+            .pre
+            .instantiate_async(&mut store)
+            .await
+            .map_err(|e| {
+                if is_pool_exhausted(&e) {
+                    PluginError::Exhausted
+                } else {
+                    classify(&e, &store, &self.engine)
+                        .unwrap_or_else(|| PluginError::Instantiate(format!("{e:#}")))
+                }
+            })?;
         store.set_epoch_deadline(self.engine.deadline_ticks());
         let info = policy
             .call_init(&mut store, &self.config_json)
+            .await
             .map_err(|e| classify(&e, &store, &self.engine).unwrap_or_else(|| trap(&e, &store)))?
             .map_err(PluginError::Config)?;
         Ok((Instance { store, policy }, info.hooks))
     }
 
     /// Takes an idle instance, or makes one.
-    pub fn lease(self: &Arc<Self>) -> Result<Lease, PluginError> {
+    pub async fn lease(self: &Arc<Self>) -> Result<Lease, PluginError> {
         let instance = match self.idle_mut(Vec::pop) {
             Some(instance) => instance,
-            None => self.instantiate()?.0,
+            None => self.instantiate().await?.0,
         };
         Ok(Lease {
             pool: self.clone(),
@@ -194,36 +200,25 @@ impl Lease {
         &self.pool
     }
 
-    /// Lends the views to the instance, runs `f` under a fresh CPU deadline
-    /// and takes the views back. On failure the instance is discarded and the
-    /// error classified.
-    fn call<R>(
+    /// Takes the views back after a call; on failure discards the instance
+    /// and classifies the error.
+    fn finish<R>(
         &mut self,
-        request: RequestView,
-        response: Option<ResponseView>,
-        f: impl FnOnce(&mut Store<StoreState>, &Policy) -> wasmtime::Result<R>,
-    ) -> (RequestView, Option<ResponseView>, Result<R, PluginError>) {
+        result: wasmtime::Result<R>,
+    ) -> (
+        Option<RequestView>,
+        Option<ResponseView>,
+        Result<R, PluginError>,
+    ) {
         let Some(instance) = self.instance.as_mut() else {
-            let failed = PluginError::Trap("instance already failed".into());
-            return (request, response, Err(failed));
+            return (None, None, Err(failed()));
         };
-        let data = instance.store.data_mut();
-        data.request = Some(request);
-        data.response = response;
-        instance
-            .store
-            .set_epoch_deadline(self.pool.engine.deadline_ticks());
-        let result = f(&mut instance.store, &instance.policy);
         let result = result.map_err(|e| {
             classify(&e, &instance.store, &self.pool.engine)
                 .unwrap_or_else(|| trap(&e, &instance.store))
         });
         let data = instance.store.data_mut();
-        let request = data
-            .request
-            .take()
-            .expect("the host never takes the request view during a call");
-        let response = data.response.take();
+        let (request, response) = (data.request.take(), data.response.take());
         if result.is_err() {
             self.instance = None;
         }
@@ -232,18 +227,28 @@ impl Lease {
 
     /// Calls `on-request`. The view is lent to the instance for the call and
     /// handed back with the plugin's decision.
-    pub fn on_request(
+    pub async fn on_request(
         &mut self,
         request: RequestView,
     ) -> (RequestView, Result<RequestAction, PluginError>) {
-        let (request, _, result) = self.call(request, None, |store, policy| {
-            policy.call_on_request(store, Resource::new_borrow(0))
-        });
-        (request, result)
+        let ticks = self.pool.engine.deadline_ticks();
+        let Some(instance) = self.instance.as_mut() else {
+            return (request, Err(failed()));
+        };
+        lend(instance, request, None, ticks);
+        let result = instance
+            .policy
+            .call_on_request(&mut instance.store, Resource::new_borrow(0))
+            .await;
+        let (request, _, result) = self.finish(result);
+        (
+            request.expect("the host never takes the request view during a call"),
+            result,
+        )
     }
 
     /// Calls `on-response` with the request and the response.
-    pub fn on_response(
+    pub async fn on_response(
         &mut self,
         request: RequestView,
         response: ResponseView,
@@ -252,12 +257,38 @@ impl Lease {
         ResponseView,
         Result<ResponseChanges, PluginError>,
     ) {
-        let (request, returned, result) = self.call(request, Some(response), |store, policy| {
-            policy.call_on_response(store, Resource::new_borrow(0), Resource::new_borrow(0))
-        });
-        let response = returned.expect("the host never takes the response view during a call");
-        (request, response, result)
+        let ticks = self.pool.engine.deadline_ticks();
+        let Some(instance) = self.instance.as_mut() else {
+            return (request, response, Err(failed()));
+        };
+        lend(instance, request, Some(response), ticks);
+        let result = instance
+            .policy
+            .call_on_response(
+                &mut instance.store,
+                Resource::new_borrow(0),
+                Resource::new_borrow(0),
+            )
+            .await;
+        let (request, response, result) = self.finish(result);
+        (
+            request.expect("the host never takes the request view during a call"),
+            response.expect("the host never takes the response view during a call"),
+            result,
+        )
     }
+}
+
+/// Lends the views to the instance for one call under a fresh CPU deadline.
+fn lend(instance: &mut Instance, request: RequestView, response: Option<ResponseView>, ticks: u64) {
+    let data = instance.store.data_mut();
+    data.request = Some(request);
+    data.response = response;
+    instance.store.set_epoch_deadline(ticks);
+}
+
+fn failed() -> PluginError {
+    PluginError::Trap("instance already failed".into())
 }
 
 impl Drop for Lease {

@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
+use tokio::runtime::Handle;
 use tokio::sync::broadcast;
 
 use crate::config::{Config, OnError};
@@ -117,6 +118,7 @@ pub struct Registry {
     loaded: Mutex<Loaded>,
     engine: Arc<PluginEngine>,
     services: Arc<HostServices>,
+    runtime: Handle,
     config_path: PathBuf,
     events: broadcast::Sender<ReloadEvent>,
 }
@@ -188,7 +190,12 @@ impl Registry {
             anyhow::bail!("{}", problems.join("\n"));
         }
         let config = Arc::new(config);
-        let generation = build(&config, &modules, None, &engine, &services, 1)
+        let runtime = Handle::try_current().map_err(|_| {
+            anyhow::anyhow!(
+                "Registry::start must run inside a tokio runtime (on a blocking thread)"
+            )
+        })?;
+        let generation = build(&config, &modules, None, &engine, &services, &runtime, 1)
             .map_err(|problems| anyhow::anyhow!("{}", problems.join("\n")))?;
         let (events, _) = broadcast::channel(256);
         let registry = Self {
@@ -200,6 +207,7 @@ impl Registry {
             }),
             engine,
             services,
+            runtime,
             config_path,
             events,
         };
@@ -330,6 +338,7 @@ impl Registry {
             Some(&previous),
             &self.engine,
             &self.services,
+            &self.runtime,
             loaded.next_id,
         ) {
             Ok(generation) => {
@@ -410,6 +419,7 @@ impl Registry {
             Some(&previous),
             &self.engine,
             &self.services,
+            &self.runtime,
             loaded.next_id,
         ) {
             Ok(generation) => {
@@ -495,13 +505,15 @@ fn log_module(module: &CompiledPlugin, what: &str) {
 
 /// Builds a generation: routing table, upstreams and one initialised pool
 /// per plugin per route. Pools and upstreams whose inputs did not change
-/// are taken over from `previous`. Every problem is collected.
+/// are taken over from `previous`. Every problem is collected. Runs on a
+/// blocking thread; `init` calls are driven on `runtime`.
 fn build(
     config: &Arc<Config>,
     modules: &HashMap<String, Arc<CompiledPlugin>>,
     previous: Option<&Generation>,
     engine: &Arc<PluginEngine>,
     services: &Arc<HostServices>,
+    runtime: &Handle,
     id: u64,
 ) -> Result<Generation, Vec<String>> {
     let mut problems = Vec::new();
@@ -564,13 +576,13 @@ fn build(
                 .map(|l| l.pool.clone());
             let pool = match reused {
                 Some(pool) => pool,
-                None => match PluginPool::new(
+                None => match runtime.block_on(PluginPool::new(
                     engine.clone(),
                     module.clone(),
                     name.clone(),
                     config_json,
                     services.clone(),
-                ) {
+                )) {
                     Ok(pool) => pool,
                     Err(e) => {
                         problems.push(describe_pool_error(&route.name, &link.name, &e));
