@@ -12,5 +12,5 @@ cargo clippy --workspace --all-targets -- -D warnings
 # The guests, as they are really built. Same target directory as the test
 # fixtures (tests/build.rs), so nothing is compiled twice.
 cargo clippy --target wasm32-wasip2 --target-dir target/wasm \
-    -p portcullis-sdk -p key-auth -p stamp -p misbehave -p wrong-world -- -D warnings
+    -p portcullis-sdk -p key-auth -p stamp -p misbehave -p wrong-world -p shape-probe -- -D warnings
 cargo test --workspace

@@ -7,20 +7,31 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// (package, output file stem, constant, extra cargo args)
+/// (package, output file stem, constant)
 const FIXTURES: &[(&str, &str, &str)] = &[
     ("key-auth", "key_auth", "KEY_AUTH"),
     ("stamp", "stamp", "STAMP_V1"),
     ("misbehave", "misbehave", "MISBEHAVE"),
     ("wrong-world", "wrong-world", "WRONG_WORLD"),
+    ("shape-probe", "shape_probe", "SHAPE_PROBE"),
 ];
 
 fn main() {
-    let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
-    let root = manifest.parent().expect("tests/ is inside the workspace").to_path_buf();
+    let manifest =
+        PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
+    let root = manifest
+        .parent()
+        .expect("tests/ is inside the workspace")
+        .to_path_buf();
     let out = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
     let target_dir = root.join("target").join("wasm");
-    for watched in ["wit", "plugin-sdk", "plugins", "tests/fixtures", "Cargo.lock"] {
+    for watched in [
+        "wit",
+        "plugin-sdk",
+        "plugins",
+        "tests/fixtures",
+        "Cargo.lock",
+    ] {
         println!("cargo:rerun-if-changed={}", root.join(watched).display());
     }
 
@@ -31,7 +42,10 @@ fn main() {
     for (_, stem, constant) in FIXTURES {
         let dest = out.join(format!("{stem}.wasm"));
         copy(&release.join(format!("{stem}.wasm")), &dest);
-        constants.push_str(&format!("/// `{stem}.wasm`, built for wasm32-wasip2.\npub const {constant}: &str = {:?};\n", dest.display().to_string()));
+        constants.push_str(&format!(
+            "/// `{stem}.wasm`, built for wasm32-wasip2.\npub const {constant}: &str = {:?};\n",
+            dest.display().to_string()
+        ));
     }
     // The same stamp plugin, built to behave differently: for hot reload tests.
     cargo_build(&root, &target_dir, &["stamp"], &["--features", "stamp/v2"]);
@@ -48,7 +62,13 @@ fn cargo_build(root: &Path, target_dir: &Path, packages: &[&str], extra: &[&str]
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(root)
-        .args(["build", "--release", "--target", "wasm32-wasip2", "--target-dir"])
+        .args([
+            "build",
+            "--release",
+            "--target",
+            "wasm32-wasip2",
+            "--target-dir",
+        ])
         .arg(target_dir);
     for p in packages {
         cmd.args(["-p", p]);
@@ -78,5 +98,6 @@ fn cargo_build(root: &Path, target_dir: &Path, packages: &[&str], extra: &[&str]
 }
 
 fn copy(from: &Path, to: &Path) {
-    std::fs::copy(from, to).unwrap_or_else(|e| panic!("copy {} to {}: {e}", from.display(), to.display()));
+    std::fs::copy(from, to)
+        .unwrap_or_else(|e| panic!("copy {} to {}: {e}", from.display(), to.display()));
 }

@@ -39,7 +39,10 @@ async fn wait_for_stamp(client: &Client, gw: &TestGateway, want: &str) -> Durati
         if reply.header("x-stamp") == Some(want) {
             return started.elapsed();
         }
-        assert!(started.elapsed() < Duration::from_secs(10), "no reload after 10 s");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "no reload after 10 s"
+        );
     }
 }
 
@@ -74,7 +77,11 @@ async fn main() {
     let mut cached = Vec::new();
     for round in 0..ROUNDS {
         // New content each time: compiled.
-        let (bytes, want) = if round % 2 == 0 { (&v2, "v2") } else { (&v1, "v1") };
+        let (bytes, want) = if round % 2 == 0 {
+            (&v2, "v2")
+        } else {
+            (&v1, "v1")
+        };
         gw.install("stamp", &unique(bytes, round)).expect("install");
         fresh.push(wait_for_stamp(&client, &gw, want).await);
     }
@@ -85,7 +92,11 @@ async fn main() {
         wait_for_stamp(&client, &gw, want).await;
     }
     for round in 0..ROUNDS {
-        let (bytes, want) = if round % 2 == 0 { (&known[0], "v1") } else { (&known[1], "v2") };
+        let (bytes, want) = if round % 2 == 0 {
+            (&known[0], "v1")
+        } else {
+            (&known[1], "v2")
+        };
         gw.install("stamp", bytes).expect("install");
         cached.push(wait_for_stamp(&client, &gw, want).await);
     }

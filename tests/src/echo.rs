@@ -126,7 +126,10 @@ async fn answer(req: Request<Incoming>, chunk_tx: &watch::Sender<u64>) -> Respon
             .and_then(|c| StatusCode::from_u16(c).ok())
             .unwrap_or(StatusCode::BAD_REQUEST);
     }
-    if let Some(ms) = path.strip_prefix("/delay/").and_then(|ms| ms.parse::<u64>().ok()) {
+    if let Some(ms) = path
+        .strip_prefix("/delay/")
+        .and_then(|ms| ms.parse::<u64>().ok())
+    {
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
     let seen = Seen {
@@ -136,7 +139,12 @@ async fn answer(req: Request<Incoming>, chunk_tx: &watch::Sender<u64>) -> Respon
         headers: head
             .headers
             .iter()
-            .map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+            .map(|(k, v)| {
+                (
+                    k.to_string(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
             .collect(),
         body_len: len,
         body_sha256: hex::encode(hasher.finalize()),

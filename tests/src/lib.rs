@@ -62,7 +62,10 @@ impl std::io::Write for LogTee {
 /// Whether one log line written so far contains every one of `parts`.
 pub fn logged(parts: &[&str]) -> bool {
     LOGS.lock()
-        .map(|logs| logs.lines().any(|line| parts.iter().all(|p| line.contains(p))))
+        .map(|logs| {
+            logs.lines()
+                .any(|line| parts.iter().all(|p| line.contains(p)))
+        })
         .unwrap_or(false)
 }
 
@@ -78,7 +81,9 @@ pub struct TestGateway {
 
 impl std::fmt::Debug for TestGateway {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TestGateway").field("addr", &self.addr).finish()
+        f.debug_struct("TestGateway")
+            .field("addr", &self.addr)
+            .finish()
     }
 }
 
@@ -122,7 +127,10 @@ impl TestGateway {
         std::fs::create_dir(dir.path().join("plugins"))?;
         std::fs::write(dir.path().join("portcullis.toml"), config)?;
         for (name, path) in plugins {
-            std::fs::copy(path, dir.path().join("plugins").join(format!("{name}.wasm")))?;
+            std::fs::copy(
+                path,
+                dir.path().join("plugins").join(format!("{name}.wasm")),
+            )?;
         }
         Ok(dir)
     }
@@ -277,7 +285,9 @@ impl Client {
         for (k, v) in headers {
             builder = builder.header(*k, *v);
         }
-        let body = Full::new(body.into()).map_err(|never| match never {}).boxed_unsync();
+        let body = Full::new(body.into())
+            .map_err(|never| match never {})
+            .boxed_unsync();
         self.send(builder.body(body)?).await
     }
 

@@ -8,7 +8,9 @@ use portcullis::config::Config;
 
 #[test]
 fn invalid_configs_fail_with_the_expected_messages() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("ui").join("invalid");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("ui")
+        .join("invalid");
     let bless = std::env::var_os("BLESS").is_some();
     let mut cases: Vec<_> = std::fs::read_dir(&dir)
         .expect("ui/invalid exists")
@@ -21,7 +23,9 @@ fn invalid_configs_fail_with_the_expected_messages() {
     for case in cases {
         let error = Config::load(&case).expect_err("an invalid config must not load");
         // Name the file relative to the test directory so the text is stable.
-        let actual = error.to_string().replace(&dir.display().to_string(), "ui/invalid");
+        let actual = error
+            .to_string()
+            .replace(&dir.display().to_string(), "ui/invalid");
         let expected_path = case.with_extension("txt");
         if bless {
             std::fs::write(&expected_path, format!("{actual}\n")).expect("write expected");

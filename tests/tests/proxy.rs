@@ -53,14 +53,23 @@ async fn requests_without_a_valid_key_get_401_and_never_reach_the_upstream() {
     let (gw, _echo) = gateway().await;
     let client = Client::new();
 
-    let missing = client.get(&gw.url("/api/users"), &[]).await.expect("response");
+    let missing = client
+        .get(&gw.url("/api/users"), &[])
+        .await
+        .expect("response");
     assert_eq!(missing.status, StatusCode::UNAUTHORIZED);
     assert!(
-        missing.header("www-authenticate").is_some_and(|v| v.starts_with("ApiKey")),
+        missing
+            .header("www-authenticate")
+            .is_some_and(|v| v.starts_with("ApiKey")),
         "{:?}",
         missing.headers
     );
-    assert_eq!(missing.header("x-upstream"), None, "the upstream must not answer");
+    assert_eq!(
+        missing.header("x-upstream"),
+        None,
+        "the upstream must not answer"
+    );
 
     let wrong = client
         .get(&gw.url("/api/users"), &[("x-api-key", "guess")])
@@ -83,7 +92,12 @@ async fn a_valid_key_reaches_the_upstream_stripped_with_forwarded_headers() {
         )
         .await
         .expect("response");
-    assert_eq!(ok.status, StatusCode::OK, "{}", String::from_utf8_lossy(&ok.body));
+    assert_eq!(
+        ok.status,
+        StatusCode::OK,
+        "{}",
+        String::from_utf8_lossy(&ok.body)
+    );
     let seen = ok.seen();
     assert_eq!(seen.method, "GET");
     assert_eq!(seen.path, "/api/users/42");
@@ -110,7 +124,9 @@ async fn a_10_mib_body_streams_through_without_being_buffered() {
     const TOTAL: usize = 10 * 1024 * 1024;
     const CHUNK: usize = 64 * 1024;
 
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<http_body::Frame<Bytes>, Box<dyn std::error::Error + Send + Sync>>>(4);
+    let (tx, rx) = tokio::sync::mpsc::channel::<
+        Result<http_body::Frame<Bytes>, Box<dyn std::error::Error + Send + Sync>>,
+    >(4);
     let body: ClientBody = StreamBody::new(futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|item| (item, rx))
     }))
@@ -158,7 +174,12 @@ async fn hop_by_hop_headers_are_not_forwarded() {
     let reply = Client::new()
         .get(
             &gw.url("/open/x"),
-            &[("connection", "x-session"), ("x-session", "abc"), ("te", "trailers"), ("x-kept", "1")],
+            &[
+                ("connection", "x-session"),
+                ("x-session", "abc"),
+                ("te", "trailers"),
+                ("x-kept", "1"),
+            ],
         )
         .await
         .expect("response");
@@ -173,7 +194,10 @@ async fn hop_by_hop_headers_are_not_forwarded() {
 async fn unknown_paths_are_404_and_wrong_methods_405() {
     let (gw, _echo) = gateway().await;
     let client = Client::new();
-    let none = client.get(&gw.url("/nowhere"), &[]).await.expect("response");
+    let none = client
+        .get(&gw.url("/nowhere"), &[])
+        .await
+        .expect("response");
     assert_eq!(none.status, StatusCode::NOT_FOUND);
     let method = client
         .request(Method::DELETE, &gw.url("/open/x"), &[], Bytes::new())
@@ -213,14 +237,19 @@ upstream = "slow"
         base = base_config(echo.addr),
         echo = echo.addr,
     );
-    let gw = TestGateway::start(&config, &[]).await.expect("gateway starts");
+    let gw = TestGateway::start(&config, &[])
+        .await
+        .expect("gateway starts");
     let client = Client::new();
     let dead = client.get(&gw.url("/dead"), &[]).await.expect("response");
     assert_eq!(dead.status, StatusCode::BAD_GATEWAY);
     let body: serde_json::Value = dead.json().expect("json body");
     assert_eq!(body["message"], "upstream `dead` is unreachable");
 
-    let slow = client.get(&gw.url("/delay/2000"), &[]).await.expect("response");
+    let slow = client
+        .get(&gw.url("/delay/2000"), &[])
+        .await
+        .expect("response");
     assert_eq!(slow.status, StatusCode::GATEWAY_TIMEOUT);
     let body: serde_json::Value = slow.json().expect("json body");
     assert_eq!(body["message"], "upstream `slow` timed out after 200 ms");

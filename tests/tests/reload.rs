@@ -60,7 +60,11 @@ async fn a_module_replaced_under_load_loses_no_request() {
             while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
                 let reply = client.get(&url, &[]).await;
                 let outcome = match reply {
-                    Ok(r) => (r.status, r.header("x-stamp").map(str::to_owned), r.header("x-upstream").is_some()),
+                    Ok(r) => (
+                        r.status,
+                        r.header("x-stamp").map(str::to_owned),
+                        r.header("x-upstream").is_some(),
+                    ),
                     Err(e) => panic!("request failed during reload: {e}"),
                 };
                 seen.push((Instant::now(), outcome));
@@ -76,7 +80,10 @@ async fn a_module_replaced_under_load_loses_no_request() {
     let event = next_event(&mut events, &Trigger::Plugin("stamp".into()), RELOAD_BOUND)
         .await
         .expect("reload event");
-    assert!(matches!(event.outcome, Outcome::Applied { .. }), "{event:?}");
+    assert!(
+        matches!(event.outcome, Outcome::Applied { .. }),
+        "{event:?}"
+    );
     tokio::time::sleep(Duration::from_millis(300)).await;
     stop.store(true, Ordering::Relaxed);
 
@@ -87,7 +94,11 @@ async fn a_module_replaced_under_load_loses_no_request() {
         let mut switched = false;
         for (at, (status, stamp, upstream)) in seen {
             total += 1;
-            assert_eq!(status, StatusCode::OK, "no request may fail during a reload");
+            assert_eq!(
+                status,
+                StatusCode::OK,
+                "no request may fail during a reload"
+            );
             assert!(upstream, "every request reached the upstream");
             match stamp.as_deref() {
                 Some("v1") => assert!(!switched, "v1 served after this client had seen v2"),
@@ -100,8 +111,12 @@ async fn a_module_replaced_under_load_loses_no_request() {
         }
         assert!(switched, "every client ends on v2");
     }
-    let latency = first_v2.expect("v2 served").saturating_duration_since(written);
-    println!("{total} requests, none failed; v2 first served {latency:?} after the file was written");
+    let latency = first_v2
+        .expect("v2 served")
+        .saturating_duration_since(written);
+    println!(
+        "{total} requests, none failed; v2 first served {latency:?} after the file was written"
+    );
     assert!(latency < RELOAD_BOUND, "v2 served after {latency:?}");
     gw.stop().await;
 }
@@ -113,9 +128,21 @@ async fn bad_modules_are_refused_and_the_old_version_keeps_serving() {
     let v2 = std::fs::read(fixtures::STAMP_V2).expect("fixture");
     let wrong_world = std::fs::read(fixtures::WRONG_WORLD).expect("fixture");
     let cases: [(&str, Vec<u8>, &str); 3] = [
-        ("garbage", b"this is not wasm at all".to_vec(), "not a valid WebAssembly component"),
-        ("truncated", v2[..v2.len() / 2].to_vec(), "not a valid WebAssembly component"),
-        ("wrong world", wrong_world, "does not implement the portcullis:policy@0.1.0 world"),
+        (
+            "garbage",
+            b"this is not wasm at all".to_vec(),
+            "not a valid WebAssembly component",
+        ),
+        (
+            "truncated",
+            v2[..v2.len() / 2].to_vec(),
+            "not a valid WebAssembly component",
+        ),
+        (
+            "wrong world",
+            wrong_world,
+            "does not implement the portcullis:policy@0.1.0 world",
+        ),
     ];
     for (what, bytes, reason) in cases {
         let mut events = gw.events();
@@ -127,8 +154,15 @@ async fn bad_modules_are_refused_and_the_old_version_keeps_serving() {
             Outcome::Rejected { reason: why } => assert!(why.contains(reason), "{what}: {why}"),
             other => panic!("{what}: expected a rejection, got {other:?}"),
         }
-        assert!(logged(&["plugin `stamp` rejected", reason]), "{what}: reason logged");
-        assert_eq!(stamp_of(&client, &gw).await.as_deref(), Some("v1"), "{what}: v1 still serves");
+        assert!(
+            logged(&["plugin `stamp` rejected", reason]),
+            "{what}: reason logged"
+        );
+        assert_eq!(
+            stamp_of(&client, &gw).await.as_deref(),
+            Some("v1"),
+            "{what}: v1 still serves"
+        );
     }
     gw.stop().await;
 }
@@ -165,7 +199,9 @@ async fn removing_a_module_that_routes_use_is_refused() {
         .await
         .expect("reload event");
     match &event.outcome {
-        Outcome::Rejected { reason } => assert!(reason.contains("routes `stamped` use it"), "{reason}"),
+        Outcome::Rejected { reason } => {
+            assert!(reason.contains("routes `stamped` use it"), "{reason}")
+        }
         other => panic!("expected a rejection, got {other:?}"),
     }
     assert_eq!(stamp_of(&client, &gw).await.as_deref(), Some("v1"));
@@ -192,24 +228,36 @@ async fn a_config_the_plugin_rejects_is_refused_at_start_and_on_reload() {
     let echo = Echo::start_local().await.expect("echo starts");
     let bad = key_auth_route(&echo, r#"{ consumer = "x", sha256 = "not-hex" }"#);
     let dir = TestGateway::prepare(&bad, &[("key_auth", fixtures::KEY_AUTH)]).expect("prepare");
-    let err = TestGateway::start_in(dir).await.expect_err("bad plugin config must not start");
+    let err = TestGateway::start_in(dir)
+        .await
+        .expect_err("bad plugin config must not start");
     let message = format!("{err:#}");
-    assert!(message.contains("route `api` plugin `key_auth`: rejected its configuration"), "{message}");
-    assert!(message.contains("keys[0].sha256"), "the message names the key: {message}");
+    assert!(
+        message.contains("route `api` plugin `key_auth`: rejected its configuration"),
+        "{message}"
+    );
+    assert!(
+        message.contains("keys[0].sha256"),
+        "the message names the key: {message}"
+    );
 
     let good = key_auth_route(&echo, r#"{ consumer = "ci", key = "first" }"#);
     let gw = TestGateway::start(&good, &[("key_auth", fixtures::KEY_AUTH)])
         .await
         .expect("gateway starts");
     let client = Client::new();
-    let first = || client.get(&gw.url("/x"), &[("x-api-key", "first")]);
+    let url = gw.url("/x");
+    let first = || client.get(&url, &[("x-api-key", "first")]);
     assert_eq!(first().await.expect("response").status, StatusCode::OK);
 
     // A reload with a bad plugin config is refused; the old config serves.
     let config_path = gw.dir().join("portcullis.toml");
     std::fs::write(&config_path, &bad).expect("write config");
     let event = gw.handle.reload_config().await.expect("reload runs");
-    assert!(matches!(event.outcome, Outcome::Rejected { .. }), "{event:?}");
+    assert!(
+        matches!(event.outcome, Outcome::Rejected { .. }),
+        "{event:?}"
+    );
     assert_eq!(first().await.expect("response").status, StatusCode::OK);
 
     // A good change applies: the new key works, the old one no longer does.
@@ -219,8 +267,14 @@ async fn a_config_the_plugin_rejects_is_refused_at_start_and_on_reload() {
     let event = next_event(&mut events, &Trigger::Config, RELOAD_BOUND)
         .await
         .expect("the watcher reloads the config");
-    assert!(matches!(event.outcome, Outcome::Applied { .. }), "{event:?}");
-    assert_eq!(first().await.expect("response").status, StatusCode::UNAUTHORIZED);
+    assert!(
+        matches!(event.outcome, Outcome::Applied { .. }),
+        "{event:?}"
+    );
+    assert_eq!(
+        first().await.expect("response").status,
+        StatusCode::UNAUTHORIZED
+    );
     let second = client
         .get(&gw.url("/x"), &[("x-api-key", "second")])
         .await
@@ -232,8 +286,14 @@ async fn a_config_the_plugin_rejects_is_refused_at_start_and_on_reload() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compiled_modules_are_cached_for_the_next_start() {
     let echo = Echo::start_local().await.expect("echo starts");
-    let dir = TestGateway::prepare(&stamp_config(&echo), &[("stamp", fixtures::STAMP_V1)]).expect("prepare");
-    let from_cache = |gw: &TestGateway| gw.handle.registry().current().routes[0].chain[0].pool.plugin().from_cache;
+    let dir = TestGateway::prepare(&stamp_config(&echo), &[("stamp", fixtures::STAMP_V1)])
+        .expect("prepare");
+    let from_cache = |gw: &TestGateway| {
+        gw.handle.registry().current().routes[0].chain[0]
+            .pool
+            .plugin()
+            .from_cache
+    };
 
     let gw = TestGateway::start_in(dir).await.expect("first start");
     assert!(!from_cache(&gw), "first start compiles");
@@ -251,7 +311,10 @@ async fn compiled_modules_are_cached_for_the_next_start() {
         .await
         .expect("second start");
     assert!(
-        second.registry().current().routes[0].chain[0].pool.plugin().from_cache,
+        second.registry().current().routes[0].chain[0]
+            .pool
+            .plugin()
+            .from_cache,
         "second start loads from the cache"
     );
     second.shutdown().await;

@@ -61,10 +61,22 @@ async fn each_misbehaviour_fails_only_its_own_request() {
             .await
             .expect("response");
         assert_eq!(failed.status, StatusCode::INTERNAL_SERVER_ERROR, "{mode}");
-        assert_eq!(failed.header("x-upstream"), None, "{mode}: must not reach the upstream");
-        assert!(!String::from_utf8_lossy(&failed.body).contains(reason), "{mode}: detail leaked");
+        assert_eq!(
+            failed.header("x-upstream"),
+            None,
+            "{mode}: must not reach the upstream"
+        );
         assert!(
-            logged(&["plugin failed", "misbehave", &format!("deny-{mode}"), reason]),
+            !String::from_utf8_lossy(&failed.body).contains(reason),
+            "{mode}: detail leaked"
+        );
+        assert!(
+            logged(&[
+                "plugin failed",
+                "misbehave",
+                &format!("deny-{mode}"),
+                reason
+            ]),
             "{mode}: the log names plugin, route and reason `{reason}`"
         );
 
@@ -99,7 +111,11 @@ async fn a_trap_in_the_response_phase_replaces_the_response_with_500() {
         .await
         .expect("response");
     assert_eq!(reply.status, StatusCode::INTERNAL_SERVER_ERROR);
-    assert_eq!(reply.header("x-upstream"), None, "the upstream's response is not passed on");
+    assert_eq!(
+        reply.header("x-upstream"),
+        None,
+        "the upstream's response is not passed on"
+    );
     gw.stop().await;
 }
 
@@ -113,14 +129,24 @@ async fn concurrent_failures_leave_the_gateway_serving() {
     let mut tasks = Vec::new();
     for i in 0..40 {
         let client = client.clone();
-        let path = if i % 2 == 0 { "/deny-bomb/boom" } else { "/deny-bomb/fine" };
+        let path = if i % 2 == 0 {
+            "/deny-bomb/boom"
+        } else {
+            "/deny-bomb/fine"
+        };
         let url = gw.url(path);
-        tasks.push(tokio::spawn(async move { (i, client.get(&url, &[]).await) }));
+        tasks.push(tokio::spawn(
+            async move { (i, client.get(&url, &[]).await) },
+        ));
     }
     for task in tasks {
         let (i, reply) = task.await.expect("task");
         let reply = reply.expect("response");
-        let expected = if i % 2 == 0 { StatusCode::INTERNAL_SERVER_ERROR } else { StatusCode::OK };
+        let expected = if i % 2 == 0 {
+            StatusCode::INTERNAL_SERVER_ERROR
+        } else {
+            StatusCode::OK
+        };
         assert_eq!(reply.status, expected, "request {i}");
     }
     gw.stop().await;
