@@ -353,17 +353,18 @@ fn edit_headers(
     Ok(())
 }
 
-/// Replaces a body the plugins read, keeping the framing headers right.
+/// Replaces a body (whether the plugins read it or not; an unread one is
+/// dropped), keeping the framing headers right.
 fn replace_body(headers: &mut HeaderMap, view: &mut BodyView, body: &mut ProxyBody, new: Vec<u8>) {
-    if !matches!(view, BodyView::Complete(_)) {
-        tracing::debug!("plugin body change ignored: the body was not read whole");
-        return;
-    }
     let new = Bytes::from(new);
     headers.remove(header::TRANSFER_ENCODING);
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(new.len()));
     *body = body::full(new.clone());
-    *view = BodyView::Complete(new);
+    // Plugins that read bodies see the new one; on routes where none does,
+    // they keep seeing `not-requested`.
+    if !matches!(view, BodyView::NotRequested) {
+        *view = BodyView::Complete(new);
+    }
 }
 
 /// Applies a plugin's decision; `Some` is the reply that ends the request.
@@ -675,6 +676,39 @@ mod tests {
             ..changes()
         };
         assert!(apply_request(&mut v, &mut b, bad_header).is_err());
+    }
+
+    #[tokio::test]
+    async fn a_replaced_body_gets_a_matching_content_length() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        let mut view = BodyView::NotRequested;
+        let mut body = body::empty();
+        replace_body(
+            &mut headers,
+            &mut view,
+            &mut body,
+            b"{\"error\":\"masked\"}".to_vec(),
+        );
+        assert_eq!(headers[header::CONTENT_LENGTH], "18");
+        assert!(!headers.contains_key(header::TRANSFER_ENCODING));
+        assert!(
+            matches!(view, BodyView::NotRequested),
+            "routes that read no body keep not-requested"
+        );
+        let bytes = http_body_util::BodyExt::collect(body)
+            .await
+            .expect("body")
+            .to_bytes();
+        assert_eq!(bytes, "{\"error\":\"masked\"}");
+
+        let mut view = BodyView::Complete(Bytes::from_static(b"old"));
+        let mut body = body::empty();
+        replace_body(&mut headers, &mut view, &mut body, b"new".to_vec());
+        assert!(matches!(view, BodyView::Complete(b) if b == "new"));
     }
 
     #[test]

@@ -96,9 +96,9 @@ pub struct RequestChanges {
     pub attributes: Vec<(String, String)>,
     /// The caller's identity, replacing any earlier one.
     pub identity: Option<Identity>,
-    /// A new request body; ignored unless the plugin read the body
-    /// ([`Policy::REQUEST_BODY`](crate::Policy::REQUEST_BODY)) and it was
-    /// [`Body::Complete`](crate::Body::Complete).
+    /// A new request body, replacing the client's whether the plugin read
+    /// it ([`Policy::REQUEST_BODY`](crate::Policy::REQUEST_BODY)) or not;
+    /// the gateway sets `content-length` to match.
     pub body: Option<Vec<u8>>,
 }
 
@@ -275,9 +275,9 @@ pub struct ResponseChanges {
     pub set_headers: Vec<(String, String)>,
     /// Headers to add beside existing values.
     pub add_headers: Vec<(String, String)>,
-    /// A new response body; ignored unless the plugin read the body
-    /// ([`Policy::RESPONSE_BODY`](crate::Policy::RESPONSE_BODY)) and it was
-    /// [`Body::Complete`](crate::Body::Complete).
+    /// A new response body, replacing the upstream's whether the plugin
+    /// read it ([`Policy::RESPONSE_BODY`](crate::Policy::RESPONSE_BODY)) or
+    /// not (e.g. a JSON error page); the gateway sets `content-length`.
     pub body: Option<Vec<u8>>,
 }
 

@@ -297,11 +297,23 @@ async fn compiled_modules_are_cached_for_the_next_start() {
 
     let gw = TestGateway::start_in(dir).await.expect("first start");
     assert!(!from_cache(&gw), "first start compiles");
-    let cached: Vec<_> = std::fs::read_dir(gw.plugin_dir().join(".cache"))
-        .expect("cache directory")
-        .filter_map(|e| e.ok())
-        .collect();
-    assert_eq!(cached.len(), 1, "one compiled module in the cache");
+    // The compiled module is written in the background, after it serves.
+    let cache = gw.plugin_dir().join(".cache");
+    let deadline = Instant::now() + RELOAD_BOUND;
+    let cached = loop {
+        let entries: Vec<_> = std::fs::read_dir(&cache)
+            .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name()).collect())
+            .unwrap_or_default();
+        let done: Vec<_> = entries
+            .iter()
+            .filter(|n| n.to_string_lossy().ends_with(".cwasm"))
+            .collect();
+        if !done.is_empty() || Instant::now() > deadline {
+            break done.len();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(cached, 1, "one compiled module in the cache");
     let dir_path = gw.dir().to_path_buf();
     let handle = gw.handle;
     handle.shutdown().await;
