@@ -274,23 +274,43 @@ impl Registry {
         event
     }
 
-    fn publish(
+    /// Builds the next generation from `config` and `modules` and publishes
+    /// it, or rejects the change and keeps the current one.
+    fn rebuild(
         &self,
         loaded: &mut Loaded,
-        generation: Generation,
+        config: Arc<Config>,
+        modules: HashMap<String, Arc<CompiledPlugin>>,
         started: Instant,
         trigger: Trigger,
     ) -> ReloadEvent {
-        let id = generation.id;
-        loaded.next_id = id + 1;
-        self.current.store(Arc::new(generation));
-        self.emit(ReloadEvent {
-            trigger,
-            outcome: Outcome::Applied {
-                generation: id,
-                elapsed: started.elapsed(),
-            },
-        })
+        let previous = self.current();
+        let built = build(
+            &config,
+            &modules,
+            Some(&previous),
+            &self.engine,
+            &self.services,
+            &self.runtime,
+            loaded.next_id,
+        );
+        match built {
+            Ok(generation) => {
+                let id = generation.id;
+                loaded.config = config;
+                loaded.modules = modules;
+                loaded.next_id = id + 1;
+                self.current.store(Arc::new(generation));
+                self.emit(ReloadEvent {
+                    trigger,
+                    outcome: Outcome::Applied {
+                        generation: id,
+                        elapsed: started.elapsed(),
+                    },
+                })
+            }
+            Err(problems) => self.reject(trigger, problems.join("; ")),
+        }
     }
 
     fn reject(&self, trigger: Trigger, reason: String) -> ReloadEvent {
@@ -331,23 +351,11 @@ impl Registry {
         };
         let mut modules = loaded.modules.clone();
         modules.insert(name.to_owned(), module.clone());
-        let previous = self.current();
-        match build(
-            &config,
-            &modules,
-            Some(&previous),
-            &self.engine,
-            &self.services,
-            &self.runtime,
-            loaded.next_id,
-        ) {
-            Ok(generation) => {
-                log_module(&module, "loaded");
-                loaded.modules = modules;
-                self.publish(&mut loaded, generation, started, trigger)
-            }
-            Err(problems) => self.reject(trigger, problems.join("; ")),
+        let event = self.rebuild(&mut loaded, config, modules, started, trigger);
+        if matches!(event.outcome, Outcome::Applied { .. }) {
+            log_module(&module, "loaded");
         }
+        event
     }
 
     fn remove_plugin(&self, loaded: &mut Loaded, name: &str, trigger: Trigger) -> ReloadEvent {
@@ -411,24 +419,13 @@ impl Registry {
                 }
             }
         }
-        let config = Arc::new(config);
-        let previous = self.current();
-        match build(
-            &config,
-            &modules,
-            Some(&previous),
-            &self.engine,
-            &self.services,
-            &self.runtime,
-            loaded.next_id,
-        ) {
-            Ok(generation) => {
-                loaded.config = config;
-                loaded.modules = modules;
-                self.publish(&mut loaded, generation, started, Trigger::Config)
-            }
-            Err(problems) => self.reject(Trigger::Config, problems.join("; ")),
-        }
+        self.rebuild(
+            &mut loaded,
+            Arc::new(config),
+            modules,
+            started,
+            Trigger::Config,
+        )
     }
 }
 
