@@ -25,6 +25,17 @@ mod probe {
     });
 }
 
+/// The same bindings with async exports, as the gateway calls plugins
+/// (`call_async` on a fiber), to price the async call itself.
+mod probe_async {
+    wasmtime::component::bindgen!({
+        path: "fixtures/shape-probe/probe.wit",
+        world: "probe",
+        with: { "portcullis:shape-probe/req": super::probe::portcullis::shape_probe::req },
+        exports: { default: async },
+    });
+}
+
 use probe::portcullis::shape_probe::req;
 
 pub struct RequestHandle;
@@ -132,6 +143,41 @@ fn bench(c: &mut Criterion) {
         });
     }
     group.finish();
+
+    // Sync versus async call of the same export, 12 headers.
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let mut linker = Linker::<State>::new(&engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker).expect("wasi");
+    probe_async::Probe::add_to_linker::<_, HasSelf<State>>(&mut linker, |s| s)
+        .expect("probe imports");
+    let mut store = Store::new(
+        &engine,
+        State {
+            wasi: WasiCtx::builder().build(),
+            table: ResourceTable::new(),
+            headers: headers(12),
+        },
+    );
+    let instance = rt
+        .block_on(probe_async::Probe::instantiate_async(
+            &mut store, &component, &linker,
+        ))
+        .expect("instance");
+    c.bench_function("shape/resource/12 call_async", |b| {
+        b.iter_custom(|iters| {
+            rt.block_on(async {
+                let started = std::time::Instant::now();
+                for _ in 0..iters {
+                    let found = instance
+                        .call_by_resource(&mut store, Resource::new_borrow(0))
+                        .await
+                        .expect("call");
+                    assert!(black_box(found));
+                }
+                started.elapsed()
+            })
+        })
+    });
 }
 
 criterion_group!(benches, bench);
