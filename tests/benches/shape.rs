@@ -5,7 +5,7 @@
 //! The fixture `tests/fixtures/shape-probe` makes the same decision both
 //! ways. The record is built from the request's `HeaderMap` on each call,
 //! as the gateway would have to. This is the measurement behind the shape of
-//! `wit/policy.wit` (see `docs/plugin-contract.md`).
+//! `wit/policy.wit` (see `docs/plugins.md`).
 //!
 //! Run: `cargo bench -p portcullis-tests --bench shape`.
 
