@@ -1,6 +1,7 @@
 //! The `portcullis` binary: parse arguments, set up logging, load the config,
 //! start the gateway, and wait for signals.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -57,6 +58,7 @@ fn init_tracing(log: &LogConfig, format: Option<LogFormatArg>) {
     };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     if json {
         builder.json().flatten_event(true).init();

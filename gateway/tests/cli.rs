@@ -1,0 +1,190 @@
+//! The `portcullis` binary itself: a bad config fails before any port is
+//! bound, SIGHUP reloads the config, SIGTERM drains requests in flight.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
+
+/// An upstream answering `200 ok` to everything, after 600 ms on `/slow`.
+fn upstream() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            std::thread::spawn(move || answer(stream));
+        }
+    });
+    addr
+}
+
+fn answer(mut stream: TcpStream) {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match stream.read(&mut byte) {
+            Ok(1) => head.push(byte[0]),
+            _ => return,
+        }
+    }
+    if String::from_utf8_lossy(&head).starts_with("GET /slow") {
+        std::thread::sleep(Duration::from_millis(600));
+    }
+    let _ =
+        stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok");
+}
+
+/// Sends `GET path` and returns the status code.
+fn get(addr: SocketAddr, path: &str) -> u16 {
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nhost: test\r\nconnection: close\r\n\r\n"
+    )
+    .expect("send");
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0)
+}
+
+fn config(dir: &std::path::Path, upstream: SocketAddr, extra_route: bool) {
+    let mut text = format!(
+        r#"
+[[listeners]]
+address = "127.0.0.1:0"
+[plugins]
+directory = "plugins"
+watch = false
+[limits]
+max_instances = 8
+[upstreams.up]
+servers = ["{upstream}"]
+[[routes]]
+name = "main"
+path_prefix = "/slow"
+upstream = "up"
+"#
+    );
+    if extra_route {
+        text.push_str("[[routes]]\nname = \"new\"\npath_prefix = \"/new\"\nupstream = \"up\"\n");
+    }
+    std::fs::write(dir.join("portcullis.toml"), text).expect("write config");
+}
+
+/// Starts `portcullis run` and waits for its listening address (from the
+/// JSON log on stderr).
+fn run(dir: &std::path::Path) -> (Child, SocketAddr) {
+    let mut child = Command::new(BIN)
+        .args(["run", "--log-format", "json", "--config"])
+        .arg(dir.join("portcullis.toml"))
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start portcullis");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let Ok(json) = serde_json::from_str::<serde_json::Value>(&line) else {
+                continue;
+            };
+            if json["message"] == "listening"
+                && let Some(addr) = json["addr"].as_str().and_then(|a| a.parse().ok())
+            {
+                let _ = tx.send(addr);
+            }
+        }
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the gateway logs its address");
+    (child, addr)
+}
+
+fn signal(child: &Child, name: &str) {
+    let status = Command::new("kill")
+        .args([format!("-{name}"), child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+}
+
+#[test]
+fn a_bad_config_exits_non_zero_with_every_problem_before_binding() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let busy = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let text = format!(
+        "[[listeners]]\naddress = \"{}\"\n[plugins]\ndirectory = \"plugins\"\n[[routes]]\nname = \"r\"\npath_prefix = \"x\"\nupstream = \"nope\"\n",
+        busy.local_addr().expect("addr")
+    );
+    std::fs::write(dir.path().join("bad.toml"), text).expect("write");
+    for command in ["run", "check"] {
+        let out = Command::new(BIN)
+            .args([command, "--config"])
+            .arg(dir.path().join("bad.toml"))
+            .output()
+            .expect("run");
+        assert_eq!(out.status.code(), Some(1), "{command}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("routes[0].path_prefix: must start with `/`"),
+            "{stderr}"
+        );
+        assert!(
+            stderr.contains("routes[0].upstream: unknown upstream `nope`"),
+            "{stderr}"
+        );
+        // Validation fails before the gateway tries the (busy) port.
+        assert!(!stderr.contains("cannot listen"), "{stderr}");
+    }
+}
+
+#[test]
+fn help_explains_the_flags() {
+    let out = Command::new(BIN)
+        .args(["run", "--help"])
+        .output()
+        .expect("run");
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(help.contains("--config <FILE>"), "{help}");
+    assert!(help.contains("--log-format <FORMAT>"), "{help}");
+}
+
+#[test]
+fn sighup_reloads_the_config_and_sigterm_drains_requests_in_flight() {
+    let up = upstream();
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir(dir.path().join("plugins")).expect("plugins dir");
+    config(dir.path(), up, false);
+    let (mut child, addr) = run(dir.path());
+    assert_eq!(get(addr, "/new"), 404);
+
+    // The watcher is off: only SIGHUP reloads.
+    config(dir.path(), up, true);
+    signal(&child, "HUP");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while get(addr, "/new") != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "SIGHUP did not reload the config"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    // A request in flight when SIGTERM arrives still completes.
+    let slow = std::thread::spawn(move || get(addr, "/slow"));
+    std::thread::sleep(Duration::from_millis(200));
+    signal(&child, "TERM");
+    assert_eq!(slow.join().expect("request thread"), 200);
+    let status = child.wait().expect("exit");
+    assert!(status.success(), "{status}");
+}
