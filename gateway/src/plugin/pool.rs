@@ -17,6 +17,11 @@ use super::engine::{CompiledPlugin, PluginEngine};
 use super::host::{HostServices, StoreState};
 use super::view::{RequestView, ResponseView};
 
+/// Idle instances a pool keeps; more are dropped when given back, freeing
+/// their slots for other plugins. Enough for the concurrency of a busy
+/// route on a machine of a few dozen cores.
+pub const MAX_IDLE_PER_POOL: usize = 64;
+
 struct Instance {
     store: Store<StoreState>,
     policy: Policy,
@@ -294,7 +299,17 @@ fn failed() -> PluginError {
 impl Drop for Lease {
     fn drop(&mut self) {
         if let Some(instance) = self.instance.take() {
-            self.pool.idle_mut(|idle| idle.push(instance));
+            // Past the cap the instance is dropped (outside the lock), so a
+            // burst does not keep its instance slots and memory forever.
+            let surplus = self.pool.idle_mut(|idle| {
+                if idle.len() < MAX_IDLE_PER_POOL {
+                    idle.push(instance);
+                    None
+                } else {
+                    Some(instance)
+                }
+            });
+            drop(surplus);
         }
     }
 }
