@@ -334,23 +334,48 @@ fn header_value(name: &str, value: &str) -> Result<HeaderValue, PluginError> {
     HeaderValue::from_str(value).map_err(|_| bad(format!("invalid value for header `{name}`")))
 }
 
-/// Applies header changes in the contract's order: remove, set, add.
-fn edit_headers(
-    headers: &mut HeaderMap,
-    remove: &[String],
-    set: &[(String, String)],
-    add: &[(String, String)],
-) -> Result<(), PluginError> {
-    for name in remove {
-        headers.remove(header_name(name)?);
+/// Header changes, checked: a plugin's changes are validated whole before
+/// any is applied, so an invalid result leaves the message untouched (which
+/// matters with `on_error = "allow"`).
+struct HeaderEdits {
+    remove: Vec<HeaderName>,
+    set: Vec<(HeaderName, HeaderValue)>,
+    add: Vec<(HeaderName, HeaderValue)>,
+}
+
+impl HeaderEdits {
+    fn parse(
+        remove: &[String],
+        set: &[(String, String)],
+        add: &[(String, String)],
+    ) -> Result<Self, PluginError> {
+        let pairs = |list: &[(String, String)]| {
+            list.iter()
+                .map(|(n, v)| Ok((header_name(n)?, header_value(n, v)?)))
+                .collect::<Result<Vec<_>, PluginError>>()
+        };
+        Ok(Self {
+            remove: remove
+                .iter()
+                .map(|n| header_name(n))
+                .collect::<Result<_, _>>()?,
+            set: pairs(set)?,
+            add: pairs(add)?,
+        })
     }
-    for (name, value) in set {
-        headers.insert(header_name(name)?, header_value(name, value)?);
+
+    /// Applies the changes in the contract's order: remove, set, add.
+    fn apply(self, headers: &mut HeaderMap) {
+        for name in self.remove {
+            headers.remove(name);
+        }
+        for (name, value) in self.set {
+            headers.insert(name, value);
+        }
+        for (name, value) in self.add {
+            headers.append(name, value);
+        }
     }
-    for (name, value) in add {
-        headers.append(header_name(name)?, header_value(name, value)?);
-    }
-    Ok(())
 }
 
 /// Replaces a body (whether the plugins read it or not; an unread one is
@@ -396,17 +421,12 @@ fn apply_request(
         body: new_body,
     } = changes;
     let head = &mut request.head;
-    edit_headers(
-        &mut head.headers,
-        &remove_headers,
-        &set_headers,
-        &add_headers,
-    )?;
-    if let Some(method) = method {
-        head.method = Method::from_bytes(method.as_bytes())
-            .map_err(|_| bad(format!("invalid method `{method}`")))?;
-    }
-    if path.is_some() || query.is_some() {
+    // Everything fallible first; nothing changes unless all of it is valid.
+    let edits = HeaderEdits::parse(&remove_headers, &set_headers, &add_headers)?;
+    let method = method
+        .map(|m| Method::from_bytes(m.as_bytes()).map_err(|_| bad(format!("invalid method `{m}`"))))
+        .transpose()?;
+    let uri = if path.is_some() || query.is_some() {
         let path = path.unwrap_or_else(|| head.uri.path().to_owned());
         if !path.starts_with('/') {
             return Err(bad(format!("path `{path}` does not start with `/`")));
@@ -422,7 +442,16 @@ fn apply_request(
         };
         let pq = PathAndQuery::try_from(text.as_str())
             .map_err(|_| bad(format!("invalid path or query `{text}`")))?;
-        head.uri = Uri::from(pq);
+        Some(Uri::from(pq))
+    } else {
+        None
+    };
+    edits.apply(&mut head.headers);
+    if let Some(method) = method {
+        head.method = method;
+    }
+    if let Some(uri) = uri {
+        head.uri = uri;
     }
     for (key, value) in attributes {
         request.set_attribute(key, value);
@@ -448,7 +477,7 @@ fn reply_response(reply: Reply) -> Result<Response<ProxyBody>, PluginError> {
         })?;
     let mut response = Response::new(body::full(reply.body));
     *response.status_mut() = status;
-    edit_headers(response.headers_mut(), &[], &[], &reply.headers)?;
+    HeaderEdits::parse(&[], &[], &reply.headers)?.apply(response.headers_mut());
     Ok(response)
 }
 
@@ -457,18 +486,24 @@ fn apply_response(
     body: &mut ProxyBody,
     changes: ResponseChanges,
 ) -> Result<(), PluginError> {
-    if let Some(status) = changes.status {
-        response.head.status = StatusCode::from_u16(status)
-            .ok()
-            .filter(|s| (200..=599).contains(&s.as_u16()))
-            .ok_or_else(|| bad(format!("status {status} is not between 200 and 599")))?;
-    }
-    edit_headers(
-        &mut response.head.headers,
+    let status = changes
+        .status
+        .map(|status| {
+            StatusCode::from_u16(status)
+                .ok()
+                .filter(|s| (200..=599).contains(&s.as_u16()))
+                .ok_or_else(|| bad(format!("status {status} is not between 200 and 599")))
+        })
+        .transpose()?;
+    let edits = HeaderEdits::parse(
         &changes.remove_headers,
         &changes.set_headers,
         &changes.add_headers,
     )?;
+    if let Some(status) = status {
+        response.head.status = status;
+    }
+    edits.apply(&mut response.head.headers);
     if let Some(new) = changes.body {
         replace_body(&mut response.head.headers, &mut response.body, body, new);
     }
@@ -672,10 +707,17 @@ mod tests {
         assert_eq!(v.head.headers["x-a"], "new");
         assert_eq!(v.attribute("k"), Some("v"));
         let bad_header = RequestChanges {
+            remove_headers: vec!["x-a".into()],
             set_headers: vec![("bad header".into(), "1".into())],
+            path: Some("/moved".into()),
             ..changes()
         };
         assert!(apply_request(&mut v, &mut b, bad_header).is_err());
+        assert_eq!(
+            v.head.headers["x-a"], "new",
+            "an invalid result changes nothing"
+        );
+        assert_eq!(v.head.uri, "/");
     }
 
     #[tokio::test]
