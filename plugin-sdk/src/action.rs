@@ -5,6 +5,31 @@ use serde::Serialize;
 use crate::__private::bindings::portcullis::policy::types as wit;
 use crate::Identity;
 
+/// The header builder methods shared by [`RequestChanges`] and
+/// [`ResponseChanges`], which both have `set_headers`, `add_headers` and
+/// `remove_headers` lists.
+macro_rules! header_edits {
+    () => {
+        /// Sets a header, replacing every existing value.
+        pub fn set_header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+            self.set_headers.push((name.into(), value.into()));
+            self
+        }
+
+        /// Adds a header value beside the existing ones.
+        pub fn add_header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+            self.add_headers.push((name.into(), value.into()));
+            self
+        }
+
+        /// Removes every value of a header.
+        pub fn remove_header(mut self, name: impl Into<String>) -> Self {
+            self.remove_headers.push(name.into());
+            self
+        }
+    };
+}
+
 /// What [`Policy::on_request`](crate::Policy::on_request) decides.
 ///
 /// ```
@@ -108,23 +133,7 @@ impl RequestChanges {
         Self::default()
     }
 
-    /// Sets a header, replacing every existing value.
-    pub fn set_header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
-        self.set_headers.push((name.into(), value.into()));
-        self
-    }
-
-    /// Adds a header value beside the existing ones.
-    pub fn add_header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
-        self.add_headers.push((name.into(), value.into()));
-        self
-    }
-
-    /// Removes every value of a header.
-    pub fn remove_header(mut self, name: impl Into<String>) -> Self {
-        self.remove_headers.push(name.into());
-        self
-    }
+    header_edits!();
 
     /// Replaces the method.
     pub fn method(mut self, method: impl Into<String>) -> Self {
@@ -293,23 +302,7 @@ impl ResponseChanges {
         self
     }
 
-    /// Sets a header, replacing every existing value.
-    pub fn set_header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
-        self.set_headers.push((name.into(), value.into()));
-        self
-    }
-
-    /// Adds a header value beside the existing ones.
-    pub fn add_header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
-        self.add_headers.push((name.into(), value.into()));
-        self
-    }
-
-    /// Removes every value of a header.
-    pub fn remove_header(mut self, name: impl Into<String>) -> Self {
-        self.remove_headers.push(name.into());
-        self
-    }
+    header_edits!();
 
     /// Replaces the body (see [`body`](Self#structfield.body)).
     pub fn body(mut self, body: impl Into<Vec<u8>>) -> Self {

@@ -4,6 +4,28 @@ use ref_cast::{RefCastCustom, ref_cast_custom};
 
 use crate::__private::bindings::portcullis::policy::types as wit;
 
+/// The header getters shared by [`Request`] and [`Response`], which both
+/// wrap a resource with `header`, `header-values` and `headers`.
+macro_rules! header_getters {
+    () => {
+        /// The first value of a header, if present.
+        pub fn header(&self, name: &str) -> Option<String> {
+            self.0.header(name)
+        }
+
+        /// Every value of a header, in order.
+        pub fn header_values(&self, name: &str) -> Vec<String> {
+            self.0.header_values(name)
+        }
+
+        /// Every header as `(name, value)` pairs, names in lowercase. Prefer
+        /// [`header`](Self::header): this copies all of them.
+        pub fn headers(&self) -> Vec<(String, String)> {
+            self.0.headers()
+        }
+    };
+}
+
 /// The request being processed, as changed by the plugins before this one.
 ///
 /// Each getter asks the gateway for one thing, so a plugin pays only for
@@ -41,21 +63,7 @@ impl Request {
         self.query().and_then(|query| query_param(&query, name))
     }
 
-    /// The first value of a header, if present.
-    pub fn header(&self, name: &str) -> Option<String> {
-        self.0.header(name)
-    }
-
-    /// Every value of a header, in order.
-    pub fn header_values(&self, name: &str) -> Vec<String> {
-        self.0.header_values(name)
-    }
-
-    /// Every header as `(name, value)` pairs, names in lowercase. Prefer
-    /// [`header`](Self::header): this copies all of them.
-    pub fn headers(&self) -> Vec<(String, String)> {
-        self.0.headers()
-    }
+    header_getters!();
 
     /// The client's IP address as text, e.g. `203.0.113.7` or `::1`.
     pub fn client_ip(&self) -> String {
@@ -102,21 +110,7 @@ impl Response {
         self.0.status()
     }
 
-    /// The first value of a header, if present.
-    pub fn header(&self, name: &str) -> Option<String> {
-        self.0.header(name)
-    }
-
-    /// Every value of a header, in order.
-    pub fn header_values(&self, name: &str) -> Vec<String> {
-        self.0.header_values(name)
-    }
-
-    /// Every header as `(name, value)` pairs, names in lowercase. Prefer
-    /// [`header`](Self::header): this copies all of them.
-    pub fn headers(&self) -> Vec<(String, String)> {
-        self.0.headers()
-    }
+    header_getters!();
 
     /// The response body: [`Body::NotRequested`] unless the plugin sets
     /// [`Policy::RESPONSE_BODY`](crate::Policy::RESPONSE_BODY).
