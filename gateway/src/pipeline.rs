@@ -49,8 +49,12 @@ pub async fn handle(
 ) -> Response<ProxyBody> {
     let started = Instant::now();
     let generation = registry.current();
-    let method = request.method().clone();
-    let path = request.uri().path().to_owned();
+    // Copied only when there is an access log to write.
+    let access = generation
+        .config
+        .log
+        .access_log
+        .then(|| (request.method().clone(), request.uri().path().to_owned()));
     let mut record = Record::default();
     let response = match proxy(&generation, request, peer, &mut record).await {
         Ok(response) => response,
@@ -59,7 +63,7 @@ pub async fn handle(
             error.into_response()
         }
     };
-    if generation.config.log.access_log {
+    if let Some((method, path)) = access {
         record.log(&method, &path, peer, response.status(), started);
     }
     response
