@@ -1,15 +1,20 @@
 //! Builds the guest fixtures (the example plugins and the deliberately bad
 //! ones) for `wasm32-wasip2` and exposes their paths as constants.
 //!
+//! Every crate under `plugins/` is built (constant: its name in upper snake
+//! case, e.g. `RATE_LIMIT`), plus the fixtures under `tests/fixtures/`.
+//! `PORTCULLIS_ONLY_PLUGINS=rbac,api-version` builds just those plugins (the
+//! constants of the others still exist, pointing at their last build): for
+//! working on one plugin while another is half-written.
+//!
 //! The nested `cargo` uses its own target directory (`target/wasm`), so it
 //! never waits on the build lock of the `cargo` that runs this script.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// (package, output file stem, constant)
+/// The test-only guests: (package, output file stem, constant).
 const FIXTURES: &[(&str, &str, &str)] = &[
-    ("key-auth", "key_auth", "KEY_AUTH"),
     ("stamp", "stamp", "STAMP_V1"),
     ("misbehave", "misbehave", "MISBEHAVE"),
     ("wrong-world", "wrong-world", "WRONG_WORLD"),
@@ -35,13 +40,42 @@ fn main() {
         println!("cargo:rerun-if-changed={}", root.join(watched).display());
     }
 
-    let packages: Vec<&str> = FIXTURES.iter().map(|f| f.0).collect();
+    println!("cargo:rerun-if-env-changed=PORTCULLIS_ONLY_PLUGINS");
+
+    let plugins = plugins(&root.join("plugins"));
+    let only = std::env::var("PORTCULLIS_ONLY_PLUGINS").ok();
+    let selected = |name: &str| {
+        only.as_deref()
+            .is_none_or(|only| only.split(',').any(|o| o.trim() == name))
+    };
+    let mut guests: Vec<(String, String, String, bool)> = plugins
+        .iter()
+        .map(|name| {
+            let stem = name.replace('-', "_");
+            let constant = stem.to_uppercase();
+            (name.clone(), stem, constant, selected(name))
+        })
+        .collect();
+    guests.extend(
+        FIXTURES
+            .iter()
+            .map(|(p, s, c)| (p.to_string(), s.to_string(), c.to_string(), true)),
+    );
+
+    let packages: Vec<&str> = guests
+        .iter()
+        .filter(|g| g.3)
+        .map(|g| g.0.as_str())
+        .collect();
     cargo_build(&root, &target_dir, &packages, &[]);
     let release = target_dir.join("wasm32-wasip2").join("release");
     let mut constants = String::new();
-    for (_, stem, constant) in FIXTURES {
+    for (_, stem, constant, built) in &guests {
         let dest = out.join(format!("{stem}.wasm"));
-        copy(&release.join(format!("{stem}.wasm")), &dest);
+        let from = release.join(format!("{stem}.wasm"));
+        if *built || from.exists() {
+            copy(&from, &dest);
+        }
         constants.push_str(&format!(
             "/// `{stem}.wasm`, built for wasm32-wasip2.\npub const {constant}: &str = {:?};\n",
             dest.display().to_string()
@@ -56,6 +90,19 @@ fn main() {
         dest.display().to_string()
     ));
     std::fs::write(out.join("fixtures.rs"), constants).expect("write fixtures.rs");
+}
+
+/// The names of the plugin crates: the directories under `plugins/` with a
+/// `Cargo.toml`, sorted.
+fn plugins(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("read {}: {e}", dir.display()))
+        .filter_map(Result::ok)
+        .filter(|entry| entry.path().join("Cargo.toml").is_file())
+        .filter_map(|entry| entry.file_name().into_string().ok())
+        .collect();
+    names.sort();
+    names
 }
 
 fn cargo_build(root: &Path, target_dir: &Path, packages: &[&str], extra: &[&str]) {

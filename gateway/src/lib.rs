@@ -168,7 +168,10 @@ impl GatewayBuilder {
             )?);
         }
         tasks.push(tokio::spawn(sweep(store.clone(), shutdown_rx.clone())));
-        let sink = tokio::spawn(alerts::run_log_sink(alert_rx));
+        let current = registry.clone();
+        let sink = tokio::spawn(alerts::run(alert_rx, move || {
+            current.current().config.clone()
+        }));
 
         Ok(GatewayHandle {
             addrs,
@@ -186,7 +189,7 @@ struct Loaded {
     registry: Arc<Registry>,
     store: Arc<SharedStore>,
     alerts: AlertSender,
-    alert_rx: tokio::sync::mpsc::Receiver<alerts::Alert>,
+    alert_rx: alerts::AlertReceiver,
 }
 
 async fn sweep(store: Arc<SharedStore>, mut shutdown: watch::Receiver<bool>) {
@@ -248,6 +251,11 @@ impl GatewayHandle {
     /// Alerts dropped because the queue was full.
     pub fn alerts_dropped(&self) -> u64 {
         self.alerts.dropped()
+    }
+
+    /// The alert pipeline's counters: delivered, failed and dropped alerts.
+    pub fn alert_counts(&self) -> alerts::AlertCounts {
+        self.alerts.counts()
     }
 
     /// Reloads the config file now (what SIGHUP does).

@@ -3,7 +3,10 @@
 //! SHA-256 (never the body itself, so 10 MiB bodies stay cheap).
 //!
 //! Paths with a meaning: `/status/<code>` answers with that status,
-//! `/delay/<ms>` waits before answering.
+//! `/delay/<ms>` waits before answering, and a path ending in `/reflect`
+//! answers with the request's own body and `Content-Type` (for plugins that
+//! rewrite response bodies), the `Seen` JSON going into the header
+//! `x-seen` instead.
 //!
 //! It also reports, through [`Echo::first_chunk`], when the first body bytes
 //! of a request arrive, which lets a test prove the gateway streams bodies.
@@ -105,6 +108,8 @@ impl Echo {
 
 async fn answer(req: Request<Incoming>, chunk_tx: &watch::Sender<u64>) -> Response<Full<Bytes>> {
     let (head, mut body) = req.into_parts();
+    let reflect = head.uri.path().ends_with("/reflect");
+    let mut kept = Vec::new();
     let mut hasher = Sha256::new();
     let mut len = 0usize;
     while let Some(frame) = body.frame().await {
@@ -115,6 +120,9 @@ async fn answer(req: Request<Incoming>, chunk_tx: &watch::Sender<u64>) -> Respon
             }
             len += data.len();
             hasher.update(data);
+            if reflect {
+                kept.extend_from_slice(data);
+            }
         }
     }
     let path = head.uri.path().to_owned();
@@ -149,13 +157,27 @@ async fn answer(req: Request<Incoming>, chunk_tx: &watch::Sender<u64>) -> Respon
         body_len: len,
         body_sha256: hex::encode(hasher.finalize()),
     };
-    let body = serde_json::to_vec(&seen).unwrap_or_default();
-    let mut response = Response::new(Full::new(Bytes::from(body)));
+    let seen = serde_json::to_vec(&seen).unwrap_or_default();
+    let mut response = if reflect {
+        let mut response = Response::new(Full::new(Bytes::from(kept)));
+        if let Some(content_type) = head.headers.get(http::header::CONTENT_TYPE) {
+            response
+                .headers_mut()
+                .insert(http::header::CONTENT_TYPE, content_type.clone());
+        }
+        if let Ok(seen) = http::HeaderValue::from_bytes(&seen) {
+            response.headers_mut().insert("x-seen", seen);
+        }
+        response
+    } else {
+        let mut response = Response::new(Full::new(Bytes::from(seen)));
+        response.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/json"),
+        );
+        response
+    };
     *response.status_mut() = status;
-    response.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("application/json"),
-    );
     response
         .headers_mut()
         .insert("x-upstream", http::HeaderValue::from_static("echo"));

@@ -3,10 +3,11 @@
 //! HTTP client.
 
 pub mod echo;
+pub mod webhook;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, Once};
+use std::sync::{Arc, Mutex, Once};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -135,11 +136,32 @@ impl TestGateway {
         Ok(dir)
     }
 
+    /// Like [`start`](Self::start), with the gateway's clock (what plugins
+    /// read as `now-ms`, and what expires store entries) under the test's
+    /// control: for windows, buckets and cooldowns without sleeping.
+    pub async fn start_with_clock(
+        config: &str,
+        plugins: &[(&str, &str)],
+        clock: Arc<portcullis::clock::ManualClock>,
+    ) -> anyhow::Result<Self> {
+        let dir = Self::prepare(config, plugins)?;
+        Self::launch(dir, Some(clock)).await
+    }
+
     /// Starts a gateway on a directory made by [`prepare`](Self::prepare).
     pub async fn start_in(dir: tempfile::TempDir) -> anyhow::Result<Self> {
-        let handle = portcullis::Gateway::builder(dir.path().join("portcullis.toml"))
-            .start()
-            .await?;
+        Self::launch(dir, None).await
+    }
+
+    async fn launch(
+        dir: tempfile::TempDir,
+        clock: Option<Arc<portcullis::clock::ManualClock>>,
+    ) -> anyhow::Result<Self> {
+        let mut builder = portcullis::Gateway::builder(dir.path().join("portcullis.toml"));
+        if let Some(clock) = clock {
+            builder = builder.clock(clock);
+        }
+        let handle = builder.start().await?;
         let addr = handle.local_addrs()[0];
         Ok(Self { handle, addr, dir })
     }

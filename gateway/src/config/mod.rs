@@ -16,6 +16,10 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+mod alerts;
+
+pub use alerts::{AlertsConfig, Severity, WebhookConfig};
+
 /// The whole configuration file.
 ///
 /// ```toml
@@ -54,6 +58,9 @@ pub struct Config {
     /// Routes, each with its plugin chain.
     #[serde(default)]
     pub routes: Vec<RouteConfig>,
+    /// Where alerts raised by plugins are delivered.
+    #[serde(default)]
+    pub alerts: AlertsConfig,
 }
 
 /// A listening socket.
@@ -303,6 +310,11 @@ pub struct RoutePlugin {
     /// The plugin's own configuration, handed to its `init` as JSON.
     #[serde(default)]
     pub config: toml::Table,
+    /// Files whose text becomes config values: `files = { jwks = "jwks.json" }`
+    /// sets `config.jwks` to the text of `jwks.json` (relative to the config
+    /// file). Read when the config is loaded or reloaded.
+    #[serde(default)]
+    pub files: BTreeMap<String, PathBuf>,
 }
 
 /// What to do with a request when a plugin fails.
@@ -397,6 +409,13 @@ impl Config {
         }
         let base = path.parent().unwrap_or_else(|| Path::new("."));
         config.resolve_paths(base);
+        let problems = config.read_files();
+        if !problems.is_empty() {
+            return Err(ConfigError::Invalid {
+                path: path.to_owned(),
+                problems,
+            });
+        }
         Ok(config)
     }
 
@@ -423,6 +442,44 @@ impl Config {
         if let Some(cache) = self.plugins.cache_directory.as_mut() {
             resolve(cache);
         }
+        for route in &mut self.routes {
+            for plugin in &mut route.plugins {
+                plugin.files.values_mut().for_each(resolve);
+            }
+        }
+    }
+
+    /// Reads every plugin's `files` into its `config`; returns a problem for
+    /// each file that cannot be read.
+    fn read_files(&mut self) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        for (i, route) in self.routes.iter_mut().enumerate() {
+            for (j, plugin) in route.plugins.iter_mut().enumerate() {
+                for (key, file) in &plugin.files {
+                    match std::fs::read_to_string(file) {
+                        Ok(text) => {
+                            plugin.config.insert(key.clone(), toml::Value::String(text));
+                        }
+                        Err(e) => problems.push(Problem {
+                            key: format!("routes[{i}].plugins[{j}].files.{key}"),
+                            message: format!("cannot read {}: {e}", file.display()),
+                        }),
+                    }
+                }
+            }
+        }
+        problems
+    }
+
+    /// Every file that plugin configs are read from (after [`Config::load`],
+    /// absolute or relative to the working directory): a change to one of
+    /// them is a change to the config.
+    pub fn plugin_files(&self) -> impl Iterator<Item = &Path> {
+        self.routes
+            .iter()
+            .flat_map(|r| &r.plugins)
+            .flat_map(|p| p.files.values())
+            .map(PathBuf::as_path)
     }
 
     /// Checks everything the schema cannot; returns every problem found.
@@ -551,8 +608,19 @@ impl Config {
                 if let Err(why) = check_plugin_name(&plugin.name) {
                     bad(format!("routes[{i}].plugins[{j}].name"), why);
                 }
+                for key in plugin.files.keys() {
+                    if plugin.config.contains_key(key) {
+                        bad(
+                            format!("routes[{i}].plugins[{j}].files.{key}"),
+                            format!(
+                                "`{key}` is also set in the plugin's config table; set it in one place"
+                            ),
+                        );
+                    }
+                }
             }
         }
+        self.alerts.validate(&mut problems);
         problems
     }
 }

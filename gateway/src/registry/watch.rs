@@ -1,4 +1,5 @@
-//! Watches the plugin directory and the config file and reloads on change.
+//! Watches the plugin directory, the config file, and the files plugin
+//! configs are read from (`files = { ... }`), and reloads on change.
 //!
 //! A finished write (`close_write`) or a rename into place triggers a reload
 //! at once; other changes (a create, a write still in progress, platforms
@@ -6,7 +7,7 @@
 //! written. Reloads run one at a time on the blocking pool, off the request
 //! path. Content equal to what is loaded is ignored.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -50,13 +51,14 @@ pub fn spawn(
             Err(e) => tracing::warn!("file watcher error: {e}"),
         })?;
     watcher.watch(&plugin_dir, RecursiveMode::NonRecursive)?;
-    if config_dir != plugin_dir {
+    let mut watched = HashSet::from([plugin_dir.clone()]);
+    if watched.insert(config_dir.clone()) {
         watcher.watch(&config_dir, RecursiveMode::NonRecursive)?;
     }
+    let mut config_files = watch_config_files(&registry, &mut watcher, &mut watched);
     tracing::info!(plugins = %plugin_dir.display(), config = %config_path.display(), "watching for changes");
 
     Ok(tokio::spawn(async move {
-        let _watcher = watcher;
         let mut pending: HashMap<Target, Instant> = HashMap::new();
         loop {
             let next_due = pending.values().min().copied();
@@ -64,7 +66,7 @@ pub fn spawn(
                 _ = shutdown.changed() => break,
                 event = rx.recv() => {
                     let Some(event) = event else { break };
-                    for (target, delay) in classify(&event, &plugin_dir, &config_path) {
+                    for (target, delay) in classify(&event, &plugin_dir, &config_path, &config_files) {
                         let due = Instant::now() + delay;
                         pending
                             .entry(target)
@@ -81,13 +83,17 @@ pub fn spawn(
                     let due: Vec<Target> = pending.iter().filter(|(_, d)| **d <= now).map(|(t, _)| t.clone()).collect();
                     for target in due {
                         pending.remove(&target);
-                        let registry = registry.clone();
+                        let config_changed = target == Target::Config;
+                        let reloading = registry.clone();
                         let job = tokio::task::spawn_blocking(move || match target {
-                            Target::Plugin(name) => registry.reload_plugin(&name),
-                            Target::Config => registry.reload_config(),
+                            Target::Plugin(name) => reloading.reload_plugin(&name),
+                            Target::Config => reloading.reload_config(),
                         });
                         if let Err(e) = job.await {
                             tracing::error!("reload task failed: {e}");
+                        }
+                        if config_changed {
+                            config_files = watch_config_files(&registry, &mut watcher, &mut watched);
                         }
                     }
                 }
@@ -103,12 +109,36 @@ async fn sleep_until(due: Option<Instant>) {
     }
 }
 
+/// Watches the directory of every file the current config reads plugin
+/// values from; returns those files.
+fn watch_config_files(
+    registry: &Registry,
+    watcher: &mut RecommendedWatcher,
+    watched: &mut HashSet<PathBuf>,
+) -> HashSet<PathBuf> {
+    let generation = registry.current();
+    let files: HashSet<PathBuf> = generation.config.plugin_files().map(canonical).collect();
+    for dir in files.iter().filter_map(|f| f.parent()) {
+        if watched.insert(dir.to_path_buf())
+            && let Err(e) = watcher.watch(dir, RecursiveMode::NonRecursive)
+        {
+            tracing::warn!(dir = %dir.display(), "cannot watch for changes: {e}");
+        }
+    }
+    files
+}
+
 fn canonical(path: &Path) -> PathBuf {
     std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf())
 }
 
 /// What an event concerns and how soon to act on it.
-fn classify(event: &Event, plugin_dir: &Path, config_path: &Path) -> Vec<(Target, Duration)> {
+fn classify(
+    event: &Event,
+    plugin_dir: &Path,
+    config_path: &Path,
+    config_files: &HashSet<PathBuf>,
+) -> Vec<(Target, Duration)> {
     let delay = match event.kind {
         EventKind::Access(AccessKind::Close(AccessMode::Write))
         | EventKind::Modify(ModifyKind::Name(_))
@@ -118,7 +148,7 @@ fn classify(event: &Event, plugin_dir: &Path, config_path: &Path) -> Vec<(Target
     };
     let mut targets = Vec::new();
     for path in &event.paths {
-        let target = if path == config_path {
+        let target = if path == config_path || config_files.contains(path) {
             Some(Target::Config)
         } else if path.parent() == Some(plugin_dir) {
             plugin_name(path).map(Target::Plugin)
@@ -151,12 +181,13 @@ mod tests {
     fn completed_writes_are_immediate_and_partial_ones_settle() {
         let dir = Path::new("/p");
         let cfg = Path::new("/c/portcullis.toml");
+        let none = HashSet::new();
         let closed = event(
             EventKind::Access(AccessKind::Close(AccessMode::Write)),
             &["/p/key_auth.wasm"],
         );
         assert_eq!(
-            classify(&closed, dir, cfg),
+            classify(&closed, dir, cfg, &none),
             vec![(Target::Plugin("key_auth".into()), COALESCE)]
         );
         let written = event(
@@ -164,11 +195,27 @@ mod tests {
             &["/p/key_auth.wasm"],
         );
         assert_eq!(
-            classify(&written, dir, cfg),
+            classify(&written, dir, cfg, &none),
             vec![(Target::Plugin("key_auth".into()), SETTLE)]
         );
         let created = event(EventKind::Create(CreateKind::File), &["/c/portcullis.toml"]);
-        assert_eq!(classify(&created, dir, cfg), vec![(Target::Config, SETTLE)]);
+        assert_eq!(
+            classify(&created, dir, cfg, &none),
+            vec![(Target::Config, SETTLE)]
+        );
+    }
+
+    #[test]
+    fn files_read_by_the_config_count_as_the_config() {
+        let files = HashSet::from([PathBuf::from("/keys/jwks.json")]);
+        let e = event(
+            EventKind::Modify(ModifyKind::Name(RenameMode::To)),
+            &["/keys/jwks.json", "/keys/other.json"],
+        );
+        assert_eq!(
+            classify(&e, Path::new("/p"), Path::new("/c/portcullis.toml"), &files),
+            vec![(Target::Config, COALESCE)]
+        );
     }
 
     #[test]
@@ -184,6 +231,6 @@ mod tests {
                 "/p/Bad.wasm",
             ],
         );
-        assert!(classify(&e, dir, cfg).is_empty());
+        assert!(classify(&e, dir, cfg, &HashSet::new()).is_empty());
     }
 }

@@ -1,0 +1,220 @@
+//! A webhook sink: alerts POSTed as JSON, `{"alerts": [...]}`, in batches,
+//! retried with exponential backoff. Each webhook has its own bounded queue
+//! and task, so a slow or dead receiver delays only itself.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue, Method, Request, StatusCode, header};
+use http_body_util::Full;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+use super::{Alert, Payload, Stats};
+use crate::config::WebhookConfig;
+
+/// Longest wait between two attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+type HttpsClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// The sending side of one webhook; dropping it lets the task deliver what
+/// is queued and stop.
+pub(super) struct Webhook {
+    tx: mpsc::Sender<Alert>,
+    min_severity: super::Severity,
+}
+
+impl Webhook {
+    /// Starts the webhook's task.
+    pub(super) fn spawn(config: WebhookConfig, stats: Arc<Stats>) -> Self {
+        let (tx, rx) = mpsc::channel(config.queue.max(1));
+        let min_severity = config.min_severity;
+        tokio::spawn(run(config, rx, stats));
+        Self { tx, min_severity }
+    }
+
+    /// Queues `alert` if it is severe enough; false if the queue was full.
+    pub(super) fn send(&self, alert: &Alert) -> bool {
+        alert.severity < self.min_severity || self.tx.try_send(alert.clone()).is_ok()
+    }
+}
+
+#[derive(Serialize)]
+struct Batch<'a> {
+    alerts: Vec<Payload<'a>>,
+}
+
+/// What became of one attempt.
+#[derive(Debug, PartialEq, Eq)]
+enum Attempt {
+    Delivered,
+    /// Worth trying again (connection error, timeout, 408, 429, 5xx).
+    Retry(String),
+    /// Will not get better (another 4xx, a bad URL).
+    GiveUp(String),
+}
+
+async fn run(config: WebhookConfig, mut rx: mpsc::Receiver<Alert>, stats: Arc<Stats>) {
+    let client = match client(&config) {
+        Ok(client) => client,
+        Err(e) => {
+            tracing::error!(target: "portcullis::alert", url = %config.url, "webhook disabled: {e}");
+            while let Some(_alert) = rx.recv().await {
+                stats.failed.fetch_add(1, Ordering::Relaxed);
+            }
+            return;
+        }
+    };
+    let wait = Duration::from_millis(config.batch_wait_ms);
+    let mut closed = false;
+    while !closed {
+        let Some(first) = rx.recv().await else { break };
+        let mut batch = vec![first];
+        let deadline = tokio::time::Instant::now() + wait;
+        while batch.len() < config.batch_max {
+            tokio::select! {
+                next = rx.recv() => match next {
+                    Some(alert) => batch.push(alert),
+                    None => { closed = true; break; }
+                },
+                _ = tokio::time::sleep_until(deadline) => break,
+            }
+        }
+        deliver(&client, &config, &batch, &stats).await;
+    }
+}
+
+fn client(config: &WebhookConfig) -> anyhow::Result<HttpsClient> {
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_connect_timeout(Some(Duration::from_millis(config.timeout_ms)));
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())?
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http);
+    Ok(Client::builder(TokioExecutor::new()).build(https))
+}
+
+/// Sends one batch, retrying as configured; counts the outcome.
+async fn deliver(client: &HttpsClient, config: &WebhookConfig, batch: &[Alert], stats: &Stats) {
+    let body = match serde_json::to_vec(&Batch {
+        alerts: batch.iter().map(Payload::from).collect(),
+    }) {
+        Ok(body) => Bytes::from(body),
+        Err(e) => {
+            tracing::error!(target: "portcullis::alert", "cannot encode alerts: {e}");
+            stats
+                .failed
+                .fetch_add(batch.len() as u64, Ordering::Relaxed);
+            return;
+        }
+    };
+    let mut backoff = Duration::from_millis(config.retry_backoff_ms);
+    let mut attempt_no = 0;
+    loop {
+        let why = match attempt(client, config, body.clone()).await {
+            Attempt::Delivered => {
+                stats
+                    .delivered
+                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                return;
+            }
+            Attempt::Retry(why) if attempt_no < config.max_retries => {
+                tracing::debug!(target: "portcullis::alert", url = %config.url, attempt = attempt_no + 1, "webhook failed, retrying in {backoff:?}: {why}");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                attempt_no += 1;
+                continue;
+            }
+            Attempt::Retry(why) | Attempt::GiveUp(why) => why,
+        };
+        stats
+            .failed
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        tracing::warn!(
+            target: "portcullis::alert",
+            url = %config.url,
+            alerts = batch.len(),
+            attempts = attempt_no + 1,
+            "webhook delivery failed, alerts dropped: {why}"
+        );
+        return;
+    }
+}
+
+async fn attempt(client: &HttpsClient, config: &WebhookConfig, body: Bytes) -> Attempt {
+    let mut request = Request::builder()
+        .method(Method::POST)
+        .uri(&config.url)
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(
+            header::USER_AGENT,
+            concat!("portcullis/", env!("CARGO_PKG_VERSION")),
+        );
+    for (name, value) in &config.headers {
+        // Validated with the config; checked again rather than trusted.
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::try_from(name.as_str()),
+            HeaderValue::try_from(value.as_str()),
+        ) {
+            request = request.header(name, value);
+        }
+    }
+    let request = match request.body(Full::new(body)) {
+        Ok(request) => request,
+        Err(e) => return Attempt::GiveUp(format!("bad request: {e}")),
+    };
+    let timeout = Duration::from_millis(config.timeout_ms);
+    match tokio::time::timeout(timeout, client.request(request)).await {
+        Err(_) => Attempt::Retry(format!("no answer within {timeout:?}")),
+        Ok(Err(e)) => Attempt::Retry(format!("request failed: {e}")),
+        Ok(Ok(response)) => classify(response.status()),
+    }
+}
+
+fn classify(status: StatusCode) -> Attempt {
+    if status.is_success() {
+        Attempt::Delivered
+    } else if status.is_server_error()
+        || status == StatusCode::REQUEST_TIMEOUT
+        || status == StatusCode::TOO_MANY_REQUESTS
+    {
+        Attempt::Retry(format!("answered {status}"))
+    } else {
+        Attempt::GiveUp(format!("answered {status}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_transient_failures_are_retried() {
+        assert_eq!(classify(StatusCode::NO_CONTENT), Attempt::Delivered);
+        assert!(matches!(
+            classify(StatusCode::BAD_GATEWAY),
+            Attempt::Retry(_)
+        ));
+        assert!(matches!(
+            classify(StatusCode::TOO_MANY_REQUESTS),
+            Attempt::Retry(_)
+        ));
+        assert!(matches!(
+            classify(StatusCode::NOT_FOUND),
+            Attempt::GiveUp(_)
+        ));
+        assert!(matches!(
+            classify(StatusCode::UNAUTHORIZED),
+            Attempt::GiveUp(_)
+        ));
+    }
+}
