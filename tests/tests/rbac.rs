@@ -1,0 +1,281 @@
+//! The rbac plugin behind key-auth, end to end over real sockets: roles,
+//! tenant isolation, deny rules, anonymous access and paths that try to
+//! step out of a pattern.
+
+use http::{Method, StatusCode};
+use portcullis_tests::echo::Echo;
+use portcullis_tests::{Client, Reply, TestGateway, base_config, fixtures};
+
+const PLUGINS: &[(&str, &str)] = &[("key_auth", fixtures::KEY_AUTH), ("rbac", fixtures::RBAC)];
+
+fn config(echo: &Echo) -> String {
+    format!(
+        r#"{base}
+[[routes]]
+name = "api"
+path_prefix = "/api"
+upstream = "echo"
+
+[[routes.plugins]]
+name = "key_auth"
+config = {{ keys = [
+    {{ consumer = "alice", key = "alice-key", roles = ["admin"], tenant = "acme" }},
+    {{ consumer = "bob", key = "bob-key", roles = ["member"], tenant = "acme" }},
+    {{ consumer = "carol", key = "carol-key", roles = ["member"], tenant = "globex" }},
+    {{ consumer = "dave", key = "dave-key", roles = ["member"] }},
+    {{ consumer = "erin", key = "erin-key", roles = ["auditor"], tenant = "acme" }},
+] }}
+
+[[routes.plugins]]
+name = "rbac"
+config = {{ rules = [
+    {{ roles = ["admin"], paths = ["/api/**"] }},
+    {{ roles = ["member"], methods = ["GET", "POST"], paths = ["/api/tenants/{{tenant}}/**"], require_tenant = "tenant" }},
+    {{ roles = ["*"], methods = ["GET"], paths = ["/api/me"] }},
+    {{ effect = "deny", roles = ["*"], methods = ["DELETE"], paths = ["/api/audit/**"] }},
+] }}
+
+[[routes]]
+name = "open"
+path_prefix = "/open"
+upstream = "echo"
+
+[[routes.plugins]]
+name = "rbac"
+config = {{ www_authenticate = 'ApiKey realm="open"', rules = [
+    {{ anonymous = true, methods = ["GET"], paths = ["/open/health"] }},
+] }}
+"#,
+        base = base_config(echo.addr),
+    )
+}
+
+async fn gateway() -> (TestGateway, Echo) {
+    let echo = Echo::start_local().await.expect("echo starts");
+    let gw = TestGateway::start(&config(&echo), PLUGINS)
+        .await
+        .expect("gateway starts");
+    (gw, echo)
+}
+
+async fn call(gw: &TestGateway, method: Method, path: &str, key: Option<&str>) -> Reply {
+    let headers: Vec<(&str, &str)> = key.map(|k| ("x-api-key", k)).into_iter().collect();
+    Client::new()
+        .request(method, &gw.url(path), &headers, "")
+        .await
+        .expect("response")
+}
+
+/// Asserts that the gateway itself refused with `status` and `message`,
+/// and that the upstream never saw the request.
+fn assert_refused(reply: &Reply, status: StatusCode, message: &str) {
+    assert_eq!(
+        reply.status,
+        status,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    assert_eq!(
+        reply.header("x-upstream"),
+        None,
+        "the upstream must not answer"
+    );
+    assert_eq!(reply.header("content-type"), Some("application/json"));
+    let body: serde_json::Value = reply.json().expect("JSON body");
+    assert_eq!(body, serde_json::json!({ "message": message }));
+}
+
+fn assert_passed(reply: &Reply, path: &str) {
+    assert_eq!(
+        reply.status,
+        StatusCode::OK,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    assert_eq!(reply.seen().path, path);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn roles_decide_and_everything_else_is_denied() {
+    let (gw, _echo) = gateway().await;
+
+    let path = "/api/admin/settings";
+    assert_passed(&call(&gw, Method::PUT, path, Some("alice-key")).await, path);
+    assert_refused(
+        &call(&gw, Method::GET, path, Some("bob-key")).await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+    );
+    // `*`: any identity, whatever its roles.
+    assert_passed(
+        &call(&gw, Method::GET, "/api/me", Some("erin-key")).await,
+        "/api/me",
+    );
+    assert_refused(
+        &call(&gw, Method::POST, "/api/me", Some("erin-key")).await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+    );
+    // key-auth answers before rbac when there is no key at all.
+    let anonymous = call(&gw, Method::GET, "/api/me", None).await;
+    assert_eq!(anonymous.status, StatusCode::UNAUTHORIZED);
+    assert!(
+        anonymous
+            .header("www-authenticate")
+            .is_some_and(|v| v.starts_with("ApiKey"))
+    );
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_reach_only_their_own_tenant() {
+    let (gw, _echo) = gateway().await;
+
+    let own = "/api/tenants/acme/orders/7";
+    assert_passed(&call(&gw, Method::GET, own, Some("bob-key")).await, own);
+    assert_passed(&call(&gw, Method::POST, own, Some("bob-key")).await, own);
+    assert_refused(
+        &call(&gw, Method::DELETE, own, Some("bob-key")).await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+    );
+    assert_refused(
+        &call(&gw, Method::GET, own, Some("carol-key")).await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+    );
+    let globex = "/api/tenants/globex/orders";
+    assert_passed(
+        &call(&gw, Method::GET, globex, Some("carol-key")).await,
+        globex,
+    );
+    // A member without a tenant matches no tenant.
+    assert_refused(
+        &call(&gw, Method::GET, own, Some("dave-key")).await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+    );
+    // Percent-encoding is decoded before the comparison, both ways.
+    let encoded = "/api/tenants/%61cme/orders";
+    assert_passed(
+        &call(&gw, Method::GET, encoded, Some("bob-key")).await,
+        encoded,
+    );
+    assert_refused(
+        &call(
+            &gw,
+            Method::GET,
+            "/api/tenants/%67lobex/orders",
+            Some("bob-key"),
+        )
+        .await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+    );
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paths_that_could_escape_a_pattern_are_refused() {
+    let (gw, _echo) = gateway().await;
+
+    for path in [
+        "/api/tenants/acme/../globex/orders",
+        "/api/tenants/acme/%2e%2e/globex/orders",
+        "/api/tenants/acme%2F..%2Fglobex/orders",
+        "/api/tenants/acme/..;/globex/orders",
+        "/api/tenants//globex/orders",
+        "/api/tenants/acme/./orders",
+        "/api/tenants/acme/%zz",
+    ] {
+        let reply = call(&gw, Method::GET, path, Some("bob-key")).await;
+        assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{path}");
+        assert_refused(&reply, StatusCode::BAD_REQUEST, "invalid request path");
+    }
+    // Even an admin, whose rules would allow any path below /api.
+    assert_refused(
+        &call(&gw, Method::GET, "/api/x/../../secret", Some("alice-key")).await,
+        StatusCode::BAD_REQUEST,
+        "invalid request path",
+    );
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deny_rules_take_precedence() {
+    let (gw, _echo) = gateway().await;
+
+    let audit = "/api/audit/2025";
+    assert_passed(
+        &call(&gw, Method::GET, audit, Some("alice-key")).await,
+        audit,
+    );
+    for path in [audit, "/api/audit", "/api/%61udit/2025", "/api/audit/2025/"] {
+        assert_refused(
+            &call(&gw, Method::DELETE, path, Some("alice-key")).await,
+            StatusCode::FORBIDDEN,
+            "forbidden",
+        );
+    }
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callers_without_an_identity_get_401_unless_a_rule_admits_them() {
+    let (gw, _echo) = gateway().await;
+
+    assert_passed(
+        &call(&gw, Method::GET, "/open/health", None).await,
+        "/open/health",
+    );
+    let refused = call(&gw, Method::GET, "/open/metrics", None).await;
+    assert_refused(
+        &refused,
+        StatusCode::UNAUTHORIZED,
+        "authentication required",
+    );
+    assert_eq!(
+        refused.header("www-authenticate"),
+        Some(r#"ApiKey realm="open""#)
+    );
+    assert_refused(
+        &call(&gw, Method::POST, "/open/health", None).await,
+        StatusCode::UNAUTHORIZED,
+        "authentication required",
+    );
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_rule_refuses_the_configuration_naming_the_key() {
+    let echo = Echo::start_local().await.expect("echo starts");
+    let bad = format!(
+        r#"{base}
+[[routes]]
+name = "api"
+path_prefix = "/api"
+upstream = "echo"
+
+[[routes.plugins]]
+name = "rbac"
+config = {{ rules = [
+    {{ roles = ["admin"], paths = ["/api/**"] }},
+    {{ roles = ["member"], paths = ["/api/{{tenant}}/**", "/api/**/x"] }},
+] }}
+"#,
+        base = base_config(echo.addr),
+    );
+    let dir = TestGateway::prepare(&bad, PLUGINS).expect("prepare");
+    let err = TestGateway::start_in(dir)
+        .await
+        .expect_err("a bad rbac config must not start");
+    let message = format!("{err:#}");
+    assert!(
+        message.contains("route `api` plugin `rbac`: rejected its configuration"),
+        "{message}"
+    );
+    assert!(
+        message.contains("rules[1].paths[1]: `/api/**/x`: `**` may only be the last segment"),
+        "{message}"
+    );
+}
