@@ -60,6 +60,18 @@ impl std::io::Write for LogTee {
     }
 }
 
+/// Every log line written so far that contains each of `parts`.
+pub fn logged_lines(parts: &[&str]) -> Vec<String> {
+    LOGS.lock()
+        .map(|logs| {
+            logs.lines()
+                .filter(|line| parts.iter().all(|p| line.contains(p)))
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// Whether one log line written so far contains every one of `parts`.
 pub fn logged(parts: &[&str]) -> bool {
     LOGS.lock()

@@ -1,0 +1,244 @@
+//! Per-call cost of each policy plugin in `plugins/`, on a pooled,
+//! initialised instance the way the pipeline calls it (lease, call with a
+//! typical 12-header API request, give back), with a realistic config.
+//! Each case is the plugin's common path: a request that passes.
+//!
+//! Run: `cargo bench -p portcullis-tests --bench plugins`.
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use http::{Request, Response};
+use portcullis::alerts;
+use portcullis::clock::{Clock, SystemClock};
+use portcullis::plugin::engine::EngineLimits;
+use portcullis::plugin::view::{BodyView, RequestView, ResponseView};
+use portcullis::plugin::{HostServices, Identity, PluginEngine, PluginPool, RequestAction};
+use portcullis::state::SharedStore;
+use portcullis_tests::fixtures;
+use sha2::{Digest, Sha256};
+use tokio::runtime::Runtime;
+
+fn engine() -> (Arc<PluginEngine>, Arc<HostServices>) {
+    let engine = PluginEngine::new(EngineLimits {
+        memory_mib: 64,
+        timeout_ms: 1000,
+        max_instances: 32,
+    })
+    .expect("engine");
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let (alerts, rx) = alerts::queue(16);
+    std::mem::forget(rx);
+    let services = HostServices {
+        store: Arc::new(SharedStore::new(1 << 20, clock.clone())),
+        alerts,
+        clock,
+    };
+    (Arc::new(engine), Arc::new(services))
+}
+
+/// What a case calls, and with what.
+struct Case {
+    name: &'static str,
+    fixture: &'static str,
+    config: String,
+    request: fn() -> RequestView,
+    /// `Some(response)`: the case calls `on-response`, else `on-request`.
+    response: Option<fn() -> ResponseView>,
+}
+
+/// A request like a typical API call: 12 headers, plus `extra`.
+fn request_with(
+    method: &str,
+    uri: &str,
+    extra: &[(&str, &str)],
+    identity: Option<Identity>,
+    body: BodyView,
+) -> RequestView {
+    let mut builder = Request::builder()
+        .method(method)
+        .uri(uri)
+        .header("host", "api.example.com")
+        .header("user-agent", "curl/8.5.0")
+        .header("accept", "application/json")
+        .header("accept-encoding", "gzip, deflate, br")
+        .header("accept-language", "en-US,en;q=0.9")
+        .header("cache-control", "no-cache")
+        .header("connection", "keep-alive")
+        .header("x-request-id", "7f9c2ba4-e88f-4c1b-9a5e-3d2f1c0b8a71")
+        .header(
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        )
+        .header("cookie", "session=abc123; theme=dark")
+        .header("x-forwarded-for", "198.51.100.23");
+    for (name, value) in extra {
+        builder = builder.header(*name, *value);
+    }
+    let (head, ()) = builder.body(()).expect("request").into_parts();
+    RequestView {
+        head,
+        client_ip: "198.51.100.23".parse().expect("ip"),
+        route: "bench".into(),
+        identity,
+        attributes: Vec::new(),
+        body,
+    }
+}
+
+fn alice() -> Identity {
+    Identity {
+        consumer: "alice".into(),
+        roles: vec!["member".into()],
+        tenant: Some("acme".into()),
+    }
+}
+
+fn plain_request() -> RequestView {
+    request_with(
+        "GET",
+        "/api/v1/orders/1234?expand=items&limit=20",
+        &[("x-api-key", "bench-key-0123456789")],
+        None,
+        BodyView::NotRequested,
+    )
+}
+
+fn authenticated_request() -> RequestView {
+    request_with(
+        "GET",
+        "/api/tenants/acme/orders/1234?expand=items",
+        &[],
+        Some(alice()),
+        BodyView::NotRequested,
+    )
+}
+
+fn versioned_request() -> RequestView {
+    request_with("GET", "/v1/orders/1234", &[], None, BodyView::NotRequested)
+}
+
+fn ok_response() -> ResponseView {
+    let (head, ()) = Response::builder()
+        .status(200)
+        .header("content-type", "application/json")
+        .header("content-length", "512")
+        .header("date", "Tue, 01 Dec 2026 10:00:00 GMT")
+        .body(())
+        .expect("response")
+        .into_parts();
+    ResponseView {
+        head,
+        body: BodyView::NotRequested,
+    }
+}
+
+fn sha256(key: &str) -> String {
+    hex::encode(Sha256::digest(key.as_bytes()))
+}
+
+fn cases() -> Vec<Case> {
+    vec![
+        Case {
+            name: "key_auth (valid key)",
+            fixture: fixtures::KEY_AUTH,
+            config: format!(
+                r#"{{"keys":[{{"consumer":"bench","sha256":"{}","roles":["member"]}}]}}"#,
+                sha256("bench-key-0123456789")
+            ),
+            request: plain_request,
+            response: None,
+        },
+        Case {
+            name: "rbac (4 rules, tenant match)",
+            fixture: fixtures::RBAC,
+            config: r#"{"rules":[
+                {"roles":["admin"],"paths":["/api/**"]},
+                {"roles":["member"],"methods":["GET","POST"],"paths":["/api/tenants/{tenant}/**"],"require_tenant":"tenant"},
+                {"roles":["*"],"methods":["GET"],"paths":["/api/me","/api/docs/**"]},
+                {"effect":"deny","roles":["*"],"methods":["DELETE"],"paths":["/api/audit/**"]}
+            ]}"#
+            .into(),
+            request: authenticated_request,
+            response: None,
+        },
+        Case {
+            name: "rate_limit (5/s + 1000/day per consumer), request",
+            fixture: fixtures::RATE_LIMIT,
+            config: r#"{"limits":[{"rate":1000000000,"per":"second"},{"quota":4000000000,"per":"day"}]}"#.into(),
+            request: authenticated_request,
+            response: None,
+        },
+        Case {
+            name: "api_version (deprecated v1), response",
+            fixture: fixtures::API_VERSION,
+            config: r#"{"source":"path","versions":[
+                {"version":"v1","deprecated":"2025-07-01","sunset":"2027-01-01","successor":"https://api.example.com/v2"},
+                {"version":"v2"}
+            ]}"#
+            .into(),
+            request: versioned_request,
+            response: Some(ok_response),
+        },
+    ]
+}
+
+/// Times `iters` calls of the case's hook, the way the pipeline makes them.
+fn run(rt: &Runtime, pool: &Arc<PluginPool>, case: &Case, iters: u64) -> Duration {
+    rt.block_on(async {
+        let mut request = Some((case.request)());
+        let mut response = case.response.map(|r| r());
+        let started = Instant::now();
+        for _ in 0..iters {
+            let mut lease = pool.lease().await.expect("lease");
+            match response.take() {
+                None => {
+                    let (view, result) = lease.on_request(request.take().expect("view")).await;
+                    assert!(
+                        matches!(result, Ok(RequestAction::Continue(_))),
+                        "{}: {result:?}",
+                        case.name
+                    );
+                    request = Some(view);
+                }
+                Some(resp) => {
+                    let (view, resp, result) =
+                        lease.on_response(request.take().expect("view"), resp).await;
+                    assert!(result.is_ok(), "{}: {result:?}", case.name);
+                    request = Some(view);
+                    response = Some(resp);
+                }
+            }
+            black_box(&request);
+        }
+        started.elapsed()
+    })
+}
+
+fn bench(c: &mut Criterion) {
+    let rt = Runtime::new().expect("runtime");
+    let (engine, services) = engine();
+    let mut group = c.benchmark_group("plugins");
+    for case in cases() {
+        let bytes = std::fs::read(case.fixture).expect("fixture");
+        let compiled = engine.compile(case.name, &bytes, None).expect("compiles");
+        let pool = rt
+            .block_on(PluginPool::new(
+                engine.clone(),
+                Arc::new(compiled),
+                "bench".into(),
+                case.config.clone(),
+                services.clone(),
+            ))
+            .unwrap_or_else(|e| panic!("{}: init: {e}", case.name));
+        group.bench_function(case.name, |b| {
+            b.iter_custom(|iters| run(&rt, &pool, &case, iters))
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
