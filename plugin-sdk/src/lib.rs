@@ -77,7 +77,7 @@ pub mod time;
 
 pub use action::{Action, Reply, RequestChanges, ResponseChanges};
 pub use message::{Body, Identity, Request, Response};
-pub use plugin::Policy;
+pub use plugin::{Needs, Policy};
 
 /// Exports an `impl Policy for YourType` block as the plugin's entry points.
 ///

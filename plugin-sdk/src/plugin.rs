@@ -4,6 +4,29 @@ use serde::de::DeserializeOwned;
 
 use crate::{Action, Request, Response, ResponseChanges};
 
+/// What an instance needs from the gateway; see [`Policy::needs`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Needs {
+    /// `on_request` is called.
+    pub on_request: bool,
+    /// `on_response` is called.
+    pub on_response: bool,
+    /// The request body is buffered for [`Request::body`].
+    pub request_body: bool,
+    /// The response body is buffered for [`Response::body`].
+    pub response_body: bool,
+}
+
+impl Needs {
+    /// Everything the impl defines and asks for.
+    pub const ALL: Needs = Needs {
+        on_request: true,
+        on_response: true,
+        request_body: true,
+        response_body: true,
+    };
+}
+
 /// A policy plugin: its configuration, its constructor, and the hooks it
 /// implements. Put [`#[policy]`](crate::policy) on the impl to export it.
 ///
@@ -81,6 +104,31 @@ pub trait Policy: Sized + 'static {
     /// wrong with it; the message is shown to the operator with the route
     /// and plugin names, so name the key concerned.
     fn new(config: Self::Config) -> Result<Self, String>;
+
+    /// What this instance needs, given its configuration. The gateway asks
+    /// once, after [`new`](Self::new): a plugin whose configuration leaves a
+    /// hook or a body unused says so here, and its routes skip the cost
+    /// (buffering bodies, keeping an instance through the upstream call).
+    /// It can only turn off what the impl defines and the `*_BODY`
+    /// constants ask for. The default, [`Needs::ALL`], turns off nothing.
+    ///
+    /// ```
+    /// # use portcullis_sdk::{Needs, Policy, policy};
+    /// struct Rewrite { body_rules: usize }
+    /// # #[policy]
+    /// impl Policy for Rewrite {
+    ///     type Config = ();
+    ///     const REQUEST_BODY: bool = true;
+    /// #   fn new(_: ()) -> Result<Self, String> { Ok(Rewrite { body_rules: 0 }) }
+    ///     fn needs(&self) -> Needs {
+    ///         Needs { request_body: self.body_rules > 0, ..Needs::ALL }
+    ///     }
+    /// }
+    /// # fn main() {}
+    /// ```
+    fn needs(&self) -> Needs {
+        Needs::ALL
+    }
 
     /// Decides what happens to a request before it goes upstream.
     fn on_request(&self, req: &Request) -> Action {

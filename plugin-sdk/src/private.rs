@@ -7,7 +7,7 @@ use std::marker::PhantomData;
 
 use serde::de::DeserializeOwned;
 
-use crate::{Policy, Reply, Request, Response, ResponseChanges};
+use crate::{Needs, Policy, Reply, Request, Response, ResponseChanges};
 
 /// Bindings generated from `wit/policy.wit`.
 // wit-bindgen's output is the canonical ABI glue: raw pointers, `unsafe`
@@ -45,10 +45,9 @@ impl<T: Policy> bindings::Guest for Adapter<T> {
     fn init(config: String) -> Result<bindings::PluginInfo, String> {
         let config = parse_config::<T::Config>(&config)?;
         let policy = T::new(config)?;
+        let hooks = hooks::<T>(policy.needs());
         INSTANCE.with_borrow_mut(|slot| *slot = Some(Box::new(policy)));
-        Ok(bindings::PluginInfo {
-            hooks: hooks::<T>(),
-        })
+        Ok(bindings::PluginInfo { hooks })
     }
 
     fn on_request(req: &bindings::Request) -> bindings::RequestAction {
@@ -89,13 +88,25 @@ fn with_instance<T: Policy, R>(f: impl FnOnce(&T) -> R) -> Option<R> {
     })
 }
 
-/// The hooks `init` reports for `T`.
-fn hooks<T: Policy>() -> wit::Hooks {
+/// The hooks `init` reports for an instance of `T` that needs `needs`.
+fn hooks<T: Policy>(needs: Needs) -> wit::Hooks {
     [
-        (T::__HOOKS & HOOK_ON_REQUEST != 0, wit::Hooks::ON_REQUEST),
-        (T::__HOOKS & HOOK_ON_RESPONSE != 0, wit::Hooks::ON_RESPONSE),
-        (T::REQUEST_BODY, wit::Hooks::REQUEST_BODY),
-        (T::RESPONSE_BODY, wit::Hooks::RESPONSE_BODY),
+        (
+            T::__HOOKS & HOOK_ON_REQUEST != 0 && needs.on_request,
+            wit::Hooks::ON_REQUEST,
+        ),
+        (
+            T::__HOOKS & HOOK_ON_RESPONSE != 0 && needs.on_response,
+            wit::Hooks::ON_RESPONSE,
+        ),
+        (
+            T::REQUEST_BODY && needs.request_body,
+            wit::Hooks::REQUEST_BODY,
+        ),
+        (
+            T::RESPONSE_BODY && needs.response_body,
+            wit::Hooks::RESPONSE_BODY,
+        ),
     ]
     .into_iter()
     .filter(|(wanted, _)| *wanted)
@@ -213,6 +224,35 @@ mod tests {
         );
         let err = parse_config::<Defaults>(r#"{"count":1} x"#).expect_err("trailing");
         assert_eq!(err, "trailing characters");
+    }
+
+    /// Defines both hooks and reads request bodies.
+    struct Both;
+
+    impl Policy for Both {
+        type Config = ();
+        const REQUEST_BODY: bool = true;
+        const __HOOKS: u8 = HOOK_ON_REQUEST | HOOK_ON_RESPONSE;
+        fn new(_: ()) -> Result<Self, String> {
+            Ok(Both)
+        }
+    }
+
+    #[test]
+    fn needs_only_turn_off_what_the_impl_defines() {
+        let all = wit::Hooks::ON_REQUEST | wit::Hooks::ON_RESPONSE | wit::Hooks::REQUEST_BODY;
+        assert_eq!(hooks::<Both>(Needs::ALL), all);
+        let fewer = Needs {
+            on_response: false,
+            request_body: false,
+            ..Needs::ALL
+        };
+        assert_eq!(hooks::<Both>(fewer), wit::Hooks::ON_REQUEST);
+        // Asking for a response body the impl never asked for changes nothing.
+        assert_eq!(
+            hooks::<Both>(Needs::ALL) & wit::Hooks::RESPONSE_BODY,
+            wit::Hooks::empty()
+        );
     }
 
     #[test]

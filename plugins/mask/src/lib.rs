@@ -12,7 +12,7 @@
 //! on the host.
 
 use portcullis_sdk::{
-    Action, Body, Policy, Reply, Request, RequestChanges, Response, ResponseChanges, policy,
+    Action, Body, Needs, Policy, Reply, Request, RequestChanges, Response, ResponseChanges, policy,
 };
 use serde::Serialize;
 
@@ -58,14 +58,21 @@ pub(crate) struct Mask {
 impl Policy for Mask {
     type Config = Config;
 
-    // The SDK reports body needs per plugin, not per configuration: both
-    // bodies are buffered (up to the gateway's cap) on every route that
-    // uses `mask`, even if its configuration masks only one direction.
+    // Buffered only in the directions the config masks (see `needs`).
     const REQUEST_BODY: bool = true;
     const RESPONSE_BODY: bool = true;
 
     fn new(config: Config) -> Result<Self, String> {
         config.build()
+    }
+
+    fn needs(&self) -> Needs {
+        Needs {
+            request_body: self.request_body,
+            response_body: self.response_body,
+            on_response: self.response_body || !self.response_headers.is_empty(),
+            ..Needs::ALL
+        }
     }
 
     fn on_request(&self, req: &Request) -> Action {

@@ -11,7 +11,7 @@
 //! `body`), which the unit tests call on the host.
 
 use portcullis_sdk::{
-    Action, Body, Policy, Reply, Request, RequestChanges, Response, ResponseChanges, policy,
+    Action, Body, Needs, Policy, Reply, Request, RequestChanges, Response, ResponseChanges, policy,
 };
 use serde::Serialize;
 
@@ -50,13 +50,19 @@ pub(crate) struct Rewrite {
 impl Policy for Rewrite {
     type Config = Config;
 
-    // The SDK reports body needs per plugin, not per configuration, so the
-    // request body is buffered (up to the gateway's cap) on every route
-    // that uses `rewrite`, whether it has body rules or not. See README.
+    // Buffered only on routes whose config has body rules (see `needs`).
     const REQUEST_BODY: bool = true;
 
     fn new(config: Config) -> Result<Self, String> {
         config.build()
+    }
+
+    fn needs(&self) -> Needs {
+        Needs {
+            request_body: !self.body.is_empty(),
+            on_response: !self.response_headers.is_empty(),
+            ..Needs::ALL
+        }
     }
 
     fn on_request(&self, req: &Request) -> Action {
