@@ -1,15 +1,20 @@
 #!/usr/bin/env bash
-# Runs Portcullis on examples/portcullis.toml with the example plugin and the
-# bundled echo upstream. Needs only the Rust toolchain (rustup + cargo).
+# Runs Portcullis on examples/portcullis.toml with the plugins of plugins/ and
+# the bundled echo upstream. Needs only the Rust toolchain (rustup + cargo).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 rustup target add wasm32-wasip2
 
 echo "==> building the plugins for wasm32-wasip2"
-cargo build --release --target wasm32-wasip2 --target-dir target/wasm -p key-auth
+plugins=()
+for crate in plugins/*/Cargo.toml; do
+    plugins+=("$(basename "$(dirname "$crate")")")
+done
+cargo build --release --target wasm32-wasip2 --target-dir target/wasm "${plugins[@]/#/-p}"
 mkdir -p examples/plugins
-for plugin in key_auth; do
+for crate in "${plugins[@]}"; do
+    plugin=${crate//-/_}
     # Write next to the live file, then rename: the gateway never sees half a module.
     cp "target/wasm/wasm32-wasip2/release/$plugin.wasm" "examples/plugins/.$plugin.wasm.tmp"
     mv "examples/plugins/.$plugin.wasm.tmp" "examples/plugins/$plugin.wasm"

@@ -11,6 +11,9 @@ cargo fmt --all --check
 cargo clippy --workspace --all-targets -- -D warnings
 # The guests, as they are really built. Same target directory as the test
 # fixtures (tests/build.rs), so nothing is compiled twice.
-cargo clippy --target wasm32-wasip2 --target-dir target/wasm \
-    -p portcullis-sdk -p key-auth -p stamp -p misbehave -p wrong-world -p shape-probe -- -D warnings
+guests=(-p portcullis-sdk -p stamp -p misbehave -p wrong-world -p shape-probe)
+for plugin in plugins/*/Cargo.toml; do
+    guests+=(-p "$(basename "$(dirname "$plugin")")")
+done
+cargo clippy --target wasm32-wasip2 --target-dir target/wasm "${guests[@]}" -- -D warnings
 cargo test --workspace

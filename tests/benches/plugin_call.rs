@@ -9,34 +9,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use http::Request;
-use portcullis::alerts;
-use portcullis::clock::{Clock, SystemClock};
 use portcullis::plugin::engine::EngineLimits;
 use portcullis::plugin::view::{BodyView, RequestView};
 use portcullis::plugin::{HostServices, PluginEngine, PluginPool, RequestAction};
-use portcullis::state::SharedStore;
+use portcullis_tests::bench::{api_request, engine};
 use portcullis_tests::fixtures;
 use sha2::{Digest, Sha256};
 use tokio::runtime::Runtime;
-
-fn engine() -> (Arc<PluginEngine>, Arc<HostServices>) {
-    let engine = PluginEngine::new(EngineLimits {
-        memory_mib: 64,
-        timeout_ms: 100,
-        max_instances: 16,
-    })
-    .expect("engine");
-    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let (alerts, rx) = alerts::queue(16);
-    std::mem::forget(rx);
-    let services = HostServices {
-        store: Arc::new(SharedStore::new(1024, clock.clone())),
-        alerts,
-        clock,
-    };
-    (Arc::new(engine), Arc::new(services))
-}
 
 async fn pool(
     engine: &Arc<PluginEngine>,
@@ -82,40 +61,27 @@ fn run(
     })
 }
 
-/// A request like a typical API call: 12 headers.
+/// A request like a typical API call: 12 headers, the last `x-api-key`.
 fn request(api_key: Option<&str>) -> RequestView {
-    let mut builder = Request::builder()
-        .method("GET")
-        .uri("/api/v1/orders/1234?expand=items&limit=20")
-        .header("host", "api.example.com")
-        .header("user-agent", "curl/8.5.0")
-        .header("accept", "application/json")
-        .header("accept-encoding", "gzip, deflate, br")
-        .header("accept-language", "en-US,en;q=0.9")
-        .header("cache-control", "no-cache")
-        .header("connection", "keep-alive")
-        .header("x-request-id", "7f9c2ba4-e88f-4c1b-9a5e-3d2f1c0b8a71")
-        .header(
-            "traceparent",
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
-        )
-        .header("cookie", "session=abc123; theme=dark")
-        .header("x-forwarded-for", "198.51.100.23");
-    builder = builder.header("x-api-key", api_key.unwrap_or("-"));
-    let (head, ()) = builder.body(()).expect("request").into_parts();
-    RequestView {
-        head,
-        client_ip: "198.51.100.23".parse().expect("ip"),
-        route: "bench".into(),
-        identity: None,
-        attributes: Vec::new(),
-        body: BodyView::NotRequested,
-    }
+    api_request(
+        "GET",
+        "/api/v1/orders/1234?expand=items&limit=20",
+        &[("x-api-key", api_key.unwrap_or("-"))],
+        None,
+        BodyView::NotRequested,
+    )
 }
 
 fn bench(c: &mut Criterion) {
     let rt = Runtime::new().expect("runtime");
-    let (engine, services) = engine();
+    let (engine, services) = engine(
+        EngineLimits {
+            memory_mib: 64,
+            timeout_ms: 100,
+            max_instances: 16,
+        },
+        1024,
+    );
     let key = "bench-key-0123456789";
     let key_config = format!(
         r#"{{"keys":[{{"consumer":"bench","sha256":"{}"}},{{"consumer":"other","sha256":"{}"}}]}}"#,

@@ -10,34 +10,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use http::{Request, Response};
-use portcullis::alerts;
-use portcullis::clock::{Clock, SystemClock};
+use http::Response;
 use portcullis::plugin::engine::EngineLimits;
 use portcullis::plugin::view::{BodyView, RequestView, ResponseView};
-use portcullis::plugin::{HostServices, Identity, PluginEngine, PluginPool, RequestAction};
-use portcullis::state::SharedStore;
+use portcullis::plugin::{Identity, PluginPool, RequestAction};
+use portcullis_tests::bench::{api_request, engine};
 use portcullis_tests::fixtures;
 use sha2::{Digest, Sha256};
 use tokio::runtime::Runtime;
-
-fn engine() -> (Arc<PluginEngine>, Arc<HostServices>) {
-    let engine = PluginEngine::new(EngineLimits {
-        memory_mib: 64,
-        timeout_ms: 1000,
-        max_instances: 32,
-    })
-    .expect("engine");
-    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let (alerts, rx) = alerts::queue(16);
-    std::mem::forget(rx);
-    let services = HostServices {
-        store: Arc::new(SharedStore::new(1 << 20, clock.clone())),
-        alerts,
-        clock,
-    };
-    (Arc::new(engine), Arc::new(services))
-}
 
 /// What a case calls, and with what.
 struct Case {
@@ -49,45 +29,6 @@ struct Case {
     response: Option<fn() -> ResponseView>,
 }
 
-/// A request like a typical API call: 12 headers, plus `extra`.
-fn request_with(
-    method: &str,
-    uri: &str,
-    extra: &[(&str, &str)],
-    identity: Option<Identity>,
-    body: BodyView,
-) -> RequestView {
-    let mut builder = Request::builder()
-        .method(method)
-        .uri(uri)
-        .header("host", "api.example.com")
-        .header("user-agent", "curl/8.5.0")
-        .header("accept", "application/json")
-        .header("accept-encoding", "gzip, deflate, br")
-        .header("accept-language", "en-US,en;q=0.9")
-        .header("cache-control", "no-cache")
-        .header("connection", "keep-alive")
-        .header("x-request-id", "7f9c2ba4-e88f-4c1b-9a5e-3d2f1c0b8a71")
-        .header(
-            "traceparent",
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
-        )
-        .header("cookie", "session=abc123; theme=dark")
-        .header("x-forwarded-for", "198.51.100.23");
-    for (name, value) in extra {
-        builder = builder.header(*name, *value);
-    }
-    let (head, ()) = builder.body(()).expect("request").into_parts();
-    RequestView {
-        head,
-        client_ip: "198.51.100.23".parse().expect("ip"),
-        route: "bench".into(),
-        identity,
-        attributes: Vec::new(),
-        body,
-    }
-}
-
 fn alice() -> Identity {
     Identity {
         consumer: "alice".into(),
@@ -97,7 +38,7 @@ fn alice() -> Identity {
 }
 
 fn plain_request() -> RequestView {
-    request_with(
+    api_request(
         "GET",
         "/api/v1/orders/1234?expand=items&limit=20",
         &[("x-api-key", "bench-key-0123456789")],
@@ -107,7 +48,7 @@ fn plain_request() -> RequestView {
 }
 
 fn authenticated_request() -> RequestView {
-    request_with(
+    api_request(
         "GET",
         "/api/tenants/acme/orders/1234?expand=items",
         &[],
@@ -117,7 +58,7 @@ fn authenticated_request() -> RequestView {
 }
 
 fn versioned_request() -> RequestView {
-    request_with("GET", "/v1/orders/1234", &[], None, BodyView::NotRequested)
+    api_request("GET", "/v1/orders/1234", &[], None, BodyView::NotRequested)
 }
 
 fn ok_response() -> ResponseView {
@@ -219,7 +160,14 @@ fn run(rt: &Runtime, pool: &Arc<PluginPool>, case: &Case, iters: u64) -> Duratio
 
 fn bench(c: &mut Criterion) {
     let rt = Runtime::new().expect("runtime");
-    let (engine, services) = engine();
+    let (engine, services) = engine(
+        EngineLimits {
+            memory_mib: 64,
+            timeout_ms: 1000,
+            max_instances: 32,
+        },
+        1 << 20,
+    );
     let mut group = c.benchmark_group("plugins");
     for case in cases() {
         let bytes = std::fs::read(case.fixture).expect("fixture");

@@ -2,6 +2,7 @@
 //! an echo upstream, an in-process gateway on ephemeral ports, and a small
 //! HTTP client.
 
+pub mod bench;
 pub mod echo;
 pub mod webhook;
 
@@ -19,6 +20,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use portcullis::GatewayHandle;
 use portcullis::registry::ReloadEvent;
+use sha2::{Digest, Sha256};
 use tokio::sync::broadcast;
 
 /// Paths of the guest fixtures, built for `wasm32-wasip2` by `build.rs`.
@@ -122,6 +124,92 @@ servers = ["{upstream}"]
 timeout_ms = 2000
 "#
     )
+}
+
+/// TOML of one `[[routes]]` entry, to follow [`base_config`]: the route
+/// `name` on `path_prefix`, proxied to the `echo` upstream through `plugins`
+/// in order. A plugin is its installed name and the body of its
+/// `[routes.plugins.config]` table: `key = value` lines, then any
+/// sub-tables as `[routes.plugins.config.<key>]` (`""`: no config table).
+/// `route("api", "/api", &[("rbac", "rules = []")])` is:
+///
+/// ```toml
+/// [[routes]]
+/// name = "api"
+/// path_prefix = "/api"
+/// upstream = "echo"
+///
+/// [[routes.plugins]]
+/// name = "rbac"
+/// [routes.plugins.config]
+/// rules = []
+/// ```
+pub fn route(name: &str, path_prefix: &str, plugins: &[(&str, &str)]) -> String {
+    let mut toml = format!(
+        r#"
+[[routes]]
+name = "{name}"
+path_prefix = "{path_prefix}"
+upstream = "echo"
+"#
+    );
+    for (plugin, config) in plugins {
+        toml.push_str(&format!("\n[[routes.plugins]]\nname = \"{plugin}\"\n"));
+        if !config.trim().is_empty() {
+            toml.push_str(&format!("[routes.plugins.config]\n{config}\n"));
+        }
+    }
+    toml
+}
+
+/// Starts an [`Echo`](echo::Echo) upstream and, in front of it, a gateway
+/// whose config is [`base_config`] followed by `routes` (see [`route`]),
+/// with `plugins` (name, fixture path) installed. Panics if either fails to
+/// start.
+pub async fn start_routes(routes: &str, plugins: &[(&str, &str)]) -> (TestGateway, echo::Echo) {
+    let echo = echo::Echo::start_local().await.expect("echo starts");
+    let config = format!("{}{routes}", base_config(echo.addr));
+    let gw = TestGateway::start(&config, plugins)
+        .await
+        .expect("gateway starts");
+    (gw, echo)
+}
+
+/// Like [`start_routes`], with the gateway's clock under the test's control
+/// (see [`TestGateway::start_with_clock`]).
+pub async fn start_routes_with_clock(
+    routes: &str,
+    plugins: &[(&str, &str)],
+    clock: &Arc<portcullis::clock::ManualClock>,
+) -> (TestGateway, echo::Echo) {
+    let echo = echo::Echo::start_local().await.expect("echo starts");
+    let config = format!("{}{routes}", base_config(echo.addr));
+    let gw = TestGateway::start_with_clock(&config, plugins, clock.clone())
+        .await
+        .expect("gateway starts");
+    (gw, echo)
+}
+
+/// Asserts that a gateway whose config is [`base_config`] followed by
+/// `routes`, with `plugins` installed, refuses to start, with an error
+/// (the message and its causes, as `{:#}` shows them) that contains every
+/// one of `parts`. Returns that error text.
+pub async fn assert_config_refused(
+    routes: &str,
+    plugins: &[(&str, &str)],
+    parts: &[&str],
+) -> String {
+    let echo = echo::Echo::start_local().await.expect("echo starts");
+    let config = format!("{}{routes}", base_config(echo.addr));
+    let dir = TestGateway::prepare(&config, plugins).expect("prepare");
+    let err = TestGateway::start_in(dir)
+        .await
+        .expect_err("the config must be refused");
+    let message = format!("{err:#}");
+    for part in parts {
+        assert!(message.contains(part), "`{part}` missing in: {message}");
+    }
+    message
 }
 
 impl TestGateway {
@@ -244,6 +332,17 @@ pub struct Reply {
 }
 
 impl Reply {
+    /// Asserts that the status is 200 OK, showing the body if it is not.
+    #[track_caller]
+    pub fn assert_ok(&self) {
+        assert_eq!(
+            self.status,
+            StatusCode::OK,
+            "{}",
+            String::from_utf8_lossy(&self.body)
+        );
+    }
+
     /// A header as text.
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).and_then(|v| v.to_str().ok())
@@ -264,6 +363,13 @@ impl Reply {
             )
         })
     }
+}
+
+/// The SHA-256 of `bytes` in hex: the form of
+/// [`Seen::body_sha256`](echo::Seen::body_sha256) and of the key hashes in
+/// plugin configs.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
 }
 
 /// Body type of the test client.

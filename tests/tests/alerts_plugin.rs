@@ -10,8 +10,10 @@ use std::time::Duration;
 
 use http::StatusCode;
 use portcullis::clock::ManualClock;
-use portcullis_tests::echo::Echo;
-use portcullis_tests::{Client, TestGateway, base_config, fixtures, logged_lines};
+use portcullis_tests::{
+    Client, TestGateway, assert_config_refused, fixtures, logged_lines, route,
+    start_routes_with_clock,
+};
 
 /// 2023-11-14T22:13:20Z: a multiple of every window used here.
 const START_MS: u64 = 1_700_000_000_000;
@@ -36,45 +38,34 @@ async fn wait_for_alert(route: &str, parts: &[&str]) -> String {
     panic!("no alert on route `{route}` with {parts:?}");
 }
 
-async fn start(routes: &str, echo: &Echo, clock: &Arc<ManualClock>) -> TestGateway {
-    let config = format!("{}{routes}", base_config(echo.addr));
-    TestGateway::start_with_clock(
-        &config,
-        &[
-            ("alerts", fixtures::ALERTS),
-            ("key_auth", fixtures::KEY_AUTH),
-        ],
-        clock.clone(),
-    )
-    .await
-    .expect("gateway starts")
+const PLUGINS: &[(&str, &str)] = &[
+    ("alerts", fixtures::ALERTS),
+    ("key_auth", fixtures::KEY_AUTH),
+];
+
+/// A gateway with `routes` (see [`route`]) on the clock `clock`.
+async fn start(routes: &str, clock: &Arc<ManualClock>) -> TestGateway {
+    start_routes_with_clock(routes, PLUGINS, clock).await.0
 }
 
 /// A route `name` on `prefix` with `[alerts, key_auth]`, the alerts plugin
 /// configured with `alerts_config` (TOML lines of its config table).
 fn key_auth_route(name: &str, prefix: &str, alerts_config: &str) -> String {
-    format!(
-        r#"
-[[routes]]
-name = "{name}"
-path_prefix = "{prefix}"
-upstream = "echo"
-
-[[routes.plugins]]
-name = "alerts"
-[routes.plugins.config]
-{alerts_config}
-
-[[routes.plugins]]
-name = "key_auth"
-config = {{ keys = [{{ consumer = "alice", key = "alice-key" }}] }}
-"#
+    route(
+        name,
+        prefix,
+        &[
+            ("alerts", alerts_config),
+            (
+                "key_auth",
+                r#"keys = [{ consumer = "alice", key = "alice-key" }]"#,
+            ),
+        ],
     )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_bad_keys_from_one_ip_raise_one_alert_and_one_resolution() {
-    let echo = Echo::start_local().await.expect("echo starts");
     let clock = Arc::new(ManualClock::new(START_MS));
     let routes = key_auth_route(
         "auth",
@@ -86,7 +77,7 @@ window_s = 10
 by = "client_ip"
 cooldown_s = 300"#,
     );
-    let gw = start(&routes, &echo, &clock).await;
+    let gw = start(&routes, &clock).await;
     let client = Client::new();
     let bad = [("x-api-key", "guess")];
 
@@ -165,7 +156,6 @@ cooldown_s = 300"#,
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failures_below_the_threshold_in_any_window_raise_nothing() {
-    let echo = Echo::start_local().await.expect("echo starts");
     let clock = Arc::new(ManualClock::new(START_MS));
     let mut routes = key_auth_route(
         "slow",
@@ -175,19 +165,12 @@ threshold = 20
 window_s = 10"#,
     );
     // A route whose every 429 alerts: its alert marks the end of the test.
-    routes.push_str(
-        r#"
-[[routes]]
-name = "marker"
-path_prefix = "/status"
-upstream = "echo"
-
-[[routes.plugins]]
-name = "alerts"
-config = { rate_limited = { threshold = 1 } }
-"#,
-    );
-    let gw = start(&routes, &echo, &clock).await;
+    routes.push_str(&route(
+        "marker",
+        "/status",
+        &[("alerts", "rate_limited = { threshold = 1 }")],
+    ));
+    let gw = start(&routes, &clock).await;
     let client = Client::new();
 
     // 19 bad keys in 9.5 s, then 10.5 s later 19 more: never 20 in one
@@ -217,24 +200,20 @@ config = { rate_limited = { threshold = 1 } }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_5xx_rate_over_the_ratio_alerts_once_and_resolves() {
-    let echo = Echo::start_local().await.expect("echo starts");
     let clock = Arc::new(ManualClock::new(START_MS));
-    let routes = r#"
-[[routes]]
-name = "flaky"
-path_prefix = "/status"
-upstream = "echo"
-
-[[routes.plugins]]
-name = "alerts"
-[routes.plugins.config]
-sweep_interval_s = 1
+    let routes = route(
+        "flaky",
+        "/status",
+        &[(
+            "alerts",
+            r#"sweep_interval_s = 1
 [routes.plugins.config.error_rate]
 ratio = 0.5
 min_requests = 10
-window_s = 10
-"#;
-    let gw = start(routes, &echo, &clock).await;
+window_s = 10"#,
+        )],
+    );
+    let gw = start(&routes, &clock).await;
     let client = Client::new();
 
     // 5 successes, then 5 errors: the 10th response makes 5 of 10.
@@ -282,33 +261,30 @@ window_s = 10
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_of_429_per_route_and_a_traffic_spike_alert() {
-    let echo = Echo::start_local().await.expect("echo starts");
     let clock = Arc::new(ManualClock::new(START_MS));
-    let routes = r#"
-[[routes]]
-name = "burst"
-path_prefix = "/status"
-upstream = "echo"
-
-[[routes.plugins]]
-name = "alerts"
-config = { rate_limited = { threshold = 5, window_s = 10, by = "route", severity = "critical" } }
-
-[[routes]]
-name = "spiky"
-path_prefix = "/spiky"
-upstream = "echo"
-
-[[routes.plugins]]
-name = "alerts"
-[routes.plugins.config.traffic_spike]
+    let burst = route(
+        "burst",
+        "/status",
+        &[(
+            "alerts",
+            r#"rate_limited = { threshold = 5, window_s = 10, by = "route", severity = "critical" }"#,
+        )],
+    );
+    let spiky = route(
+        "spiky",
+        "/spiky",
+        &[(
+            "alerts",
+            r#"[routes.plugins.config.traffic_spike]
 window_s = 10
 factor = 3
 min_requests = 20
 alpha = 0.5
-warmup_windows = 2
-"#;
-    let gw = start(routes, &echo, &clock).await;
+warmup_windows = 2"#,
+        )],
+    );
+    let routes = burst + &spiky;
+    let gw = start(&routes, &clock).await;
     let client = Client::new();
 
     for _ in 0..8 {
@@ -348,32 +324,16 @@ warmup_windows = 2
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_config_is_refused_naming_the_key() {
-    let echo = Echo::start_local().await.expect("echo starts");
-    let config = format!(
-        "{}{}",
-        base_config(echo.addr),
-        key_auth_route(
+    assert_config_refused(
+        &key_auth_route(
             "bad",
             "/api",
             r#"[routes.plugins.config.auth_failures]
 threshold = 0
-by = "client_ip""#
-        )
-    );
-    let dir = TestGateway::prepare(
-        &config,
-        &[
-            ("alerts", fixtures::ALERTS),
-            ("key_auth", fixtures::KEY_AUTH),
-        ],
+by = "client_ip""#,
+        ),
+        PLUGINS,
+        &["auth_failures.threshold: must be between 1 and"],
     )
-    .expect("prepare");
-    let err = TestGateway::start_in(dir)
-        .await
-        .expect_err("a bad config must not start");
-    let message = format!("{err:#}");
-    assert!(
-        message.contains("auth_failures.threshold: must be between 1 and"),
-        "{message}"
-    );
+    .await;
 }

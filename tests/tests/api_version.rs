@@ -7,7 +7,9 @@ use std::sync::Arc;
 use http::StatusCode;
 use portcullis::clock::ManualClock;
 use portcullis_tests::echo::Echo;
-use portcullis_tests::{Client, Reply, TestGateway, base_config, fixtures};
+use portcullis_tests::{
+    Client, Reply, TestGateway, assert_config_refused, fixtures, route, start_routes_with_clock,
+};
 
 /// 2025-06-01T00:00:00Z.
 const JUNE_2025_MS: u64 = 1_748_736_000_000;
@@ -19,19 +21,19 @@ const SUNSET: &str = "Thu, 01 Jan 2026 00:00:00 GMT";
 const SUCCESSOR_LINK: &str = r#"<https://api.example.com/v2>; rel="successor-version""#;
 const DOCS_LINK: &str = r#"<https://docs.example.com/v1>; rel="deprecation""#;
 
-fn config(echo: &Echo) -> String {
-    format!(
-        r#"{base}
-[[routes]]
-name = "api"
-path_prefix = "/api"
-upstream = "echo"
+const PLUGINS: &[(&str, &str)] = &[("api_version", fixtures::API_VERSION)];
 
-[[routes.plugins]]
-name = "api_version"
+/// A route `name` on `prefix` through `api_version` configured with `config`.
+fn versioned_route(name: &str, prefix: &str, config: &str) -> String {
+    route(name, prefix, &[("api_version", config)])
+}
 
-[routes.plugins.config]
-source = "path"
+fn routes() -> String {
+    [
+        versioned_route(
+            "api",
+            "/api",
+            r#"source = "path"
 path_segment = 1
 unknown = "reject"
 missing = "reject"
@@ -50,44 +52,32 @@ successor = "https://api.example.com/v2"
 deprecation_link = "https://docs.example.com/v1"
 
 [[routes.plugins.config.versions]]
-version = "v2"
-
-[[routes]]
-name = "by-header"
-path_prefix = "/status"
-upstream = "echo"
-
-[[routes.plugins]]
-name = "api_version"
-config = {{ source = "header", header = "x-api-version", default_version = "2", versions = [
-    {{ version = "1", deprecated = "2025-01-01", sunset = "2026-01-01", successor = "https://api.example.com/v2" }},
-] }}
-
-[[routes]]
-name = "by-media-type"
-path_prefix = "/media"
-upstream = "echo"
-
-[[routes.plugins]]
-name = "api_version"
-config = {{ source = "media_type", media_type = "application/vnd.acme+json", versions = [
-    {{ version = "1", deprecated = "2025-01-01T00:00:00Z" }},
-] }}
-"#,
-        base = base_config(echo.addr),
-    )
+version = "v2""#,
+        ),
+        versioned_route(
+            "by-header",
+            "/status",
+            r#"source = "header"
+header = "x-api-version"
+default_version = "2"
+versions = [
+    { version = "1", deprecated = "2025-01-01", sunset = "2026-01-01", successor = "https://api.example.com/v2" },
+]"#,
+        ),
+        versioned_route(
+            "by-media-type",
+            "/media",
+            r#"source = "media_type"
+media_type = "application/vnd.acme+json"
+versions = [{ version = "1", deprecated = "2025-01-01T00:00:00Z" }]"#,
+        ),
+    ]
+    .concat()
 }
 
 async fn gateway() -> (TestGateway, Echo, Arc<ManualClock>) {
-    let echo = Echo::start_local().await.expect("echo starts");
     let clock = Arc::new(ManualClock::new(JUNE_2025_MS));
-    let gw = TestGateway::start_with_clock(
-        &config(&echo),
-        &[("api_version", fixtures::API_VERSION)],
-        clock.clone(),
-    )
-    .await
-    .expect("gateway starts");
+    let (gw, echo) = start_routes_with_clock(&routes(), PLUGINS, &clock).await;
     (gw, echo, clock)
 }
 
@@ -275,35 +265,21 @@ async fn the_version_can_come_from_the_accepted_media_type() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_version_policy_refuses_the_configuration_naming_the_key() {
-    let echo = Echo::start_local().await.expect("echo starts");
-    let bad = format!(
-        r#"{base}
-[[routes]]
-name = "api"
-path_prefix = "/api"
-upstream = "echo"
-
-[[routes.plugins]]
-name = "api_version"
-config = {{ source = "path", versions = [
-    {{ version = "v1" }},
-    {{ version = "v2", deprecated = 2026-01-01, sunset = 2025-01-01 }},
-] }}
-"#,
-        base = base_config(echo.addr),
-    );
-    let dir =
-        TestGateway::prepare(&bad, &[("api_version", fixtures::API_VERSION)]).expect("prepare");
-    let err = TestGateway::start_in(dir)
-        .await
-        .expect_err("a bad api_version config must not start");
-    let message = format!("{err:#}");
-    assert!(
-        message.contains("route `api` plugin `api_version`: rejected its configuration"),
-        "{message}"
-    );
-    assert!(
-        message.contains("versions[1].sunset: must not be before `deprecated`"),
-        "{message}"
-    );
+    assert_config_refused(
+        &versioned_route(
+            "api",
+            "/api",
+            r#"source = "path"
+versions = [
+    { version = "v1" },
+    { version = "v2", deprecated = 2026-01-01, sunset = 2025-01-01 },
+]"#,
+        ),
+        PLUGINS,
+        &[
+            "route `api` plugin `api_version`: rejected its configuration",
+            "versions[1].sunset: must not be before `deprecated`",
+        ],
+    )
+    .await;
 }

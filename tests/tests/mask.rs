@@ -4,89 +4,55 @@
 //! sends in headers comes back in a JSON response body to be masked.
 
 use http::{Method, StatusCode};
-use portcullis_tests::echo::Echo;
-use portcullis_tests::{Client, Reply, TestGateway, base_config, fixtures, logged};
-use sha2::{Digest, Sha256};
+use portcullis_tests::{
+    Client, TestGateway, assert_config_refused, fixtures, logged, route, sha256_hex, start_routes,
+};
 
-fn config(echo: &Echo) -> String {
-    format!(
-        r#"{base}
-[[routes]]
-name = "out"
-path_prefix = "/out"
-upstream = "echo"
+const PLUGINS: &[(&str, &str)] = &[("mask", fixtures::MASK)];
 
-[[routes.plugins]]
-name = "mask"
+/// A route `name` on `prefix` through `mask` configured with `config`.
+fn mask_route(name: &str, prefix: &str, config: &str) -> String {
+    route(name, prefix, &[("mask", config)])
+}
 
-[routes.plugins.config]
-paths = ["method"]
-response_headers = ["x-upstream"]
-
-[[routes]]
-name = "in"
-path_prefix = "/in"
-upstream = "echo"
-
-[[routes.plugins]]
-name = "mask"
-
-[routes.plugins.config]
-request_body = true
+fn routes() -> String {
+    [
+        mask_route(
+            "out",
+            "/out",
+            r#"paths = ["method"]
+response_headers = ["x-upstream"]"#,
+        ),
+        mask_route(
+            "in",
+            "/in",
+            r#"request_body = true
 response_body = false
 request_headers = ["authorization"]
 paths = ["user.ssn", "items[*].cvv"]
-patterns = [{{ regex = 'order-(\d+)', replace = "order-#" }}]
-
-[[routes]]
-name = "strict-in"
-path_prefix = "/strict-in"
-upstream = "echo"
-
-[[routes.plugins]]
-name = "mask"
-config = {{ request_body = true, response_body = false, max_body_bytes = 64, on_too_large = "refuse" }}
-
-[[routes]]
-name = "strict-out"
-path_prefix = "/strict-out"
-upstream = "echo"
-
-[[routes.plugins]]
-name = "mask"
-config = {{ max_body_bytes = 1000, on_too_large = "refuse" }}
-
-[[routes]]
-name = "lenient"
-path_prefix = "/lenient"
-upstream = "echo"
-
-[[routes.plugins]]
-name = "mask"
-config = {{ max_body_bytes = 1000 }}
-"#,
-        base = base_config(echo.addr),
-    )
+patterns = [{ regex = 'order-(\d+)', replace = "order-#" }]"#,
+        ),
+        mask_route(
+            "strict-in",
+            "/strict-in",
+            r#"request_body = true
+response_body = false
+max_body_bytes = 64
+on_too_large = "refuse""#,
+        ),
+        mask_route(
+            "strict-out",
+            "/strict-out",
+            r#"max_body_bytes = 1000
+on_too_large = "refuse""#,
+        ),
+        mask_route("lenient", "/lenient", "max_body_bytes = 1000"),
+    ]
+    .concat()
 }
 
 async fn gateway() -> TestGateway {
-    let echo = Echo::start_local().await.expect("echo starts");
-    TestGateway::start(&config(&echo), &[("mask", fixtures::MASK)])
-        .await
-        .expect("gateway starts")
-}
-
-fn ok(reply: &Reply) {
-    assert_eq!(
-        reply.status,
-        StatusCode::OK,
-        "{}",
-        String::from_utf8_lossy(&reply.body)
-    );
-}
-
-fn sha256(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
+    start_routes(&routes(), PLUGINS).await.0
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -104,7 +70,7 @@ async fn response_bodies_and_headers_are_masked() {
         )
         .await
         .expect("response");
-    ok(&reply);
+    reply.assert_ok();
     let text = String::from_utf8_lossy(&reply.body);
     assert!(!text.contains("4111 1111 1111 1111"), "{text}");
     assert!(!text.contains("jane.doe"), "{text}");
@@ -153,12 +119,12 @@ async fn request_bodies_and_headers_are_masked_before_the_upstream() {
         )
         .await
         .expect("response");
-    ok(&reply);
+    reply.assert_ok();
     let seen = reply.seen();
     // Masked in place: the layout and the untouched values stay as sent.
     let expected = r#"{"user": {"ssn": "[REDACTED]", "email": "j***@example.com"},
  "card": "****-****-****-1111", "items": [{"cvv": "[REDACTED]", "ref": "order-#"}], "n": 1.50}"#;
-    assert_eq!(seen.body_sha256, sha256(expected.as_bytes()));
+    assert_eq!(seen.body_sha256, sha256_hex(expected.as_bytes()));
     assert_eq!(seen.body_len, expected.len());
     assert_eq!(
         seen.header("content-length"),
@@ -176,9 +142,9 @@ async fn request_bodies_and_headers_are_masked_before_the_upstream() {
         )
         .await
         .expect("response");
-    ok(&text);
+    text.assert_ok();
     let expected = "card ************4444, mail b***@example.org";
-    assert_eq!(text.seen().body_sha256, sha256(expected.as_bytes()));
+    assert_eq!(text.seen().body_sha256, sha256_hex(expected.as_bytes()));
     let binary = "card 5555555555554444";
     let untouched = client
         .request(
@@ -189,8 +155,8 @@ async fn request_bodies_and_headers_are_masked_before_the_upstream() {
         )
         .await
         .expect("response");
-    ok(&untouched);
-    assert_eq!(untouched.seen().body_sha256, sha256(binary.as_bytes()));
+    untouched.assert_ok();
+    assert_eq!(untouched.seen().body_sha256, sha256_hex(binary.as_bytes()));
     gw.stop().await;
 }
 
@@ -227,10 +193,10 @@ async fn bodies_over_the_cap_are_refused_or_passed_as_configured() {
         )
         .await
         .expect("response");
-    ok(&small);
+    small.assert_ok();
     assert_eq!(
         small.seen().body_sha256,
-        sha256(br#"{"card":"************1111"}"#)
+        sha256_hex(br#"{"card":"************1111"}"#)
     );
 
     // The echo's answer to a long query is over the cap: the response body
@@ -248,7 +214,7 @@ async fn bodies_over_the_cap_are_refused_or_passed_as_configured() {
         .get(&gw.url("/strict-out?pan=4111111111111111"), &[])
         .await
         .expect("response");
-    ok(&short);
+    short.assert_ok();
     assert_eq!(short.seen().query.as_deref(), Some("pan=************1111"));
 
     // `pass` (the default): the body goes through unmasked, with a warning.
@@ -256,7 +222,7 @@ async fn bodies_over_the_cap_are_refused_or_passed_as_configured() {
         .get(&gw.url(&format!("/lenient{long}")), &[])
         .await
         .expect("response");
-    ok(&passed);
+    passed.assert_ok();
     assert!(String::from_utf8_lossy(&passed.body).contains("4111111111111111"));
     assert!(logged(&[
         "response body not masked: the body is too large to be masked"
@@ -266,45 +232,21 @@ async fn bodies_over_the_cap_are_refused_or_passed_as_configured() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_config_is_refused_at_load_naming_the_key() {
-    let echo = Echo::start_local().await.expect("echo starts");
-    let bad = format!(
-        r#"{base}
-[[routes]]
-name = "api"
-path_prefix = "/api"
-upstream = "echo"
-
-[[routes.plugins]]
-name = "mask"
-config = {{ paths = ["items[x]"], card_keep_last = 6, on_too_large = "drop" }}
-"#,
-        base = base_config(echo.addr),
-    );
-    let dir = TestGateway::prepare(&bad, &[("mask", fixtures::MASK)]).expect("prepare");
-    let err = TestGateway::start_in(dir)
-        .await
-        .expect_err("a bad mask config must not start");
-    let message = format!("{err:#}");
-    assert!(
-        message.contains("route `api` plugin `mask`: rejected its configuration"),
-        "{message}"
-    );
-    assert!(
-        message.contains("on_too_large: unknown variant `drop`"),
-        "{message}"
-    );
-
-    let bad = bad.replace(r#", on_too_large = "drop""#, "");
-    let dir = TestGateway::prepare(&bad, &[("mask", fixtures::MASK)]).expect("prepare");
-    let message = format!(
-        "{:#}",
-        TestGateway::start_in(dir)
-            .await
-            .expect_err("a bad mask config must not start")
-    );
-    assert!(message.contains("paths[0]: `items[x]`"), "{message}");
-    assert!(
-        message.contains("card_keep_last: 6 is more than 4"),
-        "{message}"
-    );
+    let bad = r#"paths = ["items[x]"]
+card_keep_last = 6"#;
+    assert_config_refused(
+        &mask_route("api", "/api", &format!("{bad}\non_too_large = \"drop\"")),
+        PLUGINS,
+        &[
+            "route `api` plugin `mask`: rejected its configuration",
+            "on_too_large: unknown variant `drop`",
+        ],
+    )
+    .await;
+    assert_config_refused(
+        &mask_route("api", "/api", bad),
+        PLUGINS,
+        &["paths[0]: `items[x]`", "card_keep_last: 6 is more than 4"],
+    )
+    .await;
 }

@@ -6,46 +6,33 @@ use bytes::Bytes;
 use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, StreamBody};
 use portcullis_tests::echo::Echo;
-use portcullis_tests::{Client, ClientBody, TestGateway, base_config, fixtures};
+use portcullis_tests::{
+    Client, ClientBody, TestGateway, base_config, fixtures, route, sha256_hex, start_routes,
+};
 use sha2::{Digest, Sha256};
 
-fn sha256(key: &str) -> String {
-    hex::encode(Sha256::digest(key.as_bytes()))
-}
-
-fn key_auth_config(echo: &Echo) -> String {
-    format!(
-        r#"{base}
-[[routes]]
-name = "api"
-path_prefix = "/api"
-upstream = "echo"
-
-[[routes.plugins]]
-name = "key_auth"
-config = {{ query_param = "apikey", keys = [
+fn routes() -> String {
+    let keys = format!(
+        r#"query_param = "apikey"
+keys = [
     {{ consumer = "alice", sha256 = "{alice}", roles = ["admin"] }},
     {{ consumer = "bob", sha256 = "{bob}" }},
-] }}
-
+]"#,
+        alice = sha256_hex(b"alice-secret"),
+        bob = sha256_hex(b"bob-secret"),
+    );
+    let open = r#"
 [[routes]]
 name = "open"
 path_prefix = "/open"
 methods = ["GET", "POST"]
 upstream = "echo"
-"#,
-        base = base_config(echo.addr),
-        alice = sha256("alice-secret"),
-        bob = sha256("bob-secret"),
-    )
+"#;
+    route("api", "/api", &[("key_auth", &keys)]) + open
 }
 
 async fn gateway() -> (TestGateway, Echo) {
-    let echo = Echo::start_local().await.expect("echo starts");
-    let gw = TestGateway::start(&key_auth_config(&echo), &[("key_auth", fixtures::KEY_AUTH)])
-        .await
-        .expect("gateway starts");
-    (gw, echo)
+    start_routes(&routes(), &[("key_auth", fixtures::KEY_AUTH)]).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -92,12 +79,7 @@ async fn a_valid_key_reaches_the_upstream_stripped_with_forwarded_headers() {
         )
         .await
         .expect("response");
-    assert_eq!(
-        ok.status,
-        StatusCode::OK,
-        "{}",
-        String::from_utf8_lossy(&ok.body)
-    );
+    ok.assert_ok();
     let seen = ok.seen();
     assert_eq!(seen.method, "GET");
     assert_eq!(seen.path, "/api/users/42");

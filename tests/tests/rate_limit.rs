@@ -7,38 +7,32 @@ use std::sync::Arc;
 use http::StatusCode;
 use portcullis::clock::ManualClock;
 use portcullis_tests::echo::Echo;
-use portcullis_tests::{Client, Reply, TestGateway, base_config, fixtures, logged};
+use portcullis_tests::{
+    Client, Reply, TestGateway, assert_config_refused, base_config, fixtures, logged, route,
+    start_routes_with_clock,
+};
 
 /// 2025-03-14T23:59:58Z: two seconds before a day (and a minute, an hour)
 /// begins.
 const NEAR_MIDNIGHT: u64 = 1_741_996_798_000;
 
-/// A gateway with one route `/api` whose plugins are `plugins` (TOML of the
-/// `[[routes.plugins]]` entries), on a clock standing at `NEAR_MIDNIGHT`.
-async fn gateway(plugins: &str) -> (TestGateway, Echo, Arc<ManualClock>) {
-    let echo = Echo::start_local().await.expect("echo starts");
-    let config = format!(
-        r#"{base}
-[[routes]]
-name = "api"
-path_prefix = "/api"
-upstream = "echo"
-{plugins}
-"#,
-        base = base_config(echo.addr),
-    );
+const PLUGINS: &[(&str, &str)] = &[
+    ("rate_limit", fixtures::RATE_LIMIT),
+    ("key_auth", fixtures::KEY_AUTH),
+];
+
+/// A gateway with one route `/api` through `plugins` (name and config, see
+/// [`route`]), on a clock standing at `NEAR_MIDNIGHT`.
+async fn gateway(plugins: &[(&str, &str)]) -> (TestGateway, Echo, Arc<ManualClock>) {
     let clock = Arc::new(ManualClock::new(NEAR_MIDNIGHT));
-    let gw = TestGateway::start_with_clock(
-        &config,
-        &[
-            ("rate_limit", fixtures::RATE_LIMIT),
-            ("key_auth", fixtures::KEY_AUTH),
-        ],
-        clock.clone(),
-    )
-    .await
-    .expect("gateway starts");
+    let (gw, echo) = start_routes_with_clock(&route("api", "/api", plugins), PLUGINS, &clock).await;
     (gw, echo, clock)
+}
+
+/// A gateway with one route `/api` through `rate_limit` configured with
+/// `config`.
+async fn rate_limited(config: &str) -> (TestGateway, Echo, Arc<ManualClock>) {
+    gateway(&[("rate_limit", config)]).await
 }
 
 async fn get(gw: &TestGateway, headers: &[(&str, &str)]) -> Reply {
@@ -76,14 +70,7 @@ fn assert_throttled(reply: &Reply, retry_after: &str, policy: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rate_answers_429_with_retry_after_and_refills_as_the_clock_moves() {
-    let (gw, _echo, clock) = gateway(
-        r#"
-[[routes.plugins]]
-name = "rate_limit"
-config = { limits = [{ rate = 5, per = "second" }] }
-"#,
-    )
-    .await;
+    let (gw, _echo, clock) = rate_limited(r#"limits = [{ rate = 5, per = "second" }]"#).await;
     // Keyed by consumer (the default), but there is no authentication: the
     // client IP stands in for the missing consumer (`missing_key`).
 
@@ -120,18 +107,13 @@ config = { limits = [{ rate = 5, per = "second" }] }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_limits_at_once_and_the_daily_quota_starts_again_at_midnight_utc() {
-    let (gw, _echo, clock) = gateway(
-        r#"
-[[routes.plugins]]
-name = "rate_limit"
-[routes.plugins.config]
-by = ["ip"]
+    let (gw, _echo, clock) = rate_limited(
+        r#"by = ["ip"]
 legacy_headers = true
 limits = [
     { rate = 5, per = "second" },
     { quota = 8, per = "day" },
-]
-"#,
+]"#,
     )
     .await;
 
@@ -188,12 +170,10 @@ limits = [
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn limits_keyed_by_a_header_count_each_value_apart_and_skip_requests_without_it() {
-    let (gw, _echo, _clock) = gateway(
-        r#"
-[[routes.plugins]]
-name = "rate_limit"
-config = { by = ["header:x-tenant"], missing_key = "skip", limits = [{ name = "tenant", quota = 2, per = "hour" }] }
-"#,
+    let (gw, _echo, _clock) = rate_limited(
+        r#"by = ["header:x-tenant"]
+missing_key = "skip"
+limits = [{ name = "tenant", quota = 2, per = "hour" }]"#,
     )
     .await;
 
@@ -222,23 +202,21 @@ config = { by = ["header:x-tenant"], missing_key = "skip", limits = [{ name = "t
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_override_gives_callers_with_a_role_other_limits() {
-    let (gw, _echo, _clock) = gateway(
-        r#"
-[[routes.plugins]]
-name = "key_auth"
-config = { keys = [
+    let (gw, _echo, _clock) = gateway(&[
+        (
+            "key_auth",
+            r#"keys = [
     { consumer = "alice", key = "alice-key", roles = ["reader", "gold"] },
     { consumer = "bob", key = "bob-key", roles = ["reader"] },
     { consumer = "carol", key = "carol-key", roles = ["gold"] },
-] }
-
-[[routes.plugins]]
-name = "rate_limit"
-[routes.plugins.config]
-limits = [{ rate = 2, per = "minute" }]
-overrides = [{ role = "gold", limits = [{ rate = 4, per = "minute" }] }]
-"#,
-    )
+]"#,
+        ),
+        (
+            "rate_limit",
+            r#"limits = [{ rate = 2, per = "minute" }]
+overrides = [{ role = "gold", limits = [{ rate = 4, per = "minute" }] }]"#,
+        ),
+    ])
     .await;
 
     let bob = [("x-api-key", "bob-key")];
@@ -262,16 +240,11 @@ overrides = [{ role = "gold", limits = [{ rate = 4, per = "minute" }] }]
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forty_concurrent_requests_never_pass_more_than_the_limit() {
-    let (gw, _echo, _clock) = gateway(
-        r#"
-[[routes.plugins]]
-name = "rate_limit"
-[routes.plugins.config]
-limits = [
+    let (gw, _echo, _clock) = rate_limited(
+        r#"limits = [
     { rate = 10, per = "hour", by = ["header:x-user"] },
     { quota = 10, per = "day", by = ["header:x-kind"] },
-]
-"#,
+]"#,
     )
     .await;
     let url = gw.url("/api/items");
@@ -325,27 +298,17 @@ async fn a_full_store_fails_closed_or_open_as_configured() {
         "plugin_timeout_ms = 100\nstate_max_entries = 1",
     );
     assert!(base.contains("state_max_entries = 1"));
-    let config = format!(
-        r#"{base}
-[[routes]]
-name = "closed"
-path_prefix = "/closed"
-upstream = "echo"
-
-[[routes.plugins]]
-name = "rate_limit"
-config = {{ by = ["header:x-user"], on_store_error = "deny", limits = [{{ quota = 100, per = "day" }}] }}
-
-[[routes]]
-name = "open"
-path_prefix = "/open"
-upstream = "echo"
-
-[[routes.plugins]]
-name = "rate_limit"
-config = {{ by = ["header:x-user"], limits = [{{ name = "open-daily", quota = 100, per = "day" }}] }}
-"#
-    );
+    let closed = r#"by = ["header:x-user"]
+on_store_error = "deny"
+limits = [{ quota = 100, per = "day" }]"#;
+    let open = r#"by = ["header:x-user"]
+limits = [{ name = "open-daily", quota = 100, per = "day" }]"#;
+    let config = [
+        base,
+        route("closed", "/closed", &[("rate_limit", closed)]),
+        route("open", "/open", &[("rate_limit", open)]),
+    ]
+    .concat();
     let gw = TestGateway::start_with_clock(
         &config,
         &[("rate_limit", fixtures::RATE_LIMIT)],
@@ -392,26 +355,17 @@ config = {{ by = ["header:x-user"], limits = [{{ name = "open-daily", quota = 10
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_configuration_is_refused_naming_the_key() {
-    let echo = Echo::start_local().await.expect("echo starts");
-    let config = format!(
-        r#"{base}
-[[routes]]
-name = "api"
-path_prefix = "/api"
-upstream = "echo"
-
-[[routes.plugins]]
-name = "rate_limit"
-config = {{ limits = [{{ rate = 5, per = "fortnight" }}] }}
-"#,
-        base = base_config(echo.addr),
-    );
-    let err = TestGateway::start(&config, &[("rate_limit", fixtures::RATE_LIMIT)])
-        .await
-        .expect_err("the config must be refused");
-    let message = format!("{err:#}");
-    assert!(
-        message.contains("limits[0].per: `fortnight` is not a rate period"),
-        "{message}"
-    );
+    assert_config_refused(
+        &route(
+            "api",
+            "/api",
+            &[(
+                "rate_limit",
+                r#"limits = [{ rate = 5, per = "fortnight" }]"#,
+            )],
+        ),
+        &[("rate_limit", fixtures::RATE_LIMIT)],
+        &["limits[0].per: `fortnight` is not a rate period"],
+    )
+    .await;
 }

@@ -4,58 +4,52 @@
 
 use http::{Method, StatusCode};
 use portcullis_tests::echo::Echo;
-use portcullis_tests::{Client, Reply, TestGateway, base_config, fixtures};
+use portcullis_tests::{
+    Client, Reply, TestGateway, assert_config_refused, fixtures, route, start_routes,
+};
 
 const PLUGINS: &[(&str, &str)] = &[("key_auth", fixtures::KEY_AUTH), ("rbac", fixtures::RBAC)];
 
-fn config(echo: &Echo) -> String {
-    format!(
-        r#"{base}
-[[routes]]
-name = "api"
-path_prefix = "/api"
-upstream = "echo"
-
-[[routes.plugins]]
-name = "key_auth"
-config = {{ keys = [
-    {{ consumer = "alice", key = "alice-key", roles = ["admin"], tenant = "acme" }},
-    {{ consumer = "bob", key = "bob-key", roles = ["member"], tenant = "acme" }},
-    {{ consumer = "carol", key = "carol-key", roles = ["member"], tenant = "globex" }},
-    {{ consumer = "dave", key = "dave-key", roles = ["member"] }},
-    {{ consumer = "erin", key = "erin-key", roles = ["auditor"], tenant = "acme" }},
-] }}
-
-[[routes.plugins]]
-name = "rbac"
-config = {{ rules = [
-    {{ roles = ["admin"], paths = ["/api/**"] }},
-    {{ roles = ["member"], methods = ["GET", "POST"], paths = ["/api/tenants/{{tenant}}/**"], require_tenant = "tenant" }},
-    {{ roles = ["*"], methods = ["GET"], paths = ["/api/me"] }},
-    {{ effect = "deny", roles = ["*"], methods = ["DELETE"], paths = ["/api/audit/**"] }},
-] }}
-
-[[routes]]
-name = "open"
-path_prefix = "/open"
-upstream = "echo"
-
-[[routes.plugins]]
-name = "rbac"
-config = {{ www_authenticate = 'ApiKey realm="open"', rules = [
-    {{ anonymous = true, methods = ["GET"], paths = ["/open/health"] }},
-] }}
-"#,
-        base = base_config(echo.addr),
-    )
+fn routes() -> String {
+    let api = route(
+        "api",
+        "/api",
+        &[
+            (
+                "key_auth",
+                r#"keys = [
+    { consumer = "alice", key = "alice-key", roles = ["admin"], tenant = "acme" },
+    { consumer = "bob", key = "bob-key", roles = ["member"], tenant = "acme" },
+    { consumer = "carol", key = "carol-key", roles = ["member"], tenant = "globex" },
+    { consumer = "dave", key = "dave-key", roles = ["member"] },
+    { consumer = "erin", key = "erin-key", roles = ["auditor"], tenant = "acme" },
+]"#,
+            ),
+            (
+                "rbac",
+                r#"rules = [
+    { roles = ["admin"], paths = ["/api/**"] },
+    { roles = ["member"], methods = ["GET", "POST"], paths = ["/api/tenants/{tenant}/**"], require_tenant = "tenant" },
+    { roles = ["*"], methods = ["GET"], paths = ["/api/me"] },
+    { effect = "deny", roles = ["*"], methods = ["DELETE"], paths = ["/api/audit/**"] },
+]"#,
+            ),
+        ],
+    );
+    let open = route(
+        "open",
+        "/open",
+        &[(
+            "rbac",
+            r#"www_authenticate = 'ApiKey realm="open"'
+rules = [{ anonymous = true, methods = ["GET"], paths = ["/open/health"] }]"#,
+        )],
+    );
+    api + &open
 }
 
 async fn gateway() -> (TestGateway, Echo) {
-    let echo = Echo::start_local().await.expect("echo starts");
-    let gw = TestGateway::start(&config(&echo), PLUGINS)
-        .await
-        .expect("gateway starts");
-    (gw, echo)
+    start_routes(&routes(), PLUGINS).await
 }
 
 async fn call(gw: &TestGateway, method: Method, path: &str, key: Option<&str>) -> Reply {
@@ -86,12 +80,7 @@ fn assert_refused(reply: &Reply, status: StatusCode, message: &str) {
 }
 
 fn assert_passed(reply: &Reply, path: &str) {
-    assert_eq!(
-        reply.status,
-        StatusCode::OK,
-        "{}",
-        String::from_utf8_lossy(&reply.body)
-    );
+    reply.assert_ok();
     assert_eq!(reply.seen().path, path);
 }
 
@@ -248,34 +237,17 @@ async fn callers_without_an_identity_get_401_unless_a_rule_admits_them() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_rule_refuses_the_configuration_naming_the_key() {
-    let echo = Echo::start_local().await.expect("echo starts");
-    let bad = format!(
-        r#"{base}
-[[routes]]
-name = "api"
-path_prefix = "/api"
-upstream = "echo"
-
-[[routes.plugins]]
-name = "rbac"
-config = {{ rules = [
-    {{ roles = ["admin"], paths = ["/api/**"] }},
-    {{ roles = ["member"], paths = ["/api/{{tenant}}/**", "/api/**/x"] }},
-] }}
-"#,
-        base = base_config(echo.addr),
-    );
-    let dir = TestGateway::prepare(&bad, PLUGINS).expect("prepare");
-    let err = TestGateway::start_in(dir)
-        .await
-        .expect_err("a bad rbac config must not start");
-    let message = format!("{err:#}");
-    assert!(
-        message.contains("route `api` plugin `rbac`: rejected its configuration"),
-        "{message}"
-    );
-    assert!(
-        message.contains("rules[1].paths[1]: `/api/**/x`: `**` may only be the last segment"),
-        "{message}"
-    );
+    let rules = r#"rules = [
+    { roles = ["admin"], paths = ["/api/**"] },
+    { roles = ["member"], paths = ["/api/{tenant}/**", "/api/**/x"] },
+]"#;
+    assert_config_refused(
+        &route("api", "/api", &[("rbac", rules)]),
+        PLUGINS,
+        &[
+            "route `api` plugin `rbac`: rejected its configuration",
+            "rules[1].paths[1]: `/api/**/x`: `**` may only be the last segment",
+        ],
+    )
+    .await;
 }

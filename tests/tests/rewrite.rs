@@ -2,98 +2,70 @@
 //! front of the echo upstream, which reports what reached it.
 
 use http::{Method, StatusCode};
-use portcullis_tests::echo::Echo;
-use portcullis_tests::{Client, Reply, TestGateway, base_config, fixtures};
-use sha2::{Digest, Sha256};
+use portcullis_tests::{
+    Client, TestGateway, assert_config_refused, fixtures, route, sha256_hex, start_routes,
+};
 
-fn config(echo: &Echo) -> String {
-    format!(
-        r#"{base}
-[[routes]]
-name = "v1"
-path_prefix = "/v1"
-upstream = "echo"
+const PLUGINS: &[(&str, &str)] = &[("rewrite", fixtures::REWRITE)];
 
-[[routes.plugins]]
-name = "rewrite"
+/// A route `name` on `prefix` through `rewrite` configured with `config`.
+fn rewrite_route(name: &str, prefix: &str, config: &str) -> String {
+    route(name, prefix, &[("rewrite", config)])
+}
 
-[routes.plugins.config]
-path = [
-    {{ regex = '^/v1/users/(\d+)$', replace = "/users/$1" }},
-    {{ strip_prefix = "/v1" }},
+fn routes() -> String {
+    [
+        rewrite_route(
+            "v1",
+            "/v1",
+            r#"path = [
+    { regex = '^/v1/users/(\d+)$', replace = "/users/$1" },
+    { strip_prefix = "/v1" },
 ]
 host = "users.internal"
 
 [routes.plugins.config.query]
-map = {{ sort = {{ asc = "ascending", desc = "descending" }} }}
-rename = {{ sort = "order" }}
+map = { sort = { asc = "ascending", desc = "descending" } }
+rename = { sort = "order" }
 remove = ["debug"]
-set = {{ version = "2" }}
+set = { version = "2" }
 
 [routes.plugins.config.request_headers]
-rename = {{ x-old = "x-new" }}
+rename = { x-old = "x-new" }
 remove = ["x-debug"]
-set = {{ x-env = "prod" }}
-add = {{ via = "portcullis" }}
+set = { x-env = "prod" }
+add = { via = "portcullis" }
 
 [routes.plugins.config.response_headers]
-rename = {{ x-upstream = "x-served-by" }}
-set = {{ cache-control = "no-store" }}
-
-[[routes]]
-name = "legacy"
-path_prefix = "/legacy"
-upstream = "echo"
-
-[[routes.plugins]]
-name = "rewrite"
-config = {{ method = "POST", path = [{{ prefix = "/legacy", replace = "/api/v2" }}] }}
-
-[[routes]]
-name = "body"
-path_prefix = "/body"
-upstream = "echo"
-
-[[routes.plugins]]
-name = "rewrite"
-
-[routes.plugins.config.body]
-rename = {{ "user.email" = "work_email" }}
+rename = { x-upstream = "x-served-by" }
+set = { cache-control = "no-store" }"#,
+        ),
+        rewrite_route(
+            "legacy",
+            "/legacy",
+            r#"method = "POST"
+path = [{ prefix = "/legacy", replace = "/api/v2" }]"#,
+        ),
+        rewrite_route(
+            "body",
+            "/body",
+            r#"[routes.plugins.config.body]
+rename = { "user.email" = "work_email" }
 remove = ["user.password", "items[*].secret"]
 nullify = ["user.ssn"]
-set = {{ "meta.via" = "gateway" }}
-
-[[routes]]
-name = "strict"
-path_prefix = "/strict"
-upstream = "echo"
-
-[[routes.plugins]]
-name = "rewrite"
-config = {{ body = {{ remove = ["password"], on_not_json = "refuse" }} }}
-"#,
-        base = base_config(echo.addr),
-    )
+set = { "meta.via" = "gateway" }"#,
+        ),
+        rewrite_route(
+            "strict",
+            "/strict",
+            r#"body = { remove = ["password"], on_not_json = "refuse" }"#,
+        ),
+    ]
+    .concat()
 }
 
 async fn gateway() -> TestGateway {
-    let echo = Echo::start_local().await.expect("echo starts");
-    TestGateway::start(&config(&echo), &[("rewrite", fixtures::REWRITE)])
-        .await
-        .expect("gateway starts")
-}
-
-fn ok(reply: &Reply) {
-    assert_eq!(
-        reply.status,
-        StatusCode::OK,
-        "{}",
-        String::from_utf8_lossy(&reply.body)
-    );
-}
-
-fn sha256(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
+    start_routes(&routes(), PLUGINS).await.0
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -108,7 +80,7 @@ async fn path_query_host_and_headers_are_rewritten_both_ways() {
         )
         .await
         .expect("response");
-    ok(&reply);
+    reply.assert_ok();
     let seen = reply.seen();
     assert_eq!(seen.method, "GET");
     assert_eq!(seen.path, "/users/42", "the regex rule with its capture");
@@ -139,7 +111,7 @@ async fn path_query_host_and_headers_are_rewritten_both_ways() {
         .get(&gw.url("/v1/users/42/orders"), &[])
         .await
         .expect("response");
-    ok(&other);
+    other.assert_ok();
     let seen = other.seen();
     assert_eq!(seen.path, "/users/42/orders");
     assert_eq!(seen.query.as_deref(), Some("version=2"));
@@ -153,7 +125,7 @@ async fn the_method_is_overridden_and_a_prefix_replaced() {
         .get(&gw.url("/legacy/orders/7?x=1"), &[])
         .await
         .expect("response");
-    ok(&reply);
+    reply.assert_ok();
     let seen = reply.seen();
     assert_eq!(seen.method, "POST");
     assert_eq!(seen.path, "/api/v2/orders/7");
@@ -175,12 +147,12 @@ async fn json_body_fields_are_renamed_removed_and_nulled() {
         )
         .await
         .expect("response");
-    ok(&reply);
+    reply.assert_ok();
     let seen = reply.seen();
     // Keys come out sorted and compact (the document is re-serialized).
     let expected = r#"{"items":[{"sku":"A"}],"meta":{"via":"gateway"},"user":{"ssn":null,"work_email":"a@example.com"}}"#;
     assert_eq!(seen.body_len, expected.len());
-    assert_eq!(seen.body_sha256, sha256(expected.as_bytes()));
+    assert_eq!(seen.body_sha256, sha256_hex(expected.as_bytes()));
     assert_eq!(
         seen.header("content-length"),
         Some(expected.len().to_string().as_str()),
@@ -206,10 +178,10 @@ async fn json_body_fields_are_renamed_removed_and_nulled() {
             )
             .await
             .expect("response");
-        ok(&reply);
+        reply.assert_ok();
         assert_eq!(
             reply.seen().body_sha256,
-            sha256(body.as_bytes()),
+            sha256_hex(body.as_bytes()),
             "{content_type}: {body}"
         );
     }
@@ -258,46 +230,34 @@ async fn a_body_that_is_not_json_can_be_refused() {
         )
         .await
         .expect("response");
-    ok(&fine);
+    fine.assert_ok();
     let expected = r#"{"name":"n"}"#;
-    assert_eq!(fine.seen().body_sha256, sha256(expected.as_bytes()));
+    assert_eq!(fine.seen().body_sha256, sha256_hex(expected.as_bytes()));
 
     // A request without a body is not refused.
-    ok(&client.get(&gw.url("/strict"), &[]).await.expect("response"));
+    client
+        .get(&gw.url("/strict"), &[])
+        .await
+        .expect("response")
+        .assert_ok();
     gw.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_config_is_refused_at_load_naming_the_key() {
-    let echo = Echo::start_local().await.expect("echo starts");
-    let bad = format!(
-        r#"{base}
-[[routes]]
-name = "api"
-path_prefix = "/api"
-upstream = "echo"
-
-[[routes.plugins]]
-name = "rewrite"
-config = {{ path = [{{ regex = '^/u/(\d+)$', replace = "/users/$1x" }}], request_headers = {{ set = {{ content-length = "1" }} }} }}
-"#,
-        base = base_config(echo.addr),
-    );
-    let dir = TestGateway::prepare(&bad, &[("rewrite", fixtures::REWRITE)]).expect("prepare");
-    let err = TestGateway::start_in(dir)
-        .await
-        .expect_err("a bad rewrite config must not start");
-    let message = format!("{err:#}");
-    assert!(
-        message.contains("route `api` plugin `rewrite`: rejected its configuration"),
-        "{message}"
-    );
-    assert!(
-        message.contains("path[0].replace: `$1x` refers to no capture group"),
-        "{message}"
-    );
-    assert!(
-        message.contains("request_headers.set: `content-length` is set by the gateway"),
-        "{message}"
-    );
+    assert_config_refused(
+        &rewrite_route(
+            "api",
+            "/api",
+            r#"path = [{ regex = '^/u/(\d+)$', replace = "/users/$1x" }]
+request_headers = { set = { content-length = "1" } }"#,
+        ),
+        PLUGINS,
+        &[
+            "route `api` plugin `rewrite`: rejected its configuration",
+            "path[0].replace: `$1x` refers to no capture group",
+            "request_headers.set: `content-length` is set by the gateway",
+        ],
+    )
+    .await;
 }

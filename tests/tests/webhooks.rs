@@ -8,9 +8,8 @@ use std::time::Duration;
 use http::StatusCode;
 use portcullis::clock::ManualClock;
 use portcullis::registry::Outcome;
-use portcullis_tests::echo::Echo;
 use portcullis_tests::webhook::WebhookReceiver;
-use portcullis_tests::{Client, TestGateway, base_config, fixtures};
+use portcullis_tests::{Client, TestGateway, fixtures, route, start_routes_with_clock};
 
 /// 2026-12-01T10:00:00Z.
 const START_MS: u64 = 1_796_119_200_000;
@@ -21,40 +20,32 @@ const PATIENCE: Duration = Duration::from_secs(10);
 
 /// A gateway with one route `api` = [alerts, key_auth] and `[alerts]` set to
 /// `alerts_section`.
-async fn gateway(echo: &Echo, clock: &Arc<ManualClock>, alerts_section: &str) -> TestGateway {
-    let config = format!(
-        r#"{base}
-[[routes]]
-name = "api"
-path_prefix = "/api"
-upstream = "echo"
-
-[[routes.plugins]]
-name = "alerts"
-[routes.plugins.config.auth_failures]
+async fn gateway(clock: &Arc<ManualClock>, alerts_section: &str) -> TestGateway {
+    let api = route(
+        "api",
+        "/api",
+        &[
+            (
+                "alerts",
+                r#"[routes.plugins.config.auth_failures]
 threshold = 20
 window_s = 10
 by = "client_ip"
-cooldown_s = 300
-
-[[routes.plugins]]
-name = "key_auth"
-config = {{ keys = [{{ consumer = "alice", key = "alice-key" }}] }}
-
-{alerts_section}
-"#,
-        base = base_config(echo.addr)
-    );
-    TestGateway::start_with_clock(
-        &config,
-        &[
-            ("alerts", fixtures::ALERTS),
-            ("key_auth", fixtures::KEY_AUTH),
+cooldown_s = 300"#,
+            ),
+            (
+                "key_auth",
+                r#"keys = [{ consumer = "alice", key = "alice-key" }]"#,
+            ),
         ],
-        clock.clone(),
-    )
-    .await
-    .expect("gateway starts")
+    );
+    let plugins = [
+        ("alerts", fixtures::ALERTS),
+        ("key_auth", fixtures::KEY_AUTH),
+    ];
+    start_routes_with_clock(&format!("{api}\n{alerts_section}\n"), &plugins, clock)
+        .await
+        .0
 }
 
 fn webhook_section(url: &str, extra: &str) -> String {
@@ -95,11 +86,9 @@ async fn bad_keys(gw: &TestGateway, clock: &ManualClock, n: usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_bad_keys_from_one_ip_post_one_alert_then_one_resolution() {
-    let echo = Echo::start_local().await.expect("echo starts");
     let receiver = WebhookReceiver::start(0).await.expect("receiver starts");
     let clock = Arc::new(ManualClock::new(START_MS));
     let gw = gateway(
-        &echo,
         &clock,
         &webhook_section(
             &receiver.url(),
@@ -154,12 +143,10 @@ async fn twenty_bad_keys_from_one_ip_post_one_alert_then_one_resolution() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_webhook_is_retried_until_it_accepts() {
-    let echo = Echo::start_local().await.expect("echo starts");
     // 503 twice, then 204.
     let receiver = WebhookReceiver::start(2).await.expect("receiver starts");
     let clock = Arc::new(ManualClock::new(START_MS));
     let gw = gateway(
-        &echo,
         &clock,
         &webhook_section(&receiver.url(), "retry_backoff_ms = 10\nmax_retries = 3"),
     )
@@ -177,7 +164,6 @@ async fn a_failing_webhook_is_retried_until_it_accepts() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_webhook_costs_requests_nothing_and_its_alerts_are_counted() {
-    let echo = Echo::start_local().await.expect("echo starts");
     // A port that nobody listens on any more.
     let dead = {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -185,7 +171,6 @@ async fn a_dead_webhook_costs_requests_nothing_and_its_alerts_are_counted() {
     };
     let clock = Arc::new(ManualClock::new(START_MS));
     let gw = gateway(
-        &echo,
         &clock,
         &webhook_section(
             &format!("http://{dead}/hook"),
@@ -211,10 +196,9 @@ async fn a_dead_webhook_costs_requests_nothing_and_its_alerts_are_counted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_webhook_added_by_a_config_reload_receives_the_next_alerts() {
-    let echo = Echo::start_local().await.expect("echo starts");
     let receiver = WebhookReceiver::start(0).await.expect("receiver starts");
     let clock = Arc::new(ManualClock::new(START_MS));
-    let gw = gateway(&echo, &clock, "").await;
+    let gw = gateway(&clock, "").await;
 
     let config_path = gw.dir().join("portcullis.toml");
     let config = std::fs::read_to_string(&config_path).expect("config");

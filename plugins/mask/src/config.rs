@@ -1,12 +1,12 @@
 //! The plugin's configuration and its validation.
 
-use regex::Regex;
+use portcullis_plugin_kit::http::is_token_byte;
+use portcullis_plugin_kit::path::JsonPath;
+use portcullis_plugin_kit::template;
 use serde::Deserialize;
 
 use crate::Mask;
 use crate::detect::{Detectors, EmailMode};
-use crate::path::JsonPath;
-use crate::template;
 
 /// What to do with a body that cannot be masked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -170,13 +170,10 @@ impl Config {
             .collect::<Vec<_>>();
         let mut patterns = Vec::new();
         for (i, pattern) in self.patterns.into_iter().enumerate() {
-            let regex = match Regex::new(&pattern.regex) {
+            let regex = match template::compile_regex(&pattern.regex) {
                 Ok(regex) => regex,
                 Err(e) => {
-                    problems.push(format!(
-                        "patterns[{i}].regex: invalid regex: {}",
-                        one_line(&e.to_string())
-                    ));
+                    problems.push(format!("patterns[{i}].regex: {e}"));
                     continue;
                 }
             };
@@ -238,16 +235,6 @@ impl Config {
             strip_accept_encoding: self.strip_accept_encoding && self.response_body,
         })
     }
-}
-
-/// `tchar` of RFC 9110: the bytes a header name may contain.
-fn is_token_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
-}
-
-/// An error message on one line (the regex crate's span multiple lines).
-fn one_line(text: &str) -> String {
-    text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@
 //! - Object keys are never changed.
 
 use crate::detect::Detectors;
-use crate::path::{JsonPath, Step};
+use portcullis_plugin_kit::path::{JsonPath, Step};
 
 /// How deep the scanner goes into nested arrays and objects, which bounds
 /// its recursion (serde_json's own limit).

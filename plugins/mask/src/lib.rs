@@ -19,13 +19,11 @@ use serde::Serialize;
 mod config;
 mod detect;
 mod json;
-mod path;
-mod template;
 
 use config::{Config, OnProblem};
 use detect::Detectors;
 use json::JsonRules;
-use path::JsonPath;
+use portcullis_plugin_kit::path::JsonPath;
 
 /// One route's `mask`, built from a validated [`Config`].
 #[derive(Debug)]

@@ -2,7 +2,7 @@
 
 use serde_json::{Map, Value};
 
-use crate::path::{JsonPath, Segment};
+use portcullis_plugin_kit::path::{JsonPath, Segment};
 
 /// What to do with a body the rules cannot apply to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]

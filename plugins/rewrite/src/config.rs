@@ -2,15 +2,15 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use regex::Regex;
+use portcullis_plugin_kit::http::is_token_byte;
+use portcullis_plugin_kit::path::{JsonPath, Segment};
+use portcullis_plugin_kit::template;
 use serde::Deserialize;
 use serde_json::Value;
 
 use crate::Rewrite;
 use crate::body::{BodyRules, OnProblem};
 use crate::headers::HeaderRules;
-use crate::path::{JsonPath, Segment};
-use crate::template;
 use crate::uri::{PathRule, QueryRules};
 
 /// The configuration of one route's `rewrite` plugin. Every part is
@@ -204,9 +204,8 @@ impl PathRuleConfig {
                         "{key}.replace: `{replace}` must not contain `?` or `#` (query parameters are set with `query.set`)"
                     ));
                 }
-                let regex = Regex::new(&regex).map_err(|e| {
-                    format!("{key}.regex: invalid regex: {}", one_line(&e.to_string()))
-                })?;
+                let regex =
+                    template::compile_regex(&regex).map_err(|e| format!("{key}.regex: {e}"))?;
                 template::check(&regex, &replace).map_err(|e| format!("{key}.replace: {e}"))?;
                 Ok(PathRule::Regex { regex, replace })
             }
@@ -390,16 +389,6 @@ impl BodyConfig {
             on_not_json: self.on_not_json,
         }
     }
-}
-
-/// `tchar` of RFC 9110: the bytes a header name or a method may contain.
-fn is_token_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
-}
-
-/// An error message on one line (the regex crate's span multiple lines).
-fn one_line(text: &str) -> String {
-    text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 #[cfg(test)]

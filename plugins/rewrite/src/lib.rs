@@ -18,8 +18,6 @@ use serde::Serialize;
 mod body;
 mod config;
 mod headers;
-mod path;
-mod template;
 mod uri;
 
 use body::{BodyRules, OnProblem};

@@ -1,15 +1,37 @@
-//! Checking a regex replacement template against its regex at load time.
+//! Regexes from a configuration and their replacement templates, checked
+//! at load time.
 //!
 //! The `regex` crate expands `$1`, `${1}`, `$name` and `${name}` in a
 //! replacement, and silently expands a reference to a group that does not
 //! exist to nothing. `$1a` is read as the group *named* `1a`, a classic
-//! slip; so every reference is checked against the regex's groups here.
+//! slip; so [`check`] tests every reference against the regex's groups.
+//!
+//! ```
+//! use portcullis_plugin_kit::template::{check, compile_regex};
+//!
+//! let regex = compile_regex(r"^/v1/users/(\d+)$").expect("valid");
+//! assert_eq!(check(&regex, "/users/${1}"), Ok(()));
+//! assert!(check(&regex, "/users/$1a").is_err());
+//! assert!(compile_regex("(").is_err());
+//! ```
 
 use regex::Regex;
 
+/// Compiles `text` as a regex, or says what is wrong with it on one line:
+/// `invalid regex: ...` (the regex crate's own message spans several lines,
+/// with a caret under the fault).
+pub fn compile_regex(text: &str) -> Result<Regex, String> {
+    Regex::new(text).map_err(|e| format!("invalid regex: {}", one_line(&e.to_string())))
+}
+
+/// `text` with each run of white space (line breaks included) made one space.
+fn one_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
 /// Says what is wrong with `template` as a replacement for `regex`: a
 /// reference to a group the regex does not have, or a `${` without `}`.
-pub(crate) fn check(regex: &Regex, template: &str) -> Result<(), String> {
+pub fn check(regex: &Regex, template: &str) -> Result<(), String> {
     let mut rest = template;
     while let Some(dollar) = rest.find('$') {
         let after = &rest[dollar + 1..];
@@ -62,6 +84,15 @@ mod tests {
 
     fn regex(text: &str) -> Regex {
         Regex::new(text).expect("valid regex")
+    }
+
+    #[test]
+    fn bad_regexes_are_refused_on_one_line() {
+        let error = compile_regex("^/v1/(unclosed").expect_err("unclosed group");
+        assert!(error.starts_with("invalid regex: "), "{error}");
+        assert!(error.contains("unclosed group"), "{error}");
+        assert!(!error.contains('\n'), "{error}");
+        assert!(compile_regex(r"^/v1/(\d+)$").is_ok());
     }
 
     #[test]

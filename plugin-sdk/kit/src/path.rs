@@ -13,12 +13,23 @@
 //! alone means every member of an object (write `["*"]` for a key named
 //! `*`). In a quoted key, `\"` and `\\` stand for `"` and `\`. A path
 //! selects at least one step: `$` alone (the whole document) is refused.
+//!
+//! ```
+//! use portcullis_plugin_kit::path::{JsonPath, Segment, Step};
+//!
+//! let path = JsonPath::parse("$.items[*].card").expect("valid");
+//! assert_eq!(path.to_string(), "$.items[*].card");
+//! assert_eq!(path.segments()[1], Segment::AnyIndex);
+//! let at = [Step::Key("items".into()), Step::Index(3), Step::Key("card".into())];
+//! assert!(path.matches(&at));
+//! assert!(JsonPath::parse("items[x]").is_err());
+//! ```
 
 use std::fmt;
 
 /// One step of a [`JsonPath`].
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Segment {
+pub enum Segment {
     /// The member with this key of an object.
     Key(String),
     /// Every member of an object (`.*`).
@@ -29,9 +40,9 @@ pub(crate) enum Segment {
     AnyIndex,
 }
 
-/// A parsed path, e.g. `items[*].card`.
+/// A parsed path, e.g. `items[*].card`; it displays as written.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct JsonPath {
+pub struct JsonPath {
     /// The path as written in the configuration, for messages.
     text: String,
     /// Its steps, at least one.
@@ -45,8 +56,9 @@ impl fmt::Display for JsonPath {
 }
 
 impl JsonPath {
-    /// Parses `text`, or says what is wrong with it.
-    pub(crate) fn parse(text: &str) -> Result<Self, String> {
+    /// Parses `text`, or says what is wrong with it (a message that starts
+    /// with the path, quoted in backticks).
+    pub fn parse(text: &str) -> Result<Self, String> {
         let (mut rest, mut bare_key_allowed) = match text.strip_prefix('$') {
             Some(rest) => (rest, false),
             None => (text, true),
@@ -94,9 +106,35 @@ impl JsonPath {
     }
 
     /// Its steps (at least one).
-    pub(crate) fn segments(&self) -> &[Segment] {
+    pub fn segments(&self) -> &[Segment] {
         &self.segments
     }
+
+    /// Whether the path selects the value at `at`: as many steps, each
+    /// matching its segment (a key a `Key` or `AnyKey`, an index an `Index`
+    /// or `AnyIndex`).
+    pub fn matches(&self, at: &[Step]) -> bool {
+        self.segments.len() == at.len()
+            && self
+                .segments
+                .iter()
+                .zip(at)
+                .all(|(segment, step)| match (segment, step) {
+                    (Segment::Key(k), Step::Key(s)) => k == s,
+                    (Segment::AnyKey, Step::Key(_)) | (Segment::AnyIndex, Step::Index(_)) => true,
+                    (Segment::Index(i), Step::Index(s)) => i == s,
+                    _ => false,
+                })
+    }
+}
+
+/// One step of a concrete location in a document.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// A member of an object.
+    Key(String),
+    /// An element of an array.
+    Index(usize),
 }
 
 /// Parses the inside of `[...]` (after the `[`): `*`, an index, or a
@@ -192,6 +230,36 @@ mod tests {
         );
         assert_eq!(segments(r#"["say \"hi\" \\o/"]"#), [key(r#"say "hi" \o/"#)]);
         assert_eq!(segments(r#"x["]"]"#), [key("x"), key("]")]);
+    }
+
+    #[test]
+    fn matching() {
+        let at = |steps: &[&str]| -> Vec<Step> {
+            steps
+                .iter()
+                .map(|s| {
+                    s.parse()
+                        .map_or_else(|_| Step::Key((*s).to_owned()), Step::Index)
+                })
+                .collect()
+        };
+        let path = JsonPath::parse("items[*].card").expect("valid");
+        assert!(path.matches(&at(&["items", "0", "card"])));
+        assert!(path.matches(&at(&["items", "7", "card"])));
+        assert!(!path.matches(&at(&["items", "0"])));
+        assert!(!path.matches(&at(&["items", "0", "card", "n"])));
+        assert!(
+            !path.matches(&at(&["items", "x", "card"])),
+            "`[*]` is for arrays"
+        );
+        let any = JsonPath::parse("users.*.email").expect("valid");
+        assert!(any.matches(&at(&["users", "bob", "email"])));
+        assert!(
+            !any.matches(&at(&["users", "3", "email"])),
+            "`.*` is for objects"
+        );
+        let exact = JsonPath::parse("$.a[1]").expect("valid");
+        assert!(exact.matches(&at(&["a", "1"])) && !exact.matches(&at(&["a", "2"])));
     }
 
     #[test]
