@@ -253,6 +253,15 @@ impl TestGateway {
         Self::launch(dir, None).await
     }
 
+    /// Starts a gateway on a directory made by [`prepare`](Self::prepare),
+    /// with the gateway's clock under the test's control.
+    pub async fn start_in_with_clock(
+        dir: tempfile::TempDir,
+        clock: Arc<portcullis::clock::ManualClock>,
+    ) -> anyhow::Result<Self> {
+        Self::launch(dir, Some(clock)).await
+    }
+
     async fn launch(
         dir: tempfile::TempDir,
         clock: Option<Arc<portcullis::clock::ManualClock>>,

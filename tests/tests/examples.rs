@@ -1,0 +1,217 @@
+//! The example configuration (`examples/portcullis.toml`, what
+//! `scripts/demo.sh` runs) loads with every plugin, and the `curl` lines of
+//! the README do what the README says, in the same order.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use base64::Engine as _;
+use http::{Method, StatusCode};
+use portcullis::clock::ManualClock;
+use portcullis_tests::echo::Echo;
+use portcullis_tests::{Client, Reply, TestGateway, fixtures, logged_lines};
+
+/// 2026-12-01T10:00:00Z: the demo tokens are valid (but `expired.jwt`), v1
+/// of the catalog is deprecated and not yet sunset.
+const NOW_MS: u64 = 1_796_119_200_000;
+
+fn examples() -> &'static Path {
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../examples"))
+}
+
+/// The example config with the listener on an ephemeral port and the echo
+/// upstream where the test started it.
+fn example_config(echo: &Echo) -> String {
+    let text = std::fs::read_to_string(examples().join("portcullis.toml")).expect("example config");
+    let listener = r#"address = "127.0.0.1:8080""#;
+    let upstream = r#"servers = ["127.0.0.1:9000"]"#;
+    assert!(text.contains(listener) && text.contains(upstream));
+    text.replace(listener, r#"address = "127.0.0.1:0""#)
+        .replace(upstream, &format!(r#"servers = ["{}"]"#, echo.addr))
+}
+
+fn token(name: &str) -> String {
+    std::fs::read_to_string(examples().join("keys").join(name))
+        .expect("demo token")
+        .trim()
+        .to_owned()
+}
+
+async fn start(echo: &Echo, clock: &Arc<ManualClock>) -> TestGateway {
+    let dir = TestGateway::prepare(
+        &example_config(echo),
+        &[
+            ("alerts", fixtures::ALERTS),
+            ("key_auth", fixtures::KEY_AUTH),
+            ("basic_auth", fixtures::BASIC_AUTH),
+            ("jwt_auth", fixtures::JWT_AUTH),
+            ("rbac", fixtures::RBAC),
+            ("rate_limit", fixtures::RATE_LIMIT),
+            ("rewrite", fixtures::REWRITE),
+            ("mask", fixtures::MASK),
+            ("api_version", fixtures::API_VERSION),
+        ],
+    )
+    .expect("prepare");
+    std::fs::create_dir(dir.path().join("keys")).expect("keys dir");
+    for file in ["jwks.json", "users.htpasswd"] {
+        std::fs::copy(
+            examples().join("keys").join(file),
+            dir.path().join("keys").join(file),
+        )
+        .expect("copy key file");
+    }
+    TestGateway::start_in_with_clock(dir, clock.clone())
+        .await
+        .expect("the example config starts")
+}
+
+async fn get(gw: &TestGateway, path: &str, headers: &[(&str, &str)]) -> Reply {
+    Client::new()
+        .get(&gw.url(path), headers)
+        .await
+        .expect("reply")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_curl_lines_do_what_the_readme_says() {
+    let echo = Echo::start_local().await.expect("echo starts");
+    let clock = Arc::new(ManualClock::new(NOW_MS));
+    let gw = start(&echo, &clock).await;
+    let demo = [("x-api-key", "demo-key")];
+
+    // Public route.
+    get(&gw, "/hello", &[]).await.assert_ok();
+
+    // /api: no key, then a good key; the key is stripped, rewrite adds a
+    // header upstream and one to the response, rate limits are announced.
+    assert_eq!(
+        get(&gw, "/api/me", &[]).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    let me = get(&gw, "/api/me", &demo).await;
+    me.assert_ok();
+    let seen = me.seen();
+    assert_eq!(seen.header("x-api-key"), None);
+    assert_eq!(seen.header("x-gateway"), Some("portcullis"));
+    assert_eq!(me.header("cache-control"), Some("no-store"));
+    assert_eq!(
+        me.header("ratelimit-policy"),
+        Some(r#""per-second";q=5;w=1, "daily";q=1000;w=86400"#)
+    );
+
+    // RBAC with tenant isolation, and rewrite dropping `debug`.
+    let other_tenant = get(&gw, "/api/tenants/globex/orders", &demo).await;
+    assert_eq!(other_tenant.status, StatusCode::FORBIDDEN);
+    let own = get(&gw, "/api/tenants/acme/orders?debug=1&page=2", &demo).await;
+    own.assert_ok();
+    assert_eq!(own.seen().query.as_deref(), Some("page=2"));
+
+    // Masking of the response body.
+    let masked = Client::new()
+        .request(
+            Method::POST,
+            &gw.url("/api/tenants/acme/reflect"),
+            &[
+                ("x-api-key", "demo-key"),
+                ("content-type", "application/json"),
+            ],
+            r#"{"card":"4111 1111 1111 1111","email":"jane@example.com"}"#,
+        )
+        .await
+        .expect("reply");
+    masked.assert_ok();
+    let body: serde_json::Value = masked.json().expect("JSON body");
+    assert_eq!(body["card"], "**** **** **** 1111");
+    assert_eq!(body["email"], "j***@example.com");
+
+    // 5 per second: in a fresh second, the sixth request is refused.
+    clock.advance(1_000);
+    let mut statuses = Vec::new();
+    for _ in 0..7 {
+        statuses.push(get(&gw, "/api/me", &demo).await.status.as_u16());
+    }
+    assert_eq!(statuses, [200, 200, 200, 200, 200, 429, 429]);
+    let refused = get(&gw, "/api/me", &demo).await;
+    assert_eq!(refused.header("retry-after"), Some("1"));
+
+    // Bad keys from one client: one alert in the log.
+    for _ in 0..5 {
+        let reply = get(&gw, "/api/me", &[("x-api-key", "wrong")]).await;
+        assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
+    }
+    let mut alert = Vec::new();
+    for _ in 0..500 {
+        alert = logged_lines(&["portcullis::alert", "kind=auth-failures", "route=api"]);
+        if !alert.is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(alert.len(), 1, "{alert:?}");
+
+    // /user/login: Basic auth against the htpasswd file.
+    let basic = |credentials: &str| {
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(credentials)
+        )
+    };
+    let login = get(
+        &gw,
+        "/user/login",
+        &[("authorization", &basic("alice:open-sesame"))],
+    )
+    .await;
+    login.assert_ok();
+    assert_eq!(login.seen().header("authorization"), None);
+    let wrong = get(
+        &gw,
+        "/user/login",
+        &[("authorization", &basic("alice:wrong"))],
+    )
+    .await;
+    assert_eq!(wrong.status, StatusCode::UNAUTHORIZED);
+    assert!(
+        wrong
+            .header("www-authenticate")
+            .is_some_and(|c| c.starts_with(r#"Basic realm="login""#)),
+        "{:?}",
+        wrong.headers
+    );
+
+    // /partners: JWT from the JWKS file, roles from the token.
+    let bearer = |name: &str| format!("Bearer {}", token(name));
+    let partner = get(
+        &gw,
+        "/partners/orders",
+        &[("authorization", &bearer("partner.jwt"))],
+    )
+    .await;
+    partner.assert_ok();
+    assert_eq!(partner.seen().header("x-partner"), Some("partner-7"));
+    let viewer = get(
+        &gw,
+        "/partners/orders",
+        &[("authorization", &bearer("viewer.jwt"))],
+    )
+    .await;
+    assert_eq!(viewer.status, StatusCode::FORBIDDEN);
+    let expired = get(
+        &gw,
+        "/partners/orders",
+        &[("authorization", &bearer("expired.jwt"))],
+    )
+    .await;
+    assert_eq!(expired.status, StatusCode::UNAUTHORIZED);
+
+    // /catalog: deprecated v1, retired v0.
+    let v1 = get(&gw, "/catalog/v1/items", &[]).await;
+    v1.assert_ok();
+    assert!(v1.header("deprecation").is_some_and(|d| d.starts_with('@')));
+    assert_eq!(v1.header("sunset"), Some("Wed, 30 Jun 2027 00:00:00 GMT"));
+    let v0 = get(&gw, "/catalog/v0/items", &[]).await;
+    assert_eq!(v0.status, StatusCode::GONE);
+
+    gw.stop().await;
+}
