@@ -29,14 +29,25 @@ trap 'kill $echo_pid 2>/dev/null || true' EXIT
 
 cat <<'TRY'
 
-==> Portcullis is starting on http://127.0.0.1:8080 (Ctrl-C to stop). Try:
+==> Portcullis is starting on http://127.0.0.1:8080 (Ctrl-C to stop). Try (from the repository root):
 
-  curl -i http://127.0.0.1:8080/hello                                  # public route: 200
-  curl -i http://127.0.0.1:8080/api/orders                             # no key: 401
-  curl -i -H 'x-api-key: wrong' http://127.0.0.1:8080/api/orders       # bad key: 401
-  curl -i -H 'x-api-key: demo-key' http://127.0.0.1:8080/api/orders    # 200, key stripped upstream
-  curl -i 'http://127.0.0.1:8080/api/orders?apikey=ops-key&page=2'     # key in the query: 200
-  curl -i -X DELETE http://127.0.0.1:8080/api                          # still needs a key: 401
+  curl -i localhost:8080/hello                                          # public: 200
+  curl -i localhost:8080/api/me                                         # no key: 401
+  curl -i -H 'x-api-key: demo-key' localhost:8080/api/me                # 200 with RateLimit headers
+  curl -i -H 'x-api-key: demo-key' localhost:8080/api/tenants/globex/x  # another tenant: 403
+  curl -i -H 'x-api-key: demo-key' 'localhost:8080/api/tenants/acme/orders?debug=1&page=2'
+  curl -s -H 'x-api-key: demo-key' -H 'content-type: application/json' \
+       -d '{"card":"4111 1111 1111 1111","email":"jane@example.com"}' \
+       localhost:8080/api/tenants/acme/reflect                          # masked card and e-mail
+  for i in 1 2 3 4 5 6 7; do curl -s -o /dev/null -w '%{http_code} ' -H 'x-api-key: demo-key' localhost:8080/api/me; done
+  for i in 1 2 3 4 5; do curl -s -o /dev/null -H 'x-api-key: wrong' localhost:8080/api/me; done   # one alert in the log
+  curl -i -u alice:open-sesame localhost:8080/user/login                # Basic auth: 200
+  curl -i -u alice:wrong localhost:8080/user/login                      # 401
+  curl -i -H "authorization: Bearer $(cat examples/keys/partner.jwt)" localhost:8080/partners/orders  # JWT: 200
+  curl -i -H "authorization: Bearer $(cat examples/keys/viewer.jwt)" localhost:8080/partners/orders   # 403
+  curl -i -H "authorization: Bearer $(cat examples/keys/expired.jwt)" localhost:8080/partners/orders  # 401
+  curl -i localhost:8080/catalog/v1/items                               # Deprecation, Sunset, Link
+  curl -i localhost:8080/catalog/v0/items                               # retired: 410
 
   Hot reload: rebuild or copy a module into examples/plugins/ while it runs;
   edit examples/portcullis.toml (or `kill -HUP <pid>`) to reload the config.
