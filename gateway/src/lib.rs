@@ -18,6 +18,7 @@ pub mod body;
 pub mod clock;
 pub mod config;
 pub mod error;
+pub mod path;
 pub mod pipeline;
 pub mod plugin;
 pub mod registry;

@@ -20,6 +20,7 @@
 //!   or the request goes on without it with `on_error = "allow"`.
 //! * Bodies stream unless a plugin on the route reads them.
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -110,6 +111,29 @@ impl Record {
     }
 }
 
+/// Replaces the request's path by its normal form (see [`crate::path`]), or
+/// refuses it.
+fn normalize_path(request: &mut Request<Incoming>) -> Result<(), ProxyError> {
+    let uri = request.uri();
+    let path = match crate::path::normalize(uri.path()) {
+        Ok(Cow::Borrowed(_)) => return Ok(()),
+        Ok(Cow::Owned(path)) => path,
+        Err(e) => return Err(ProxyError::BadRequest(e.to_string())),
+    };
+    let path_and_query = match uri.query() {
+        Some(query) => format!("{path}?{query}"),
+        None => path,
+    };
+    let mut parts = uri.clone().into_parts();
+    parts.path_and_query = Some(
+        PathAndQuery::try_from(path_and_query)
+            .map_err(|e| ProxyError::BadRequest(format!("invalid path: {e}")))?,
+    );
+    *request.uri_mut() =
+        Uri::from_parts(parts).map_err(|e| ProxyError::BadRequest(format!("invalid path: {e}")))?;
+    Ok(())
+}
+
 /// A plugin lease kept for the response phase.
 struct Held<'g> {
     link: &'g ChainLink,
@@ -118,10 +142,11 @@ struct Held<'g> {
 
 async fn proxy(
     generation: &Generation,
-    request: Request<Incoming>,
+    mut request: Request<Incoming>,
     peer: SocketAddr,
     record: &mut Record,
 ) -> Result<Response<ProxyBody>, ProxyError> {
+    normalize_path(&mut request)?;
     let original_host = host_of(&request);
     let route = match generation.router.find(
         original_host.as_deref(),

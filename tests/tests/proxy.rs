@@ -237,3 +237,41 @@ upstream = "slow"
     assert_eq!(body["message"], "upstream `slow` timed out after 200 ms");
     gw.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paths_are_normalised_before_routing_so_dot_segments_cannot_skip_a_route() {
+    let (gw, _echo) = gateway().await;
+    let client = Client::new();
+
+    // Through the open route's prefix, up and into /api: still /api's plugins.
+    for sneaky in [
+        "/open/../api/users",
+        "/open/%2e%2e/api/users",
+        "/open/%2E%2E/api/users",
+        "//api//users",
+    ] {
+        let reply = client.get(&gw.url(sneaky), &[]).await.expect("response");
+        assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{sneaky}");
+    }
+
+    // What the upstream and the plugins get is the normal form.
+    let seen = client
+        .get(&gw.url("/open/a/./b/../%63?x=%2e"), &[])
+        .await
+        .expect("response")
+        .seen();
+    assert_eq!(seen.path, "/open/a/c");
+    assert_eq!(
+        seen.query.as_deref(),
+        Some("x=%2e"),
+        "the query is left as it was"
+    );
+
+    // Ambiguous paths are refused.
+    for refused in ["/open/a%2Fb", "/open/a%5Cb", "/open/a%zz"] {
+        let reply = client.get(&gw.url(refused), &[]).await.expect("response");
+        assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{refused}");
+        assert_eq!(reply.header("x-upstream"), None, "{refused}");
+    }
+    gw.stop().await;
+}
