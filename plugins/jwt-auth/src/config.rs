@@ -1,0 +1,583 @@
+//! The plugin's configuration and its validation.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use jsonwebtoken::Algorithm;
+use serde::Deserialize;
+use serde::de::{self, Deserializer, SeqAccess, Visitor};
+
+use crate::JwtAuth;
+use crate::claims::Checks;
+use crate::keys::{Key, KeyConfig, family_name, jwks_keys};
+
+/// The algorithms this plugin verifies, by their JOSE names.
+const SUPPORTED: &str =
+    "HS256, HS384, HS512, RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA";
+
+/// The largest accepted `leeway_seconds`.
+const MAX_LEEWAY_SECONDS: u64 = 3600;
+
+/// The configuration of one route's `jwt_auth` plugin.
+///
+/// ```toml
+/// [[routes.plugins]]
+/// name = "jwt_auth"
+/// files = { jwks = "jwks.json" }      # sets config.jwks to the file's text
+/// [routes.plugins.config]
+/// algorithms = ["RS256"]
+/// issuer = "https://idp.example.com/"
+/// audience = "orders-api"
+/// roles_claim = "scope"
+/// ```
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Config {
+    /// The accepted signature algorithms; a token's `alg` must be one.
+    algorithms: Vec<String>,
+    /// Keys given one by one: PEM public keys or HMAC secrets.
+    #[serde(default)]
+    keys: Vec<KeyConfig>,
+    /// A JWKS document, as a table or as its JSON text.
+    #[serde(default)]
+    jwks: Option<serde_json::Value>,
+    /// The accepted issuers (`iss`); unset: not checked.
+    #[serde(default)]
+    issuer: Option<StringList>,
+    /// The accepted audiences (`aud`); unset: not checked.
+    #[serde(default)]
+    audience: Option<StringList>,
+    /// Claims every token must have.
+    #[serde(default = "default_required_claims")]
+    required_claims: Vec<String>,
+    /// Clock skew allowed for `exp` and `nbf`, in seconds.
+    #[serde(default = "default_leeway_seconds")]
+    leeway_seconds: u64,
+    /// The header carrying the token; `""` disables header lookup.
+    #[serde(default = "default_header")]
+    header: String,
+    /// The cookie carrying the token, if any; the header is tried first.
+    #[serde(default)]
+    cookie: Option<String>,
+    /// Whether to strip the token before the upstream.
+    #[serde(default = "default_true")]
+    hide_credentials: bool,
+    /// The claim whose value is the identity's consumer.
+    #[serde(default = "default_consumer_claim")]
+    consumer_claim: String,
+    /// The claim holding the roles, if any.
+    #[serde(default)]
+    roles_claim: Option<String>,
+    /// The claim holding the tenant, if any.
+    #[serde(default)]
+    tenant_claim: Option<String>,
+    /// Claims sent to the upstream as headers: claim name to header name.
+    #[serde(default)]
+    claims_to_headers: BTreeMap<String, String>,
+    /// The realm of the `WWW-Authenticate: Bearer realm="..."` challenge.
+    #[serde(default = "default_realm")]
+    realm: String,
+}
+
+/// A string or an array of strings, as a list.
+pub(crate) struct StringList(Vec<String>);
+
+impl<'de> Deserialize<'de> for StringList {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ListVisitor;
+
+        impl<'de> Visitor<'de> for ListVisitor {
+            type Value = StringList;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string or an array of strings")
+            }
+
+            fn visit_str<E: de::Error>(self, value: &str) -> Result<StringList, E> {
+                Ok(StringList(vec![value.to_owned()]))
+            }
+
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<StringList, A::Error> {
+                let mut items = Vec::new();
+                while let Some(item) = seq.next_element::<String>()? {
+                    items.push(item);
+                }
+                Ok(StringList(items))
+            }
+        }
+
+        deserializer.deserialize_any(ListVisitor)
+    }
+}
+
+fn default_required_claims() -> Vec<String> {
+    vec!["exp".to_owned()]
+}
+
+fn default_leeway_seconds() -> u64 {
+    60
+}
+
+fn default_header() -> String {
+    "authorization".to_owned()
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_consumer_claim() -> String {
+    "sub".to_owned()
+}
+
+fn default_realm() -> String {
+    "portcullis".to_owned()
+}
+
+/// What building the plugin from a configuration produced.
+pub(crate) struct Built {
+    pub(crate) plugin: JwtAuth,
+    /// Things to log at `warn` (the configuration is accepted).
+    pub(crate) warnings: Vec<String>,
+}
+
+impl Config {
+    /// Validates the configuration and builds the key set. Reports every
+    /// problem at once, each naming its key, separated by `; `.
+    pub(crate) fn build(self) -> Result<Built, String> {
+        let mut problems = Vec::new();
+        let mut warnings = Vec::new();
+
+        let mut algorithms: Vec<Algorithm> = Vec::new();
+        if self.algorithms.is_empty() {
+            problems.push(format!(
+                "algorithms: at least one is required ({SUPPORTED})"
+            ));
+        }
+        for (i, name) in self.algorithms.iter().enumerate() {
+            if name.eq_ignore_ascii_case("none") {
+                problems.push(format!(
+                    "algorithms[{i}]: `none` (unsigned tokens) is never accepted"
+                ));
+                continue;
+            }
+            match name.parse::<Algorithm>() {
+                Ok(alg) if algorithms.contains(&alg) => {
+                    problems.push(format!("algorithms[{i}]: `{name}` is listed twice"));
+                }
+                Ok(alg) => algorithms.push(alg),
+                Err(_) => problems.push(format!(
+                    "algorithms[{i}]: unknown algorithm `{name}` (supported: {SUPPORTED})"
+                )),
+            }
+        }
+
+        let mut keys: Vec<Key> = Vec::new();
+        for (i, entry) in self.keys.into_iter().enumerate() {
+            match entry.build(i, &mut warnings) {
+                Ok(key) => keys.push(key),
+                Err(why) => problems.push(why),
+            }
+        }
+        let configured_keys = keys.len();
+        if let Some(jwks) = self.jwks {
+            match jwks_keys(jwks, &mut warnings) {
+                Ok(mut more) => keys.append(&mut more),
+                Err(mut why) => problems.append(&mut why),
+            }
+        }
+
+        // Keys and algorithms must fit each other: a key nothing can use,
+        // or an algorithm no key can verify, is a configuration mistake.
+        if problems.is_empty() {
+            if keys.is_empty() {
+                problems.push(
+                    "keys, jwks: no key is configured; add `keys` entries or a `jwks` document"
+                        .to_owned(),
+                );
+            }
+            for alg in &algorithms {
+                if !keys.is_empty() && !keys.iter().any(|k| k.usable_for(*alg)) {
+                    problems.push(format!(
+                        "algorithms: `{alg:?}` is accepted but no configured key can verify it (it needs an {})",
+                        family_name(alg.family())
+                    ));
+                }
+            }
+            let mut usable = Vec::with_capacity(keys.len());
+            for (i, key) in keys.into_iter().enumerate() {
+                if algorithms.iter().any(|alg| key.usable_for(*alg)) {
+                    usable.push(key);
+                } else if i < configured_keys {
+                    problems.push(format!(
+                        "{}: an {} that none of `algorithms` uses",
+                        key.origin,
+                        family_name(key.key.family())
+                    ));
+                } else {
+                    warnings.push(format!(
+                        "{}: skipped: an {} that none of `algorithms` uses",
+                        key.origin,
+                        family_name(key.key.family())
+                    ));
+                }
+            }
+            keys = usable;
+        }
+
+        let issuers = self.issuer.map(|list| list.0);
+        let audiences = self.audience.map(|list| list.0);
+        for (name, list) in [("issuer", &issuers), ("audience", &audiences)] {
+            match list {
+                Some(list) if list.is_empty() => {
+                    problems.push(format!(
+                        "{name}: an empty list accepts nothing; leave it unset to skip the check"
+                    ));
+                }
+                Some(list) if list.iter().any(String::is_empty) => {
+                    problems.push(format!("{name}: must not contain an empty string"));
+                }
+                _ => {}
+            }
+        }
+        for (i, claim) in self.required_claims.iter().enumerate() {
+            if claim.is_empty() {
+                problems.push(format!("required_claims[{i}]: must not be empty"));
+            }
+        }
+        if self.leeway_seconds > MAX_LEEWAY_SECONDS {
+            problems.push(format!("leeway_seconds: at most {MAX_LEEWAY_SECONDS}"));
+        }
+
+        let header = self.header.to_ascii_lowercase();
+        if !header.is_empty() && !header.bytes().all(is_token_byte) {
+            problems.push(format!(
+                "header: `{}` is not a valid header name",
+                self.header
+            ));
+        }
+        let cookie = self.cookie.filter(|c| !c.is_empty());
+        if let Some(name) = &cookie
+            && !name.bytes().all(is_token_byte)
+        {
+            problems.push(format!("cookie: `{name}` is not a valid cookie name"));
+        }
+        if header.is_empty() && cookie.is_none() {
+            problems.push(
+                "header, cookie: `header` is empty and `cookie` is not set, so no token could be found"
+                    .to_owned(),
+            );
+        }
+
+        for (name, claim) in [
+            ("consumer_claim", Some(&self.consumer_claim)),
+            ("roles_claim", self.roles_claim.as_ref()),
+            ("tenant_claim", self.tenant_claim.as_ref()),
+        ] {
+            if claim.is_some_and(|c| c.is_empty()) {
+                problems.push(format!("{name}: must not be empty"));
+            }
+        }
+        let mut claims_to_headers = Vec::with_capacity(self.claims_to_headers.len());
+        for (claim, name) in self.claims_to_headers {
+            let lower = name.to_ascii_lowercase();
+            if claim.is_empty() {
+                problems.push("claims_to_headers: a claim name is empty".to_owned());
+            } else if lower.is_empty() || !lower.bytes().all(is_token_byte) {
+                problems.push(format!(
+                    "claims_to_headers.{claim}: `{name}` is not a valid header name"
+                ));
+            } else if [
+                "authorization",
+                "cookie",
+                "host",
+                "content-length",
+                "transfer-encoding",
+            ]
+            .contains(&lower.as_str())
+                || lower == header
+            {
+                problems.push(format!(
+                    "claims_to_headers.{claim}: `{name}` cannot carry a claim"
+                ));
+            } else if claims_to_headers.iter().any(|(_, h)| *h == lower) {
+                problems.push(format!(
+                    "claims_to_headers.{claim}: `{name}` is used by another claim"
+                ));
+            } else {
+                claims_to_headers.push((claim, lower));
+            }
+        }
+        if !self
+            .realm
+            .bytes()
+            .all(|b| b == b' ' || (b.is_ascii_graphic() && b != b'"' && b != b'\\'))
+        {
+            problems.push("realm: must be printable ASCII without `\"` or `\\`".to_owned());
+        }
+
+        if !problems.is_empty() {
+            return Err(problems.join("; "));
+        }
+        Ok(Built {
+            plugin: JwtAuth {
+                algorithms,
+                keys,
+                checks: Checks {
+                    issuers,
+                    audiences,
+                    required: self.required_claims,
+                    leeway_seconds: self.leeway_seconds,
+                },
+                header: (!header.is_empty()).then_some(header),
+                cookie,
+                hide_credentials: self.hide_credentials,
+                consumer_claim: self.consumer_claim,
+                roles_claim: self.roles_claim,
+                tenant_claim: self.tenant_claim,
+                claims_to_headers,
+                realm: self.realm,
+            },
+            warnings,
+        })
+    }
+}
+
+/// `tchar` of RFC 9110: the bytes a header (or cookie) name may contain.
+fn is_token_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DATA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/tests/data/jwt/");
+
+    fn read(name: &str) -> String {
+        std::fs::read_to_string(format!("{DATA}{name}")).expect("test key")
+    }
+
+    fn build(json: serde_json::Value) -> Result<Built, String> {
+        let config: Config = serde_json::from_value(json).map_err(|e| e.to_string())?;
+        config.build()
+    }
+
+    fn problems(json: serde_json::Value) -> String {
+        build(json).err().expect("the config must be rejected")
+    }
+
+    const SECRET: &str = "0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn defaults_apply() {
+        let built = build(serde_json::json!({
+            "algorithms": ["HS256"], "keys": [{ "secret": SECRET }],
+        }))
+        .expect("valid");
+        let plugin = built.plugin;
+        assert_eq!(plugin.algorithms, [Algorithm::HS256]);
+        assert_eq!(plugin.keys.len(), 1);
+        assert_eq!(plugin.header.as_deref(), Some("authorization"));
+        assert_eq!(plugin.cookie, None);
+        assert!(plugin.hide_credentials);
+        assert_eq!(plugin.consumer_claim, "sub");
+        assert_eq!(plugin.roles_claim, None);
+        assert_eq!(plugin.tenant_claim, None);
+        assert!(plugin.claims_to_headers.is_empty());
+        assert_eq!(plugin.realm, "portcullis");
+        assert_eq!(plugin.checks.required, ["exp"]);
+        assert_eq!(plugin.checks.leeway_seconds, 60);
+        assert_eq!(plugin.checks.issuers, None);
+        assert_eq!(plugin.checks.audiences, None);
+        assert!(built.warnings.is_empty());
+    }
+
+    #[test]
+    fn every_field_is_read() {
+        let built = build(serde_json::json!({
+            "algorithms": ["RS256", "ES256", "EdDSA", "HS512"],
+            "keys": [{ "kid": "h", "secret_base64": "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=" }],
+            "jwks": read("jwks.json"),
+            "issuer": "https://idp.example",
+            "audience": ["api", "web"],
+            "required_claims": ["exp", "sub"],
+            "leeway_seconds": 5,
+            "header": "X-Token",
+            "cookie": "session",
+            "hide_credentials": false,
+            "consumer_claim": "email",
+            "roles_claim": "scope",
+            "tenant_claim": "org.id",
+            "claims_to_headers": { "email": "X-User-Email", "sub": "x-user" },
+            "realm": "orders",
+        }))
+        .expect("valid");
+        let plugin = built.plugin;
+        assert_eq!(plugin.algorithms.len(), 4);
+        let kids: Vec<_> = plugin
+            .keys
+            .iter()
+            .filter_map(|k| k.kid.as_deref())
+            .collect();
+        assert_eq!(kids, ["h", "rsa-1", "rsa-2", "ec-1", "ed-1"]);
+        assert_eq!(
+            plugin.checks.issuers,
+            Some(vec!["https://idp.example".to_owned()])
+        );
+        assert_eq!(
+            plugin.checks.audiences,
+            Some(vec!["api".to_owned(), "web".to_owned()])
+        );
+        assert_eq!(plugin.checks.required, ["exp", "sub"]);
+        assert_eq!(plugin.checks.leeway_seconds, 5);
+        assert_eq!(plugin.header.as_deref(), Some("x-token"));
+        assert_eq!(plugin.cookie.as_deref(), Some("session"));
+        assert!(!plugin.hide_credentials);
+        assert_eq!(plugin.consumer_claim, "email");
+        assert_eq!(plugin.roles_claim.as_deref(), Some("scope"));
+        assert_eq!(plugin.tenant_claim.as_deref(), Some("org.id"));
+        assert_eq!(
+            plugin.claims_to_headers,
+            [
+                ("email".to_owned(), "x-user-email".to_owned()),
+                ("sub".to_owned(), "x-user".to_owned())
+            ]
+        );
+        assert_eq!(plugin.realm, "orders");
+        assert!(built.warnings.is_empty(), "{:?}", built.warnings);
+    }
+
+    #[test]
+    fn jwks_keys_no_algorithm_uses_are_skipped_with_a_warning() {
+        let built =
+            build(serde_json::json!({ "algorithms": ["RS256"], "jwks": read("jwks.json") }))
+                .expect("valid");
+        assert_eq!(built.plugin.keys.len(), 2, "the two RSA keys");
+        assert_eq!(built.warnings.len(), 2, "{:?}", built.warnings);
+        assert!(built.warnings[0].starts_with("jwks.keys[2]: skipped: an EC key"));
+    }
+
+    #[test]
+    fn problems_name_their_key() {
+        let rsa = read("rsa_public.pem");
+        let cases = [
+            (
+                serde_json::json!({ "keys": [{ "secret": SECRET }] }),
+                "missing field `algorithms`",
+            ),
+            (
+                serde_json::json!({ "algorithms": [], "keys": [{ "secret": SECRET }] }),
+                "algorithms: at least one is required",
+            ),
+            (
+                serde_json::json!({ "algorithms": ["none"], "keys": [{ "secret": SECRET }] }),
+                "algorithms[0]: `none` (unsigned tokens) is never accepted",
+            ),
+            (
+                serde_json::json!({ "algorithms": ["HS256", "XS1"], "keys": [{ "secret": SECRET }] }),
+                "algorithms[1]: unknown algorithm `XS1`",
+            ),
+            (
+                serde_json::json!({ "algorithms": ["HS256", "HS256"], "keys": [{ "secret": SECRET }] }),
+                "algorithms[1]: `HS256` is listed twice",
+            ),
+            (
+                serde_json::json!({ "algorithms": ["HS256"] }),
+                "keys, jwks: no key is configured",
+            ),
+            (
+                serde_json::json!({ "algorithms": ["HS256", "RS256"], "keys": [{ "secret": SECRET }] }),
+                "algorithms: `RS256` is accepted but no configured key can verify it (it needs an RSA key)",
+            ),
+            (
+                serde_json::json!({ "algorithms": ["ES384"], "keys": [{ "pem": read("ec_public.pem") }] }),
+                "algorithms: `ES384` is accepted but no configured key can verify it",
+            ),
+            (
+                serde_json::json!({ "algorithms": ["HS256"], "keys": [{ "secret": SECRET }, { "pem": rsa }] }),
+                "keys[1]: an RSA key that none of `algorithms` uses",
+            ),
+            (
+                serde_json::json!({ "algorithms": ["HS256"], "keys": [{ "secret": SECRET }], "issuer": [] }),
+                "issuer: an empty list accepts nothing",
+            ),
+            (
+                serde_json::json!({ "algorithms": ["HS256"], "keys": [{ "secret": SECRET }], "audience": ["a", ""] }),
+                "audience: must not contain an empty string",
+            ),
+            (
+                serde_json::json!({ "algorithms": ["HS256"], "keys": [{ "secret": SECRET }], "audience": 5 }),
+                "invalid type: integer `5`, expected a string or an array of strings",
+            ),
+            (
+                serde_json::json!({ "algorithms": ["HS256"], "keys": [{ "secret": SECRET }], "required_claims": [""] }),
+                "required_claims[0]: must not be empty",
+            ),
+            (
+                serde_json::json!({ "algorithms": ["HS256"], "keys": [{ "secret": SECRET }], "leeway_seconds": 3601 }),
+                "leeway_seconds: at most 3600",
+            ),
+            (
+                serde_json::json!({ "algorithms": ["HS256"], "keys": [{ "secret": SECRET }], "header": "x token" }),
+                "header: `x token` is not a valid header name",
+            ),
+            (
+                serde_json::json!({ "algorithms": ["HS256"], "keys": [{ "secret": SECRET }], "cookie": "a=b" }),
+                "cookie: `a=b` is not a valid cookie name",
+            ),
+            (
+                serde_json::json!({ "algorithms": ["HS256"], "keys": [{ "secret": SECRET }], "header": "" }),
+                "header, cookie: `header` is empty and `cookie` is not set",
+            ),
+            (
+                serde_json::json!({ "algorithms": ["HS256"], "keys": [{ "secret": SECRET }], "consumer_claim": "" }),
+                "consumer_claim: must not be empty",
+            ),
+            (
+                serde_json::json!({ "algorithms": ["HS256"], "keys": [{ "secret": SECRET }], "roles_claim": "" }),
+                "roles_claim: must not be empty",
+            ),
+            (
+                serde_json::json!({ "algorithms": ["HS256"], "keys": [{ "secret": SECRET }], "claims_to_headers": { "sub": "x y" } }),
+                "claims_to_headers.sub: `x y` is not a valid header name",
+            ),
+            (
+                serde_json::json!({ "algorithms": ["HS256"], "keys": [{ "secret": SECRET }], "claims_to_headers": { "sub": "Authorization" } }),
+                "claims_to_headers.sub: `Authorization` cannot carry a claim",
+            ),
+            (
+                serde_json::json!({ "algorithms": ["HS256"], "keys": [{ "secret": SECRET }], "claims_to_headers": { "a": "x-a", "b": "X-A" } }),
+                "claims_to_headers.b: `X-A` is used by another claim",
+            ),
+            (
+                serde_json::json!({ "algorithms": ["HS256"], "keys": [{ "secret": SECRET }], "realm": "a\"b" }),
+                "realm: must be printable ASCII",
+            ),
+            (
+                serde_json::json!({ "algorithms": ["HS256"], "keys": [{ "secret": SECRET }], "jwks": "nope" }),
+                "jwks: the text is not JSON",
+            ),
+            (
+                serde_json::json!({ "algorithms": ["HS256"], "keys": [{ "secret": SECRET }], "nope": 1 }),
+                "unknown field `nope`",
+            ),
+        ];
+        for (json, expected) in cases {
+            let err = problems(json.clone());
+            assert!(
+                err.contains(expected),
+                "{json}: expected `{expected}` in `{err}`"
+            );
+        }
+    }
+
+    #[test]
+    fn a_short_secret_is_accepted_with_a_warning() {
+        let built =
+            build(serde_json::json!({ "algorithms": ["HS256"], "keys": [{ "secret": "short" }] }))
+                .expect("valid");
+        assert_eq!(built.warnings.len(), 1);
+        assert!(built.warnings[0].starts_with("keys[0].secret: the secret is 5 bytes"));
+    }
+}

@@ -1,0 +1,329 @@
+//! `jwt_auth`: a Portcullis policy plugin that authenticates requests by a
+//! JSON Web Token (RFC 7519, JWS compact form) taken from the
+//! `Authorization: Bearer` header, another header, or a cookie, and
+//! verified with keys from its configuration (PEM public keys, HMAC
+//! secrets, a JWKS document). See the README for the configuration.
+//!
+//! The accepted algorithms come from the configuration only: a token's
+//! `alg` merely selects among them, `none` is never accepted, and a token
+//! is verified only with keys of its algorithm's family, so an HMAC token
+//! can never be checked against an RSA public key used as a secret.
+//!
+//! `exp` and `nbf` are checked against the gateway's clock (`now_ms`), not
+//! the system clock, with a configurable leeway; `iss` and `aud` against
+//! the configured lists. A request without a token, or with a token that
+//! fails any check, is answered with 401 and an RFC 6750 challenge. A good
+//! token lets the request go on with an identity built from its claims,
+//! the attribute `consumer`, chosen claims as headers, and by default
+//! without the token.
+
+use base64::Engine as _;
+use jsonwebtoken::{Algorithm, Validation, errors::ErrorKind};
+use portcullis_sdk::{Action, Identity, Policy, Reply, Request, RequestChanges, policy};
+use serde::Serialize;
+use serde_json::Value;
+
+mod claims;
+mod config;
+mod keys;
+mod token;
+
+use claims::{Checks, Claims};
+use config::Config;
+use keys::Key;
+
+/// One route's `jwt_auth`, built from a validated [`Config`].
+struct JwtAuth {
+    /// The accepted algorithms.
+    algorithms: Vec<Algorithm>,
+    /// The keys; each usable by at least one accepted algorithm.
+    keys: Vec<Key>,
+    /// Checks of `exp`, `nbf`, `iss`, `aud` and required claims.
+    checks: Checks,
+    /// The header carrying the token (lowercase), if header lookup is on.
+    header: Option<String>,
+    /// The cookie carrying the token, if any.
+    cookie: Option<String>,
+    /// Whether to strip the token before the upstream.
+    hide_credentials: bool,
+    /// The claim naming the consumer.
+    consumer_claim: String,
+    /// The claim holding the roles, if any.
+    roles_claim: Option<String>,
+    /// The claim holding the tenant, if any.
+    tenant_claim: Option<String>,
+    /// (claim, lowercase header) pairs sent upstream.
+    claims_to_headers: Vec<(String, String)>,
+    /// The realm of the challenge (printable ASCII, no quotes).
+    realm: String,
+}
+
+#[policy]
+impl Policy for JwtAuth {
+    type Config = Config;
+
+    fn new(config: Config) -> Result<Self, String> {
+        let built = config.build()?;
+        for warning in &built.warnings {
+            portcullis_sdk::log::warn(warning);
+        }
+        Ok(built.plugin)
+    }
+
+    fn on_request(&self, req: &Request) -> Action {
+        let header = self.header.as_deref().and_then(|name| req.header(name));
+        let cookies = if self.cookie.is_some() {
+            req.header_values("cookie")
+        } else {
+            Vec::new()
+        };
+        self.authenticate(header.as_deref(), &cookies, portcullis_sdk::time::now_ms())
+    }
+}
+
+/// The JSON body of a 401.
+#[derive(Serialize)]
+struct Message<'a> {
+    message: &'a str,
+}
+
+/// Where the token was found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    Header,
+    Cookie,
+}
+
+/// The claims of a token whose signature and registered claims are good.
+type Verified = Claims;
+
+impl JwtAuth {
+    /// The decision for a request whose token header has the value `header`
+    /// (if present) and whose `Cookie` headers are `cookies`, at `now_ms`
+    /// on the gateway's clock. The header is tried first.
+    fn authenticate(&self, header: Option<&str>, cookies: &[String], now_ms: u64) -> Action {
+        let is_authorization = self.header.as_deref() == Some("authorization");
+        let from_header = header
+            .and_then(|value| token::from_header(value, is_authorization))
+            .map(|t| (t, Source::Header));
+        let found = from_header.or_else(|| {
+            let name = self.cookie.as_deref()?;
+            token::from_cookies(cookies, name).map(|t| (t, Source::Cookie))
+        });
+        let Some((token, source)) = found else {
+            return self.reject(None, "no bearer token found in request");
+        };
+        let result = self
+            .verify(token, now_ms)
+            .and_then(|claims| self.accept(&claims, source, cookies));
+        match result {
+            Ok(changes) => changes.into(),
+            Err(description) => {
+                let description = description_text(&description);
+                self.reject(Some(&description), &description)
+            }
+        }
+    }
+
+    /// Verifies `token`'s signature with the configured keys and checks its
+    /// claims at `now_ms`. The error is an RFC 6750 `error_description`.
+    fn verify(&self, token: &str, now_ms: u64) -> Result<Verified, String> {
+        let header = read_header(token)?;
+        let alg = self.algorithm(&header)?;
+        let kid = match header.get("kid") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(kid)) => Some(kid.as_str()),
+            Some(_) => return Err("the token header's `kid` is not a string".to_owned()),
+        };
+        let candidates: Vec<&Key> = self
+            .keys
+            .iter()
+            .filter(|key| key.usable_for(alg))
+            .filter(|key| match (kid, &key.kid) {
+                (Some(wanted), Some(has)) => wanted == has,
+                _ => true,
+            })
+            .collect();
+        if candidates.is_empty() {
+            return Err(match kid {
+                Some(_) => "no key matches the token's key id (`kid`)".to_owned(),
+                None => format!("no key can verify {alg:?} tokens"),
+            });
+        }
+
+        // Only the signature: the registered claims are checked below,
+        // against the gateway's clock rather than the system clock.
+        let mut validation = Validation::new(alg);
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
+        validation.validate_aud = false;
+        validation.required_spec_claims.clear();
+        validation.leeway = 0;
+
+        let mut failure = "the signature is invalid";
+        for key in candidates {
+            match jsonwebtoken::decode::<Claims>(token, &key.key, &validation) {
+                Ok(data) => {
+                    self.checks.check(&data.claims, now_ms)?;
+                    return Ok(data.claims);
+                }
+                Err(e) => {
+                    if let ErrorKind::Base64(_)
+                    | ErrorKind::Json(_)
+                    | ErrorKind::Utf8(_)
+                    | ErrorKind::InvalidToken = e.kind()
+                    {
+                        failure = "the token is malformed";
+                    }
+                }
+            }
+        }
+        Err(failure.to_owned())
+    }
+
+    /// The token's algorithm, if it is one of the accepted ones.
+    fn algorithm(&self, header: &serde_json::Map<String, Value>) -> Result<Algorithm, String> {
+        let name = match header.get("alg") {
+            Some(Value::String(name)) => name.as_str(),
+            _ => return Err("the token header has no `alg`".to_owned()),
+        };
+        if name.eq_ignore_ascii_case("none") {
+            return Err("unsigned tokens (`alg` = `none`) are not accepted".to_owned());
+        }
+        if header.contains_key("crit") {
+            return Err(
+                "the token has critical header parameters (`crit`), which are not supported"
+                    .to_owned(),
+            );
+        }
+        name.parse::<Algorithm>()
+            .ok()
+            .filter(|alg| self.algorithms.contains(alg))
+            .ok_or_else(|| format!("the algorithm `{}` is not accepted", printable(name, 16)))
+    }
+
+    /// The request changes for a verified token: its identity, the
+    /// `consumer` attribute, claim headers, and the token stripped.
+    fn accept(
+        &self,
+        claims: &Claims,
+        source: Source,
+        cookies: &[String],
+    ) -> Result<RequestChanges, String> {
+        let consumer_claim = &self.consumer_claim;
+        let consumer = claims::lookup(claims, consumer_claim)
+            .ok_or_else(|| format!("the token has no `{consumer_claim}` claim"))?;
+        let consumer = claims::as_text(consumer)
+            .filter(|c| !c.is_empty())
+            .ok_or_else(|| format!("the `{consumer_claim}` claim is not a non-empty string"))?;
+        let mut identity = Identity::new(consumer.clone());
+        if let Some(name) = &self.roles_claim
+            && let Some(value) = claims::lookup(claims, name)
+        {
+            identity.roles = claims::as_roles(value).ok_or_else(|| {
+                format!("the `{name}` claim is not an array of strings or a space-separated string")
+            })?;
+        }
+        if let Some(name) = &self.tenant_claim
+            && let Some(value) = claims::lookup(claims, name)
+        {
+            identity.tenant = Some(
+                claims::as_text(value)
+                    .ok_or_else(|| format!("the `{name}` claim is not a string"))?,
+            );
+        }
+
+        let mut changes = RequestChanges::new()
+            .attribute("consumer", consumer)
+            .identity(identity);
+        if self.hide_credentials {
+            match (source, &self.header, &self.cookie) {
+                (Source::Header, Some(header), _) => {
+                    changes = changes.remove_header(header.as_str());
+                }
+                (Source::Cookie, _, Some(name)) => {
+                    changes = changes.remove_header("cookie");
+                    for rest in token::without_cookie(cookies, name) {
+                        changes = changes.add_header("cookie", rest);
+                    }
+                }
+                _ => {}
+            }
+        }
+        for (claim, header) in &self.claims_to_headers {
+            // Whatever the client sent under that name goes first.
+            changes = changes.remove_header(header.as_str());
+            if let Some(value) = claims::lookup(claims, claim).and_then(claims::header_value) {
+                changes = changes.set_header(header.as_str(), value);
+            }
+        }
+        Ok(changes)
+    }
+
+    /// A 401 with an RFC 6750 challenge (with `error="invalid_token"` when
+    /// a token was presented, `description` set, in the characters
+    /// [`description_text`] keeps) and a JSON message.
+    fn reject(&self, description: Option<&str>, message: &str) -> Action {
+        let mut challenge = format!("Bearer realm=\"{}\"", self.realm);
+        if let Some(description) = description {
+            challenge.push_str(", error=\"invalid_token\", error_description=\"");
+            challenge.push_str(description);
+            challenge.push('"');
+        }
+        Reply::json(401, &Message { message })
+            .header("www-authenticate", challenge)
+            .into()
+    }
+}
+
+/// The token's JOSE header, decoded. Only the compact JWS form (three
+/// base64url parts) is accepted.
+fn read_header(token: &str) -> Result<serde_json::Map<String, Value>, String> {
+    let parts = token.split('.').count();
+    if parts == 5 {
+        return Err("encrypted tokens (JWE) are not supported".to_owned());
+    }
+    if parts != 3 {
+        return Err("the token is malformed".to_owned());
+    }
+    let encoded = token.split('.').next().unwrap_or_default();
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(encoded)
+        .map_err(|_| "the token is malformed".to_owned())?;
+    match serde_json::from_slice::<Value>(&bytes) {
+        Ok(Value::Object(header)) => Ok(header),
+        _ => Err("the token is malformed".to_owned()),
+    }
+}
+
+/// `text` cut to `max` characters, with anything but printable ASCII
+/// replaced by `?`: for echoing token contents in messages.
+fn printable(text: &str, max: usize) -> String {
+    text.chars()
+        .take(max)
+        .map(|c| {
+            if c.is_ascii_graphic() || c == ' ' {
+                c
+            } else {
+                '?'
+            }
+        })
+        .collect()
+}
+
+/// `description` in the characters RFC 6750 §3 allows in
+/// `error_description` (printable ASCII without `"` and `\`); backquotes
+/// are kept, others become `'`.
+fn description_text(description: &str) -> String {
+    description
+        .chars()
+        .map(|c| match c {
+            '"' | '\\' => '\'',
+            c if c.is_ascii_graphic() || c == ' ' => c,
+            _ => '?',
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests;
