@@ -202,3 +202,38 @@ name = "stamp"
     assert_eq!(after.status, StatusCode::OK);
     gw.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_can_give_one_plugin_its_own_deadline() {
+    let echo = Echo::start_local().await.expect("echo starts");
+    let config = format!(
+        r#"{}
+[[routes]]
+name = "tight"
+path_prefix = "/tight"
+upstream = "echo"
+[[routes.plugins]]
+name = "misbehave"
+timeout_ms = 30
+config = {{ mode = "loop", only_path = "/tight/boom" }}
+"#,
+        base_config(echo.addr)
+    );
+    let gw = TestGateway::start(&config, &[("misbehave", fixtures::MISBEHAVE)])
+        .await
+        .expect("gateway starts");
+    let failed = Client::new()
+        .get(&gw.url("/tight/boom"), &[])
+        .await
+        .expect("response");
+    assert_eq!(failed.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(
+        logged(&[
+            "plugin failed",
+            "tight",
+            "exceeded its CPU deadline of 30 ms"
+        ]),
+        "the route's deadline (30 ms), not limits.plugin_timeout_ms (100 ms), applied"
+    );
+    gw.stop().await;
+}

@@ -307,6 +307,11 @@ pub struct RoutePlugin {
     /// time or memory): `deny` answers 500, `allow` goes on without it.
     #[serde(default)]
     pub on_error: OnError,
+    /// CPU deadline of one call of this plugin on this route, in ms;
+    /// default `limits.plugin_timeout_ms`. For plugins that are slow by
+    /// design, such as password hashing.
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
     /// The plugin's own configuration, handed to its `init` as JSON.
     #[serde(default)]
     pub config: toml::Table,
@@ -607,6 +612,14 @@ impl Config {
             for (j, plugin) in route.plugins.iter().enumerate() {
                 if let Err(why) = check_plugin_name(&plugin.name) {
                     bad(format!("routes[{i}].plugins[{j}].name"), why);
+                }
+                if let Some(ms) = plugin.timeout_ms
+                    && !(1..=60_000).contains(&ms)
+                {
+                    bad(
+                        format!("routes[{i}].plugins[{j}].timeout_ms"),
+                        format!("must be between 1 and 60000, got {ms}"),
+                    );
                 }
                 for key in plugin.files.keys() {
                     if plugin.config.contains_key(key) {

@@ -185,11 +185,11 @@ impl PluginEngine {
         &self.engine
     }
 
-    /// Epoch ticks that make up the CPU deadline of one call. One tick is
+    /// Epoch ticks that make up a CPU deadline of `timeout_ms`. One tick is
     /// added because the current tick may be almost over when a call starts.
-    pub(super) fn deadline_ticks(&self) -> u64 {
+    pub(super) fn deadline_ticks(&self, timeout_ms: u64) -> u64 {
         let tick = EPOCH_TICK.as_millis() as u64;
-        self.limits.timeout_ms.div_ceil(tick) + 1
+        timeout_ms.div_ceil(tick) + 1
     }
 
     /// Compiles `bytes` as the plugin `name` and checks it against the

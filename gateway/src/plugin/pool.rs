@@ -33,6 +33,8 @@ pub struct PluginPool {
     route: Arc<str>,
     config_json: String,
     hooks: Hooks,
+    /// CPU deadline of one call, in ms.
+    timeout_ms: u64,
     engine: Arc<PluginEngine>,
     services: Arc<HostServices>,
     idle: Mutex<Vec<Instance>>,
@@ -59,11 +61,26 @@ impl PluginPool {
         config_json: String,
         services: Arc<HostServices>,
     ) -> Result<Arc<Self>, PluginError> {
+        let timeout_ms = engine.limits().timeout_ms;
+        Self::with_timeout(engine, plugin, route, config_json, services, timeout_ms).await
+    }
+
+    /// Like [`new`](Self::new), with a CPU deadline of `timeout_ms` per call
+    /// instead of the engine's (a route's `timeout_ms` for one plugin).
+    pub async fn with_timeout(
+        engine: Arc<PluginEngine>,
+        plugin: Arc<CompiledPlugin>,
+        route: Arc<str>,
+        config_json: String,
+        services: Arc<HostServices>,
+        timeout_ms: u64,
+    ) -> Result<Arc<Self>, PluginError> {
         let mut pool = Self {
             plugin,
             route,
             config_json,
             hooks: Hooks::empty(),
+            timeout_ms,
             engine,
             services,
             idle: Mutex::new(Vec::new()),
@@ -87,6 +104,15 @@ impl PluginPool {
     /// The hooks the plugin reported from `init`.
     pub fn hooks(&self) -> Hooks {
         self.hooks
+    }
+
+    /// The CPU deadline of one call, in ms.
+    pub fn timeout_ms(&self) -> u64 {
+        self.timeout_ms
+    }
+
+    fn deadline_ticks(&self) -> u64 {
+        self.engine.deadline_ticks(self.timeout_ms)
     }
 
     /// Idle instances.
@@ -113,7 +139,7 @@ impl PluginPool {
         let mut store = Store::new(self.engine.engine(), state);
         store.limiter(|s| &mut s.memory);
         store.epoch_deadline_trap();
-        store.set_epoch_deadline(self.engine.deadline_ticks());
+        store.set_epoch_deadline(self.deadline_ticks());
         let policy = self
             .plugin
             .pre
@@ -123,15 +149,18 @@ impl PluginPool {
                 if is_pool_exhausted(&e) {
                     PluginError::Exhausted
                 } else {
-                    classify(&e, &store, &self.engine)
+                    classify(&e, &store, &self.engine, self.timeout_ms)
                         .unwrap_or_else(|| PluginError::Instantiate(format!("{e:#}")))
                 }
             })?;
-        store.set_epoch_deadline(self.engine.deadline_ticks());
+        store.set_epoch_deadline(self.deadline_ticks());
         let info = policy
             .call_init(&mut store, &self.config_json)
             .await
-            .map_err(|e| classify(&e, &store, &self.engine).unwrap_or_else(|| trap(&e, &store)))?
+            .map_err(|e| {
+                classify(&e, &store, &self.engine, self.timeout_ms)
+                    .unwrap_or_else(|| trap(&e, &store))
+            })?
             .map_err(PluginError::Config)?;
         Ok((Instance { store, policy }, info.hooks))
     }
@@ -161,13 +190,14 @@ fn classify(
     e: &wasmtime::Error,
     store: &Store<StoreState>,
     engine: &PluginEngine,
+    timeout_ms: u64,
 ) -> Option<PluginError> {
     let limits = engine.limits();
     if store.data().memory.exceeded {
         return Some(PluginError::Memory(limits.memory_mib));
     }
     if e.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
-        return Some(PluginError::Deadline(limits.timeout_ms));
+        return Some(PluginError::Deadline(timeout_ms));
     }
     None
 }
@@ -219,7 +249,7 @@ impl Lease {
             return (None, None, Err(failed()));
         };
         let result = result.map_err(|e| {
-            classify(&e, &instance.store, &self.pool.engine)
+            classify(&e, &instance.store, &self.pool.engine, self.pool.timeout_ms)
                 .unwrap_or_else(|| trap(&e, &instance.store))
         });
         let data = instance.store.data_mut();
@@ -236,7 +266,7 @@ impl Lease {
         &mut self,
         request: RequestView,
     ) -> (RequestView, Result<RequestAction, PluginError>) {
-        let ticks = self.pool.engine.deadline_ticks();
+        let ticks = self.pool.deadline_ticks();
         let Some(instance) = self.instance.as_mut() else {
             return (request, Err(failed()));
         };
@@ -262,7 +292,7 @@ impl Lease {
         ResponseView,
         Result<ResponseChanges, PluginError>,
     ) {
-        let ticks = self.pool.engine.deadline_ticks();
+        let ticks = self.pool.deadline_ticks();
         let Some(instance) = self.instance.as_mut() else {
             return (request, response, Err(failed()));
         };

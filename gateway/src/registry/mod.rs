@@ -554,6 +554,7 @@ fn build(
                 ));
                 continue;
             };
+            let timeout_ms = link.timeout_ms.unwrap_or(config.limits.plugin_timeout_ms);
             let config_json = match serde_json::to_string(&link.config) {
                 Ok(json) => json,
                 Err(e) => {
@@ -568,17 +569,20 @@ fn build(
                 .and_then(|g| g.routes.iter().find(|r| r.name == name))
                 .and_then(|r| r.chain.get(i))
                 .filter(|l| {
-                    Arc::ptr_eq(l.pool.plugin(), module) && l.pool.config_json() == config_json
+                    Arc::ptr_eq(l.pool.plugin(), module)
+                        && l.pool.config_json() == config_json
+                        && l.pool.timeout_ms() == timeout_ms
                 })
                 .map(|l| l.pool.clone());
             let pool = match reused {
                 Some(pool) => pool,
-                None => match runtime.block_on(PluginPool::new(
+                None => match runtime.block_on(PluginPool::with_timeout(
                     engine.clone(),
                     module.clone(),
                     name.clone(),
                     config_json,
                     services.clone(),
+                    timeout_ms,
                 )) {
                     Ok(pool) => pool,
                     Err(e) => {
