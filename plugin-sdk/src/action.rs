@@ -166,6 +166,22 @@ impl RequestChanges {
         self
     }
 
+    /// What an authentication plugin returns for a caller it accepted:
+    /// attaches `identity` (replacing any earlier one) and sets the
+    /// attribute `consumer` to its consumer name, for later plugins.
+    ///
+    /// ```
+    /// use portcullis_sdk::{Identity, RequestChanges};
+    ///
+    /// let changes = RequestChanges::new().authenticated(Identity::new("alice").roles(["admin"]));
+    /// assert_eq!(changes.attributes, [("consumer".to_owned(), "alice".to_owned())]);
+    /// assert_eq!(changes.identity, Some(Identity::new("alice").roles(["admin"])));
+    /// ```
+    pub fn authenticated(self, identity: Identity) -> Self {
+        self.attribute("consumer", identity.consumer.as_str())
+            .identity(identity)
+    }
+
     /// Replaces the body (see [`body`](Self#structfield.body)).
     pub fn body(mut self, body: impl Into<Vec<u8>>) -> Self {
         self.body = Some(body.into());
@@ -237,6 +253,44 @@ impl Reply {
         Reply::new(status)
             .header("content-type", "application/json")
             .body(body)
+    }
+
+    /// A reply with this status and the JSON body `{"message": message}`,
+    /// with `content-type: application/json`: the usual shape of a plugin's
+    /// refusal.
+    ///
+    /// ```
+    /// use portcullis_sdk::Reply;
+    ///
+    /// let reply = Reply::message(403, "forbidden");
+    /// assert_eq!(reply.status, 403);
+    /// assert_eq!(reply.body, br#"{"message":"forbidden"}"#);
+    /// assert_eq!(reply.header_value("Content-Type"), Some("application/json"));
+    /// ```
+    pub fn message(status: u16, message: &str) -> Self {
+        /// The JSON body of [`Reply::message`].
+        #[derive(Serialize)]
+        struct Message<'a> {
+            message: &'a str,
+        }
+        Reply::json(status, &Message { message })
+    }
+
+    /// The first value of the header `name` (matched case-insensitively),
+    /// if the reply has it.
+    ///
+    /// ```
+    /// use portcullis_sdk::Reply;
+    ///
+    /// let reply = Reply::new(401).header("WWW-Authenticate", "ApiKey");
+    /// assert_eq!(reply.header_value("www-authenticate"), Some("ApiKey"));
+    /// assert_eq!(reply.header_value("retry-after"), None);
+    /// ```
+    pub fn header_value(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 
     /// Adds a header.
@@ -381,6 +435,51 @@ mod tests {
             [("www-authenticate".to_owned(), "ApiKey".to_owned())]
         );
         assert_eq!(reply.body, b"no");
+    }
+
+    #[test]
+    fn authenticated_sets_the_identity_and_the_consumer_attribute() {
+        let identity = Identity::new("bob").roles(["ops"]).tenant("acme");
+        let action: Action = RequestChanges::new()
+            .attribute("k", "v")
+            .authenticated(identity)
+            .into();
+        let wit::RequestAction::Continue(c) = action.into_wit() else {
+            panic!("continue expected");
+        };
+        assert_eq!(
+            c.attributes,
+            [
+                ("k".to_owned(), "v".to_owned()),
+                ("consumer".to_owned(), "bob".to_owned())
+            ]
+        );
+        let identity = c.identity.expect("identity");
+        assert_eq!(identity.consumer, "bob");
+        assert_eq!(identity.roles, ["ops"]);
+        assert_eq!(identity.tenant.as_deref(), Some("acme"));
+    }
+
+    #[test]
+    fn message_replies_are_json_with_the_message_escaped() {
+        let reply = Reply::message(401, r#"no "key" here"#);
+        assert_eq!(reply.status, 401);
+        assert_eq!(
+            reply.headers,
+            [("content-type".to_owned(), "application/json".to_owned())]
+        );
+        assert_eq!(reply.body, br#"{"message":"no \"key\" here"}"#);
+    }
+
+    #[test]
+    fn header_value_finds_the_first_value_whatever_the_case() {
+        let reply = Reply::new(200)
+            .header("Link", "<a>")
+            .header("link", "<b>")
+            .header("x-empty", "");
+        assert_eq!(reply.header_value("LINK"), Some("<a>"));
+        assert_eq!(reply.header_value("x-empty"), Some(""));
+        assert_eq!(reply.header_value("x-missing"), None);
     }
 
     #[test]

@@ -34,7 +34,7 @@
 //!
 //!     fn on_request(&self, req: &Request) -> Action {
 //!         if req.path().starts_with(&self.prefix) {
-//!             return Reply::json(403, &serde_json::json!({ "message": "blocked" })).into();
+//!             return Reply::message(403, "blocked").into();
 //!         }
 //!         Action::next()
 //!     }
@@ -51,6 +51,8 @@
 //!
 //! - The hooks get a [`Request`] and a [`Response`] to query, and return an
 //!   [`Action`] ([`RequestChanges`] or a [`Reply`]) or [`ResponseChanges`].
+//!   [`Reply::message`] is the usual JSON refusal and
+//!   [`RequestChanges::authenticated`] what an authentication plugin returns.
 //! - [`log`] (and the [`info!`] family of macros) writes to the gateway's
 //!   log; [`time`] is the gateway's clock; [`alert`] raises alerts; [`store`]
 //!   is a key-value store shared by every instance of the plugin.

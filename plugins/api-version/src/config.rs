@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 
+use portcullis_plugin_kit::http::is_token_byte;
 use serde::{Deserialize, Deserializer};
 
 use crate::{ApiVersion, Handling, Source, Version, date};
@@ -326,11 +327,6 @@ fn is_link_target(link: &str) -> bool {
         && link
             .bytes()
             .all(|b| b.is_ascii_graphic() && !b"<>\"\\".contains(&b))
-}
-
-/// `tchar` of RFC 9110: the bytes a header or parameter name may contain.
-fn is_token_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 #[cfg(test)]

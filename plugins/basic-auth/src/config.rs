@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 
+use portcullis_plugin_kit::http::is_token_byte;
 use portcullis_sdk::Identity;
 use serde::Deserialize;
 
@@ -102,12 +103,9 @@ fn default_cache_size() -> usize {
     1024
 }
 
-/// What building the plugin from a configuration produced.
-pub(crate) struct Built {
-    pub(crate) plugin: BasicAuth,
-    /// Things to log at `warn` (the configuration is accepted).
-    pub(crate) warnings: Vec<String>,
-}
+/// What building the plugin from a configuration produced: the plugin and
+/// the warnings to log.
+pub(crate) type Built = portcullis_plugin_kit::config::Built<BasicAuth>;
 
 impl Config {
     /// Validates the configuration and builds the user table. Reports every
@@ -290,11 +288,6 @@ fn header_name(name: Option<String>, key: &str, problems: &mut Vec<String>) -> O
         return None;
     }
     Some(name)
-}
-
-/// `tchar` of RFC 9110: the bytes a header name may contain.
-fn is_token_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 fn is_printable_ascii(text: &str) -> bool {

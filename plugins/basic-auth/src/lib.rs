@@ -22,7 +22,6 @@ use std::collections::HashMap;
 use base64::Engine as _;
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use portcullis_sdk::{Action, Identity, Policy, Reply, Request, RequestChanges, policy};
-use serde::Serialize;
 
 mod cache;
 mod config;
@@ -69,23 +68,13 @@ impl Policy for BasicAuth {
     type Config = Config;
 
     fn new(config: Config) -> Result<Self, String> {
-        let built = config.build()?;
-        for warning in &built.warnings {
-            portcullis_sdk::log::warn(warning);
-        }
-        Ok(built.plugin)
+        Ok(config.build()?.log_warnings(portcullis_sdk::log::warn))
     }
 
     fn on_request(&self, req: &Request) -> Action {
         let header = req.header("authorization");
         self.authenticate(header.as_deref(), portcullis_sdk::time::now_ms())
     }
-}
-
-/// The JSON body of a 401.
-#[derive(Serialize)]
-struct Message<'a> {
-    message: &'a str,
 }
 
 /// What the `Authorization` header holds.
@@ -175,9 +164,7 @@ impl BasicAuth {
 
     /// Lets the request go on as `identity`.
     fn accept(&self, identity: &Identity) -> Action {
-        let mut changes = RequestChanges::new()
-            .attribute("consumer", identity.consumer.as_str())
-            .identity(identity.clone());
+        let mut changes = RequestChanges::new().authenticated(identity.clone());
         if self.hide_credentials {
             changes = changes.remove_header("authorization");
         }
@@ -203,7 +190,7 @@ impl BasicAuth {
 
     /// A 401 with the challenge and a JSON message.
     fn reject(&self, message: &str) -> Action {
-        Reply::json(401, &Message { message })
+        Reply::message(401, message)
             .header("www-authenticate", self.challenge.as_str())
             .into()
     }
@@ -268,14 +255,6 @@ mod tests {
             }
             Action::Continue(changes) => panic!("expected a reply, got {changes:?}"),
         }
-    }
-
-    fn reply_header<'a>(reply: &'a Reply, name: &str) -> Option<&'a str> {
-        reply
-            .headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
     }
 
     #[test]
@@ -414,13 +393,10 @@ mod tests {
             assert_eq!(reply.status, 401, "{header:?}");
             assert_eq!(message, expected, "{header:?}");
             assert_eq!(
-                reply_header(&reply, "www-authenticate"),
+                reply.header_value("www-authenticate"),
                 Some(r#"Basic realm="ops", charset="UTF-8""#)
             );
-            assert_eq!(
-                reply_header(&reply, "content-type"),
-                Some("application/json")
-            );
+            assert_eq!(reply.header_value("content-type"), Some("application/json"));
         }
     }
 

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use jsonwebtoken::Algorithm;
+use portcullis_plugin_kit::http::is_token_byte;
 use serde::Deserialize;
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
 
@@ -134,12 +135,9 @@ fn default_realm() -> String {
     "portcullis".to_owned()
 }
 
-/// What building the plugin from a configuration produced.
-pub(crate) struct Built {
-    pub(crate) plugin: JwtAuth,
-    /// Things to log at `warn` (the configuration is accepted).
-    pub(crate) warnings: Vec<String>,
-}
+/// What building the plugin from a configuration produced: the plugin and
+/// the warnings to log.
+pub(crate) type Built = portcullis_plugin_kit::config::Built<JwtAuth>;
 
 impl Config {
     /// Validates the configuration and builds the key set. Reports every
@@ -341,11 +339,6 @@ impl Config {
             warnings,
         })
     }
-}
-
-/// `tchar` of RFC 9110: the bytes a header (or cookie) name may contain.
-fn is_token_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 #[cfg(test)]

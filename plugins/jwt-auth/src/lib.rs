@@ -20,7 +20,6 @@
 use base64::Engine as _;
 use jsonwebtoken::{Algorithm, Validation, errors::ErrorKind};
 use portcullis_sdk::{Action, Identity, Policy, Reply, Request, RequestChanges, policy};
-use serde::Serialize;
 use serde_json::Value;
 
 mod claims;
@@ -63,11 +62,7 @@ impl Policy for JwtAuth {
     type Config = Config;
 
     fn new(config: Config) -> Result<Self, String> {
-        let built = config.build()?;
-        for warning in &built.warnings {
-            portcullis_sdk::log::warn(warning);
-        }
-        Ok(built.plugin)
+        Ok(config.build()?.log_warnings(portcullis_sdk::log::warn))
     }
 
     fn on_request(&self, req: &Request) -> Action {
@@ -79,12 +74,6 @@ impl Policy for JwtAuth {
         };
         self.authenticate(header.as_deref(), &cookies, portcullis_sdk::time::now_ms())
     }
-}
-
-/// The JSON body of a 401.
-#[derive(Serialize)]
-struct Message<'a> {
-    message: &'a str,
 }
 
 /// Where the token was found.
@@ -216,7 +205,7 @@ impl JwtAuth {
         let consumer = claims::as_text(consumer)
             .filter(|c| !c.is_empty())
             .ok_or_else(|| format!("the `{consumer_claim}` claim is not a non-empty string"))?;
-        let mut identity = Identity::new(consumer.clone());
+        let mut identity = Identity::new(consumer);
         if let Some(name) = &self.roles_claim
             && let Some(value) = claims::lookup(claims, name)
         {
@@ -233,9 +222,7 @@ impl JwtAuth {
             );
         }
 
-        let mut changes = RequestChanges::new()
-            .attribute("consumer", consumer)
-            .identity(identity);
+        let mut changes = RequestChanges::new().authenticated(identity);
         if self.hide_credentials {
             match (source, &self.header, &self.cookie) {
                 (Source::Header, Some(header), _) => {
@@ -270,7 +257,7 @@ impl JwtAuth {
             challenge.push_str(description);
             challenge.push('"');
         }
-        Reply::json(401, &Message { message })
+        Reply::message(401, message)
             .header("www-authenticate", challenge)
             .into()
     }

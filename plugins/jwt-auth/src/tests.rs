@@ -110,11 +110,9 @@ fn rejected(action: Action) -> (Reply, String, String) {
             let body: Value = serde_json::from_slice(&reply.body).expect("JSON body");
             let message = body["message"].as_str().expect("a message").to_owned();
             let challenge = reply
-                .headers
-                .iter()
-                .find(|(n, _)| n == "www-authenticate")
-                .map(|(_, v)| v.clone())
-                .expect("a challenge");
+                .header_value("www-authenticate")
+                .expect("a challenge")
+                .to_owned();
             (reply, challenge, message)
         }
         Action::Continue(changes) => panic!("expected a reply, got {changes:?}"),

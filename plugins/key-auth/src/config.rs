@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 
+use portcullis_plugin_kit::http::is_token_byte;
 use portcullis_sdk::Identity;
 use serde::Deserialize;
 
@@ -74,12 +75,9 @@ fn default_realm() -> String {
     "portcullis".to_owned()
 }
 
-/// What building the plugin from a configuration produced.
-pub(crate) struct Built {
-    pub(crate) plugin: KeyAuth,
-    /// Things to log at `warn` (the configuration is accepted).
-    pub(crate) warnings: Vec<String>,
-}
+/// What building the plugin from a configuration produced: the plugin and
+/// the warnings to log.
+pub(crate) type Built = portcullis_plugin_kit::config::Built<KeyAuth>;
 
 impl Config {
     /// Validates the configuration and builds the key table. Reports every
@@ -176,11 +174,6 @@ impl Config {
             warnings,
         })
     }
-}
-
-/// `tchar` of RFC 9110: the bytes a header name may contain.
-fn is_token_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 /// A SHA-256 in hex (either case), if that is what `text` is.

@@ -15,7 +15,6 @@
 use std::collections::HashMap;
 
 use portcullis_sdk::{Action, Identity, Policy, Reply, Request, RequestChanges, policy};
-use serde::Serialize;
 use sha2::Sha256;
 
 mod config;
@@ -51,11 +50,7 @@ impl Policy for KeyAuth {
     type Config = Config;
 
     fn new(config: Config) -> Result<Self, String> {
-        let built = config.build()?;
-        for warning in &built.warnings {
-            portcullis_sdk::log::warn(warning);
-        }
-        Ok(built.plugin)
+        Ok(config.build()?.log_warnings(portcullis_sdk::log::warn))
     }
 
     fn on_request(&self, req: &Request) -> Action {
@@ -63,12 +58,6 @@ impl Policy for KeyAuth {
         let query = self.query_param.as_ref().and_then(|_| req.query());
         self.authenticate(header.as_deref(), query.as_deref())
     }
-}
-
-/// The JSON body of a 401.
-#[derive(Serialize)]
-struct Message<'a> {
-    message: &'a str,
 }
 
 impl KeyAuth {
@@ -90,9 +79,7 @@ impl KeyAuth {
             return self.reject("invalid API key");
         };
 
-        let mut changes = RequestChanges::new()
-            .attribute("consumer", identity.consumer.as_str())
-            .identity(identity.clone());
+        let mut changes = RequestChanges::new().authenticated(identity.clone());
         if self.hide_credentials {
             if let (Some(name), Some(_)) = (&self.header, header) {
                 changes = changes.remove_header(name.as_str());
@@ -106,7 +93,7 @@ impl KeyAuth {
 
     /// A 401 with the challenge and a JSON message.
     fn reject(&self, message: &str) -> Action {
-        Reply::json(401, &Message { message })
+        Reply::message(401, message)
             .header("www-authenticate", self.challenge.as_str())
             .into()
     }
@@ -147,14 +134,6 @@ mod tests {
             }
             Action::Continue(changes) => panic!("expected a reply, got {changes:?}"),
         }
-    }
-
-    fn reply_header<'a>(reply: &'a Reply, name: &str) -> Option<&'a str> {
-        reply
-            .headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
     }
 
     #[test]
@@ -238,13 +217,10 @@ mod tests {
                 serde_json::json!({ "message": "no API key found in request" })
             );
             assert_eq!(
-                reply_header(&reply, "www-authenticate"),
+                reply.header_value("www-authenticate"),
                 Some(r#"ApiKey realm="the \"zoo\"""#)
             );
-            assert_eq!(
-                reply_header(&reply, "content-type"),
-                Some("application/json")
-            );
+            assert_eq!(reply.header_value("content-type"), Some("application/json"));
         }
     }
 
@@ -261,7 +237,7 @@ mod tests {
             assert_eq!(reply.status, 401);
             assert_eq!(body, serde_json::json!({ "message": "invalid API key" }));
             assert_eq!(
-                reply_header(&reply, "www-authenticate"),
+                reply.header_value("www-authenticate"),
                 Some(r#"ApiKey realm="portcullis""#)
             );
         }

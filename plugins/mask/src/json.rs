@@ -79,6 +79,14 @@ impl Scanner<'_, '_> {
         Ok(())
     }
 
+    /// Writes `text` as a JSON string in place of the source up to `end`.
+    fn replace_to(&mut self, end: usize, text: &str) -> Result<(), Malformed> {
+        self.out.push_str(&quote(text)?);
+        self.pos = end;
+        self.changed = true;
+        Ok(())
+    }
+
     /// Copies one expected structural byte.
     fn expect(&mut self, byte: u8) -> Result<(), Malformed> {
         if self.peek() != Some(byte) {
@@ -106,10 +114,7 @@ impl Scanner<'_, '_> {
         }
         if self.rules.paths.iter().any(|p| p.matches(&self.path)) {
             let end = self.value_end()?;
-            self.out.push_str(&quote(self.rules.replacement)?);
-            self.pos = end;
-            self.changed = true;
-            return Ok(());
+            return self.replace_to(end, self.rules.replacement);
         }
         match self.peek() {
             Some(b'{') => self.object(),
@@ -119,12 +124,7 @@ impl Scanner<'_, '_> {
                 let literal = self.src.get(self.pos..end).ok_or(Malformed)?;
                 let text: String = serde_json::from_str(literal).map_err(|_| Malformed)?;
                 match self.rules.detectors.mask_text(&text) {
-                    Some(masked) => {
-                        self.out.push_str(&quote(&masked)?);
-                        self.pos = end;
-                        self.changed = true;
-                        Ok(())
-                    }
+                    Some(masked) => self.replace_to(end, &masked),
                     None => self.copy_to(end),
                 }
             }
@@ -132,12 +132,7 @@ impl Scanner<'_, '_> {
                 let end = self.scalar_end();
                 let token = self.src.get(self.pos..end).ok_or(Malformed)?;
                 match self.rules.detectors.mask_number(token) {
-                    Some(masked) => {
-                        self.out.push_str(&quote(&masked)?);
-                        self.pos = end;
-                        self.changed = true;
-                        Ok(())
-                    }
+                    Some(masked) => self.replace_to(end, &masked),
                     None => self.copy_to(end),
                 }
             }

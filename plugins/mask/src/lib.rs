@@ -14,7 +14,6 @@
 use portcullis_sdk::{
     Action, Body, Needs, Policy, Reply, Request, RequestChanges, Response, ResponseChanges, policy,
 };
-use serde::Serialize;
 
 mod config;
 mod detect;
@@ -98,13 +97,7 @@ impl Policy for Mask {
                         Problem::TooLarge => 413,
                         Problem::Encoded | Problem::NotUtf8 => 415,
                     };
-                    return Reply::json(
-                        status,
-                        &Message {
-                            message: problem.describe(),
-                        },
-                    )
-                    .into();
+                    return Reply::message(status, problem.describe()).into();
                 }
             }
         }
@@ -132,24 +125,14 @@ impl Policy for Mask {
             }
             Verdict::Refused(problem) => {
                 portcullis_sdk::warn!("response replaced by a 502: {}", problem.describe());
-                let body = serde_json::to_vec(&Message {
-                    message: "the response could not be masked",
-                })
-                .unwrap_or_default();
                 changes
                     .status(502)
                     .remove_header("content-encoding")
                     .set_header("content-type", "application/json")
-                    .body(body)
+                    .body(&br#"{"message":"the response could not be masked"}"#[..])
             }
         }
     }
-}
-
-/// The JSON body of a refusal.
-#[derive(Serialize)]
-struct Message<'a> {
-    message: &'a str,
 }
 
 /// Why a body was not masked.

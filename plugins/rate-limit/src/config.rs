@@ -1,5 +1,6 @@
 //! The plugin's configuration and its validation.
 
+use portcullis_plugin_kit::http::is_token_byte;
 use serde::Deserialize;
 
 use crate::algo::{Calendar, Gcra};
@@ -495,11 +496,6 @@ fn build_limit(
 /// A policy name: printable ASCII, so that it can be an sf-string.
 fn valid_name(name: &str) -> bool {
     !name.is_empty() && name.len() <= MAX_NAME && name.bytes().all(|b| (0x20..=0x7e).contains(&b))
-}
-
-/// `tchar` of RFC 9110: the bytes a header name may contain.
-fn is_token_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 #[cfg(test)]

@@ -330,14 +330,6 @@ mod tests {
             .collect()
     }
 
-    fn reply_header<'a>(reply: &'a Reply, name: &str) -> Option<&'a str> {
-        reply
-            .headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
-    }
-
     const NOW: u64 = 1_741_996_798_000; // 2025-03-14T23:59:58Z
 
     #[test]
@@ -399,21 +391,21 @@ mod tests {
             panic!("refused");
         };
         assert_eq!(reply.status, 429);
-        assert_eq!(reply_header(&reply, "retry-after"), Some("59"));
+        assert_eq!(reply.header_value("retry-after"), Some("59"));
         assert_eq!(
-            reply_header(&reply, "content-type"),
+            reply.header_value("content-type"),
             Some("application/problem+json")
         );
         assert_eq!(
-            reply_header(&reply, "ratelimit-policy"),
+            reply.header_value("ratelimit-policy"),
             Some(r#""per-minute";q=1;w=60, "daily";q=10;w=86400"#)
         );
         assert_eq!(
-            reply_header(&reply, "ratelimit"),
+            reply.header_value("ratelimit"),
             Some(r#""per-minute";r=0;t=59"#)
         );
-        assert_eq!(reply_header(&reply, "x-ratelimit-remaining"), Some("0"));
-        assert_eq!(reply_header(&reply, "x-ratelimit-reset"), Some("59"));
+        assert_eq!(reply.header_value("x-ratelimit-remaining"), Some("0"));
+        assert_eq!(reply.header_value("x-ratelimit-reset"), Some("59"));
         let body: serde_json::Value = serde_json::from_slice(&reply.body).expect("JSON");
         assert_eq!(
             body,
@@ -438,9 +430,9 @@ mod tests {
         let Action::Respond(reply) = plugin.decide(&keyed, second.outcome, NOW) else {
             panic!("refused");
         };
-        assert_eq!(reply_header(&reply, "retry-after"), Some("3600"));
-        assert_eq!(reply_header(&reply, "ratelimit"), None);
-        assert_eq!(reply_header(&reply, "x-ratelimit-limit"), None);
+        assert_eq!(reply.header_value("retry-after"), Some("3600"));
+        assert_eq!(reply.header_value("ratelimit"), None);
+        assert_eq!(reply.header_value("x-ratelimit-limit"), None);
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! The plugin's configuration and its validation.
 
+use portcullis_plugin_kit::http::is_token_byte;
 use serde::Deserialize;
 
 use crate::pattern::{Pattern, is_param_name};
@@ -200,11 +201,6 @@ fn build_methods(key: &str, methods: &[String], problems: &mut Vec<String>) -> M
         }
     }
     Methods::List(list)
-}
-
-/// `tchar` of RFC 9110: the bytes a method may contain.
-fn is_token_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 #[cfg(test)]

@@ -16,7 +16,7 @@
 //! The bodies never say which roles or rules would have allowed the request.
 
 use portcullis_sdk::{Action, Identity, Policy, Reply, Request, policy};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 mod config;
 mod path;
@@ -127,12 +127,6 @@ enum Decision {
     BadPath(PathError),
 }
 
-/// The JSON body of a refusal.
-#[derive(Serialize)]
-struct Message<'a> {
-    message: &'a str,
-}
-
 #[policy]
 impl Policy for Rbac {
     type Config = Config;
@@ -198,32 +192,15 @@ impl Rbac {
         match decision {
             Decision::Allow => Action::next(),
             Decision::Unauthenticated => {
-                let reply = Reply::json(
-                    401,
-                    &Message {
-                        message: "authentication required",
-                    },
-                );
+                let reply = Reply::message(401, "authentication required");
                 match &self.www_authenticate {
                     Some(challenge) => reply.header("www-authenticate", challenge.as_str()),
                     None => reply,
                 }
                 .into()
             }
-            Decision::Forbidden => Reply::json(
-                403,
-                &Message {
-                    message: "forbidden",
-                },
-            )
-            .into(),
-            Decision::BadPath(_) => Reply::json(
-                400,
-                &Message {
-                    message: "invalid request path",
-                },
-            )
-            .into(),
+            Decision::Forbidden => Reply::message(403, "forbidden").into(),
+            Decision::BadPath(_) => Reply::message(400, "invalid request path").into(),
         }
     }
 }

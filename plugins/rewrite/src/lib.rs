@@ -13,7 +13,6 @@
 use portcullis_sdk::{
     Action, Body, Needs, Policy, Reply, Request, RequestChanges, Response, ResponseChanges, policy,
 };
-use serde::Serialize;
 
 mod body;
 mod config;
@@ -133,12 +132,6 @@ enum BodyOutcome {
     Refuse(Reply),
 }
 
-/// The JSON body of a refusal.
-#[derive(Serialize)]
-struct Message<'a> {
-    message: &'a str,
-}
-
 impl Rewrite {
     /// Applies the body rules to a request body with this `content-type`.
     ///
@@ -181,7 +174,7 @@ impl Rewrite {
     fn problem(&self, policy: OnProblem, status: u16, message: &'static str) -> BodyOutcome {
         match policy {
             OnProblem::Pass => BodyOutcome::Passed(message),
-            OnProblem::Refuse => BodyOutcome::Refuse(Reply::json(status, &Message { message })),
+            OnProblem::Refuse => BodyOutcome::Refuse(Reply::message(status, message)),
         }
     }
 }
