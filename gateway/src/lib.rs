@@ -25,6 +25,7 @@ pub mod registry;
 pub mod router;
 pub mod server;
 pub mod state;
+pub mod ticker;
 pub mod upstream;
 
 use std::net::SocketAddr;
@@ -169,6 +170,10 @@ impl GatewayBuilder {
             )?);
         }
         tasks.push(tokio::spawn(sweep(store.clone(), shutdown_rx.clone())));
+        tasks.push(tokio::spawn(ticker::run(
+            registry.clone(),
+            shutdown_rx.clone(),
+        )));
         let current = registry.clone();
         let sink = tokio::spawn(alerts::run(alert_rx, move || {
             current.current().config.clone()

@@ -15,6 +15,8 @@ pub struct Needs {
     pub request_body: bool,
     /// The response body is buffered for [`Response::body`].
     pub response_body: bool,
+    /// `on_tick` is called.
+    pub on_tick: bool,
 }
 
 impl Needs {
@@ -24,6 +26,7 @@ impl Needs {
         on_response: true,
         request_body: true,
         response_body: true,
+        on_tick: true,
     };
 }
 
@@ -39,6 +42,8 @@ impl Needs {
 ///           on_request(&Request)                     on_response(&Request, &Response)
 ///             ├─ Action::Continue(changes)             └─ ResponseChanges
 ///             └─ Action::Respond(reply) ──► (no upstream) ─► response phase
+///
+///            gateway, every tick interval, between requests: on_tick(route)
 /// ```
 ///
 /// The gateway calls [`new`](Self::new) once per instance, with the route's
@@ -142,5 +147,15 @@ pub trait Policy: Sized + 'static {
     fn on_response(&self, req: &Request, resp: &Response) -> ResponseChanges {
         let _ = (req, resp);
         ResponseChanges::none()
+    }
+
+    /// Called periodically (every `plugins.tick_interval_ms` of the
+    /// gateway, 1 s by default) on one instance of each route the plugin is
+    /// configured on, between requests; `route` is the route's name. For
+    /// work that must happen without traffic: resolving an incident that
+    /// cleared, refreshing derived state. Keep it short: it runs under the
+    /// same CPU deadline as the other hooks.
+    fn on_tick(&self, route: &str) {
+        let _ = route;
     }
 }

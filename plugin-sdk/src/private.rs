@@ -30,6 +30,8 @@ use bindings::portcullis::policy::types as wit;
 pub const HOOK_ON_REQUEST: u8 = 1 << 0;
 /// `Policy::__HOOKS` bit: the impl defines `on_response`.
 pub const HOOK_ON_RESPONSE: u8 = 1 << 1;
+/// `Policy::__HOOKS` bit: the impl defines `on_tick`.
+pub const HOOK_ON_TICK: u8 = 1 << 2;
 
 thread_local! {
     // The plugin instance made by `init`. A component instance runs one call
@@ -65,6 +67,10 @@ impl<T: Policy> bindings::Guest for Adapter<T> {
         with_instance::<T, _>(|policy| policy.on_response(req, resp))
             .unwrap_or_else(|| ResponseChanges::none().status(500))
             .into_wit()
+    }
+
+    fn on_tick(route: String) {
+        with_instance::<T, _>(|policy| policy.on_tick(&route));
     }
 }
 
@@ -106,6 +112,10 @@ fn hooks<T: Policy>(needs: Needs) -> wit::Hooks {
         (
             T::RESPONSE_BODY && needs.response_body,
             wit::Hooks::RESPONSE_BODY,
+        ),
+        (
+            T::__HOOKS & HOOK_ON_TICK != 0 && needs.on_tick,
+            wit::Hooks::TICK,
         ),
     ]
     .into_iter()
@@ -248,11 +258,37 @@ mod tests {
             ..Needs::ALL
         };
         assert_eq!(hooks::<Both>(fewer), wit::Hooks::ON_REQUEST);
+        // An impl without `on_tick` never reports `tick`.
+        assert_eq!(
+            hooks::<Both>(Needs::ALL) & wit::Hooks::TICK,
+            wit::Hooks::empty()
+        );
         // Asking for a response body the impl never asked for changes nothing.
         assert_eq!(
             hooks::<Both>(Needs::ALL) & wit::Hooks::RESPONSE_BODY,
             wit::Hooks::empty()
         );
+    }
+
+    /// Defines only `on_tick`.
+    struct Ticking;
+
+    impl Policy for Ticking {
+        type Config = ();
+        const __HOOKS: u8 = HOOK_ON_TICK;
+        fn new(_: ()) -> Result<Self, String> {
+            Ok(Ticking)
+        }
+    }
+
+    #[test]
+    fn tick_is_reported_when_defined_and_needed() {
+        assert_eq!(hooks::<Ticking>(Needs::ALL), wit::Hooks::TICK);
+        let idle = Needs {
+            on_tick: false,
+            ..Needs::ALL
+        };
+        assert_eq!(hooks::<Ticking>(idle), wit::Hooks::empty());
     }
 
     #[test]

@@ -113,6 +113,8 @@ address = "127.0.0.1:0"
 
 [plugins]
 directory = "plugins"
+# Plugins that tick (alerts) see the test's clock moves quickly.
+tick_interval_ms = 20
 
 [limits]
 max_instances = 64

@@ -142,6 +142,29 @@ async fn twenty_bad_keys_from_one_ip_post_one_alert_then_one_resolution() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_incident_resolves_without_traffic_on_the_next_tick() {
+    let receiver = WebhookReceiver::start(0).await.expect("receiver starts");
+    let clock = Arc::new(ManualClock::new(START_MS));
+    let gw = gateway(&clock, &webhook_section(&receiver.url(), "")).await;
+
+    bad_keys(&gw, &clock, 20).await;
+    let alerts = receiver.wait_for(1, PATIENCE).await;
+    assert_eq!(alerts.len(), 1, "{alerts:#?}");
+    assert_eq!(alerts[0]["labels"]["state"], "firing");
+
+    // The attacker stops and nobody else calls: the gateway's ticks (every
+    // 20 ms in tests) find the incident cleared once the clock has moved
+    // past the window.
+    clock.advance(11_000);
+    let alerts = receiver.wait_for(2, PATIENCE).await;
+    assert_eq!(alerts.len(), 2, "{alerts:#?}");
+    assert_eq!(alerts[1]["kind"], "auth-failures");
+    assert_eq!(alerts[1]["labels"]["state"], "resolved");
+    assert_eq!(alerts[1]["client_ip"], "127.0.0.1");
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_webhook_is_retried_until_it_accepts() {
     // 503 twice, then 204.
     let receiver = WebhookReceiver::start(2).await.expect("receiver starts");

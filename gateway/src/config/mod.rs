@@ -83,6 +83,7 @@ pub struct ListenerConfig {
 /// directory = "plugins"          # relative to the config file
 /// cache_directory = ".cache"     # compiled modules; default <directory>/.cache
 /// watch = true                   # hot-load changed modules
+/// tick_interval_ms = 1000        # how often `on-tick` runs
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -96,6 +97,15 @@ pub struct PluginsConfig {
     /// Whether to watch the directory and the config file and reload on change.
     #[serde(default = "yes")]
     pub watch: bool,
+    /// How often plugins that implement `on-tick` are called, in ms.
+    #[serde(default = "PluginsConfig::default_tick_interval")]
+    pub tick_interval_ms: u64,
+}
+
+impl PluginsConfig {
+    fn default_tick_interval() -> u64 {
+        1_000
+    }
 }
 
 /// Limits on plugins and bodies.
@@ -506,6 +516,16 @@ impl Config {
                     format!("{} is used by another listener", l.address),
                 );
             }
+        }
+
+        if !(10..=3_600_000).contains(&self.plugins.tick_interval_ms) {
+            bad(
+                "plugins.tick_interval_ms".into(),
+                format!(
+                    "must be between 10 and 3600000, got {}",
+                    self.plugins.tick_interval_ms
+                ),
+            );
         }
 
         let limits = &self.limits;

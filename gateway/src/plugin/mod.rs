@@ -51,7 +51,7 @@ pub enum PluginError {
     Compile(String),
     /// The component does not implement the `portcullis:policy` world, or
     /// imports something the gateway does not provide.
-    #[error("does not implement the portcullis:policy@0.1.0 world: {0}")]
+    #[error("does not implement the portcullis:policy@0.2.0 world: {0}")]
     WrongWorld(String),
     /// Creating an instance failed.
     #[error("instantiation failed: {0}")]

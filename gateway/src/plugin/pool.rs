@@ -314,6 +314,22 @@ impl Lease {
     }
 }
 
+impl Lease {
+    /// Calls `on-tick` for the route `route`.
+    pub async fn on_tick(&mut self, route: &str) -> Result<(), PluginError> {
+        let ticks = self.pool.deadline_ticks();
+        let Some(instance) = self.instance.as_mut() else {
+            return Err(failed());
+        };
+        instance.store.set_epoch_deadline(ticks);
+        let result = instance
+            .policy
+            .call_on_tick(&mut instance.store, route)
+            .await;
+        self.finish(result).2
+    }
+}
+
 /// Lends the views to the instance for one call under a fresh CPU deadline.
 fn lend(instance: &mut Instance, request: RequestView, response: Option<ResponseView>, ticks: u64) {
     let data = instance.store.data_mut();

@@ -32,6 +32,8 @@ pub fn policy(attr: TokenStream, item: TokenStream) -> TokenStream {
 const HOOK_ON_REQUEST: u8 = 1 << 0;
 /// Bit of `__HOOKS` for `on_response`; matches `__private::HOOK_ON_RESPONSE`.
 const HOOK_ON_RESPONSE: u8 = 1 << 1;
+/// Bit of `__HOOKS` for `on_tick`; matches `__private::HOOK_ON_TICK`.
+const HOOK_ON_TICK: u8 = 1 << 2;
 
 const PLACEMENT: &str = "#[policy] must be placed on `impl Policy for YourType { ... }`";
 
@@ -55,6 +57,7 @@ fn expand(attr: TokenStream2, item: TokenStream2) -> syn::Result<TokenStream2> {
             match f.sig.ident.to_string().as_str() {
                 "on_request" => hooks |= HOOK_ON_REQUEST,
                 "on_response" => hooks |= HOOK_ON_RESPONSE,
+                "on_tick" => hooks |= HOOK_ON_TICK,
                 _ => {}
             }
         }

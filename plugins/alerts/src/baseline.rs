@@ -111,12 +111,37 @@ pub(crate) fn record(
     scope: &str,
     now: u64,
 ) -> Result<SpikeState, StoreError> {
+    count(store, rule, scope, now, 1)
+}
+
+/// The state at `now` without counting a request (for a tick): finished
+/// windows are still folded, so a route gone quiet decays its baseline.
+pub(crate) fn peek(
+    store: &impl Store,
+    rule: &SpikeRule,
+    scope: &str,
+    now: u64,
+) -> Result<SpikeState, StoreError> {
+    count(store, rule, scope, now, 0)
+}
+
+fn count(
+    store: &impl Store,
+    rule: &SpikeRule,
+    scope: &str,
+    now: u64,
+    requests: i64,
+) -> Result<SpikeState, StoreError> {
     let window = rule.window_ms.max(1);
     let current = now / window;
     let count_key = |k: u64| format!("spike:{scope}:{k}");
     // A window's count is read when the next request after it arrives;
     // after 4 windows an unread count no longer matters much to the EWMA.
-    let count = store.increment(&count_key(current), 1, Some(window.saturating_mul(4)))?;
+    let count = store.increment(
+        &count_key(current),
+        requests,
+        Some(window.saturating_mul(4)),
+    )?;
     let count = u64::try_from(count).unwrap_or(0);
 
     let key = format!("baseline:{scope}");

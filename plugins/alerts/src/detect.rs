@@ -438,6 +438,41 @@ fn error_rate_event<S: Store>(
 /// Checks every incident in the route's index against its detector's
 /// current numbers; resolves those that have cleared and drops the entries
 /// of incidents that are gone.
+/// A tick on `route` at `now`, without a request: sweeps the route's
+/// incidents (if no instance did within the sweep interval), so that an
+/// incident resolves once it clears even when the route has no traffic.
+pub(crate) fn tick(settings: &Settings, store: &impl Store, route: &str, now: u64) -> Outcome {
+    let mut outcome = Outcome::default();
+    let scope = incident::scope(route);
+    let mut notices = Vec::new();
+    let mut step = Step {
+        store,
+        route,
+        scope: &scope,
+        now,
+        notices: &mut notices,
+    };
+    let spike = match settings
+        .traffic_spike
+        .as_ref()
+        .map(|rule| baseline::peek(store, rule, &scope, now))
+    {
+        Some(Ok(state)) => Some(state),
+        Some(Err(error)) => {
+            outcome.note(Err(error));
+            None
+        }
+        None => None,
+    };
+    match claim_sweep(store, &scope, now, settings.sweep_interval_ms) {
+        Ok(true) => outcome.note(sweep_route(&mut step, settings, spike)),
+        Ok(false) => {}
+        Err(error) => outcome.note(Err(error)),
+    }
+    outcome.notices = notices;
+    outcome
+}
+
 fn sweep_route<S: Store>(
     step: &mut Step<'_, S>,
     settings: &Settings,
@@ -631,6 +666,42 @@ mod tests {
         assert_eq!(alert.label("duration_s"), Some("14"));
         assert!(gw.see(1_020_000, 200, "192.0.2.1", None).is_empty());
         assert!(gw.store.get("active:3.api").is_some_and(|i| i == "[]"));
+    }
+
+    #[test]
+    fn a_tick_resolves_an_incident_on_a_route_gone_quiet() {
+        let gw = Gateway::new(&[AUTH]);
+        let fired: Vec<_> = (0..20)
+            .flat_map(|i| gw.see(1_000_000 + i * 100, 401, "203.0.113.7", None))
+            .collect();
+        assert_eq!(fired.len(), 1, "{fired:?}");
+        // No request at all from now on: only ticks.
+        gw.store.set_now(1_005_000);
+        let early = tick(&gw.settings, &gw.store, "api", 1_005_000);
+        assert_eq!(early.error, None);
+        assert!(early.notices.is_empty(), "still over: {:?}", early.notices);
+        // That sweep saw the condition still true at 1_005_000: quiet for a
+        // whole window (10 s) after it, the next tick resolves it.
+        gw.store.set_now(1_014_000);
+        let quiet = tick(&gw.settings, &gw.store, "api", 1_014_000);
+        assert!(quiet.notices.is_empty(), "too early: {:?}", quiet.notices);
+        gw.store.set_now(1_016_000);
+        let resolved = tick(&gw.settings, &gw.store, "api", 1_016_000);
+        assert_eq!(resolved.notices.len(), 1, "{:?}", resolved.notices);
+        assert_eq!(resolved.notices[0].label("state"), Some("resolved"));
+        assert_eq!(resolved.notices[0].label("client_ip"), Some("203.0.113.7"));
+        gw.store.set_now(1_030_000);
+        assert!(
+            tick(&gw.settings, &gw.store, "api", 1_030_000)
+                .notices
+                .is_empty()
+        );
+        // Another route's tick never touches this route's incidents.
+        assert!(
+            tick(&gw.settings, &gw.store, "other", 1_030_000)
+                .notices
+                .is_empty()
+        );
     }
 
     #[test]

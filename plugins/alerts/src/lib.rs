@@ -85,6 +85,26 @@ impl Policy for Alerts {
             now,
         };
         let outcome = detect::observe(&self.settings, &HostStore, &observation, sweep);
+        self.report(outcome, now);
+        ResponseChanges::none()
+    }
+
+    fn on_tick(&self, route: &str) {
+        let now = time::now_ms();
+        if now < self.next_sweep.get() {
+            return;
+        }
+        self.next_sweep
+            .set(now.saturating_add(self.settings.sweep_interval_ms));
+        let outcome = detect::tick(&self.settings, &HostStore, route, now);
+        self.report(outcome, now);
+    }
+}
+
+impl Alerts {
+    /// Raises the outcome's alerts, and logs a store failure (at most once
+    /// per [`STORE_WARNING_INTERVAL_MS`]).
+    fn report(&self, outcome: detect::Outcome, now: u64) {
         for notice in outcome.notices {
             alert::raise(to_alert(notice));
         }
@@ -97,7 +117,6 @@ impl Policy for Alerts {
                 "alerts: the shared store failed ({error}); some events were not counted"
             );
         }
-        ResponseChanges::none()
     }
 }
 
