@@ -24,9 +24,49 @@ struct Case {
     name: &'static str,
     fixture: &'static str,
     config: String,
-    request: fn() -> RequestView,
+    request: Box<dyn Fn() -> RequestView>,
     /// `Some(response)`: the case calls `on-response`, else `on-request`.
-    response: Option<fn() -> ResponseView>,
+    response: Option<Box<dyn Fn() -> ResponseView>>,
+}
+
+/// The example config's key files (`examples/keys`).
+fn example_key(name: &str) -> String {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/keys/");
+    std::fs::read_to_string(format!("{path}{name}"))
+        .expect("example key file")
+        .trim()
+        .to_owned()
+}
+
+fn with_header(name: &'static str, value: String) -> Box<dyn Fn() -> RequestView> {
+    Box::new(move || {
+        api_request(
+            "GET",
+            "/partners/orders/1234",
+            &[(name, value.as_str())],
+            None,
+            BodyView::NotRequested,
+        )
+    })
+}
+
+/// A 1 KiB JSON response: ten orders, each with a customer e-mail address
+/// and a card number.
+fn orders_response() -> ResponseView {
+    let orders: Vec<serde_json::Value> = (0..10)
+        .map(|i| {
+            serde_json::json!({
+                "id": 1000 + i,
+                "email": format!("customer{i}@example.com"),
+                "card": "4111 1111 1111 1111",
+                "total": 99.5,
+            })
+        })
+        .collect();
+    let body = serde_json::to_vec(&serde_json::json!({ "orders": orders })).expect("json");
+    let mut view = ok_response();
+    view.body = BodyView::Complete(body.into());
+    view
 }
 
 fn alice() -> Identity {
@@ -61,6 +101,14 @@ fn versioned_request() -> RequestView {
     api_request("GET", "/v1/orders/1234", &[], None, BodyView::NotRequested)
 }
 
+/// The same request as the response phase sees it: with the attribute
+/// `on-request` set.
+fn versioned_request_after() -> RequestView {
+    let mut view = versioned_request();
+    view.set_attribute("api_version".into(), "v1".into());
+    view
+}
+
 fn ok_response() -> ResponseView {
     let (head, ()) = Response::builder()
         .status(200)
@@ -89,7 +137,7 @@ fn cases() -> Vec<Case> {
                 r#"{{"keys":[{{"consumer":"bench","sha256":"{}","roles":["member"]}}]}}"#,
                 sha256("bench-key-0123456789")
             ),
-            request: plain_request,
+            request: Box::new(plain_request),
             response: None,
         },
         Case {
@@ -102,14 +150,28 @@ fn cases() -> Vec<Case> {
                 {"effect":"deny","roles":["*"],"methods":["DELETE"],"paths":["/api/audit/**"]}
             ]}"#
             .into(),
-            request: authenticated_request,
+            request: Box::new(authenticated_request),
             response: None,
         },
         Case {
-            name: "rate_limit (5/s + 1000/day per consumer), request",
+            // The common path (under both limits): a compare-and-swap for
+            // the rate and an increment for the quota. The limits are high
+            // enough that the bench never hits them.
+            name: "rate_limit (a rate and a daily quota per consumer), request",
             fixture: fixtures::RATE_LIMIT,
-            config: r#"{"limits":[{"rate":1000000000,"per":"second"},{"quota":4000000000,"per":"day"}]}"#.into(),
-            request: authenticated_request,
+            config: r#"{"limits":[{"rate":1000000,"per":"second"},{"quota":4000000000,"per":"day"}]}"#.into(),
+            request: Box::new(authenticated_request),
+            response: None,
+        },
+        Case {
+            name: "api_version (deprecated v1), request",
+            fixture: fixtures::API_VERSION,
+            config: r#"{"source":"path","versions":[
+                {"version":"v1","deprecated":"2025-07-01","sunset":"2027-01-01","successor":"https://api.example.com/v2"},
+                {"version":"v2"}
+            ]}"#
+            .into(),
+            request: Box::new(versioned_request),
             response: None,
         },
         Case {
@@ -120,8 +182,61 @@ fn cases() -> Vec<Case> {
                 {"version":"v2"}
             ]}"#
             .into(),
-            request: versioned_request,
-            response: Some(ok_response),
+            request: Box::new(versioned_request_after),
+            response: Some(Box::new(ok_response)),
+        },
+        Case {
+            name: "basic_auth (bcrypt cost 10, verification cached)",
+            fixture: fixtures::BASIC_AUTH,
+            config: serde_json::json!({
+                "htpasswd": example_key("users.htpasswd"),
+                "users": [{ "username": "alice", "roles": ["member"], "tenant": "acme" }],
+            })
+            .to_string(),
+            // base64("alice:open-sesame")
+            request: with_header("authorization", "Basic YWxpY2U6b3Blbi1zZXNhbWU=".into()),
+            response: None,
+        },
+        Case {
+            name: "jwt_auth (RS256 from a JWKS, iss/aud/exp, roles)",
+            fixture: fixtures::JWT_AUTH,
+            config: serde_json::json!({
+                "algorithms": ["RS256"],
+                "jwks": example_key("jwks.json"),
+                "issuer": "https://idp.example.com/",
+                "audience": "partners-api",
+                "roles_claim": "roles",
+                "tenant_claim": "org",
+            })
+            .to_string(),
+            request: with_header(
+                "authorization",
+                format!("Bearer {}", example_key("partner.jwt")),
+            ),
+            response: None,
+        },
+        Case {
+            name: "rewrite (prefix, query, two headers), request",
+            fixture: fixtures::REWRITE,
+            config: r#"{"path":[{"strip_prefix":"/api"}],"query":{"remove":["limit"]},
+                "request_headers":{"set":{"x-gateway":"portcullis"},"remove":["cookie"]}}"#
+                .into(),
+            request: Box::new(plain_request),
+            response: None,
+        },
+        Case {
+            name: "mask (1 KiB JSON response, cards and e-mails)",
+            fixture: fixtures::MASK,
+            config: r#"{"response_body":true}"#.into(),
+            request: Box::new(plain_request),
+            response: Some(Box::new(orders_response)),
+        },
+        Case {
+            name: "alerts (every detector, a 200), response",
+            fixture: fixtures::ALERTS,
+            config: "{}".into(),
+            request: Box::new(plain_request),
+            response: Some(Box::new(ok_response)),
         },
     ]
 }
@@ -130,7 +245,7 @@ fn cases() -> Vec<Case> {
 fn run(rt: &Runtime, pool: &Arc<PluginPool>, case: &Case, iters: u64) -> Duration {
     rt.block_on(async {
         let mut request = Some((case.request)());
-        let mut response = case.response.map(|r| r());
+        let mut response = case.response.as_ref().map(|r| r());
         let started = Instant::now();
         for _ in 0..iters {
             let mut lease = pool.lease().await.expect("lease");
