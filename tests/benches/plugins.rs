@@ -286,7 +286,16 @@ fn bench(c: &mut Criterion) {
     let mut group = c.benchmark_group("plugins");
     for case in cases() {
         let bytes = std::fs::read(case.fixture).expect("fixture");
+        let started = Instant::now();
         let compiled = engine.compile(case.name, &bytes, None).expect("compiles");
+        // Not a criterion measurement (one sample), but the figure that
+        // decides how fast a new module goes live: printed for the record.
+        eprintln!(
+            "{}: {} KiB, compiled in {:.0} ms",
+            case.name,
+            bytes.len() / 1024,
+            started.elapsed().as_secs_f64() * 1000.0
+        );
         let pool = rt
             .block_on(PluginPool::new(
                 engine.clone(),

@@ -246,6 +246,40 @@ async fn expiry_and_not_before_follow_the_gateway_clock() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cached_token_expires_like_an_uncached_one() {
+    let (gw, _echo, clock) = gateway().await;
+    let token = rs256(&claims_at(NOW));
+    // The second request is answered from the verification cache (of
+    // whichever instance served the first).
+    for _ in 0..2 {
+        let ok = with_bearer(&gw, "/api/cached", &token).await;
+        assert_eq!(ok.status, StatusCode::OK);
+        assert_eq!(ok.seen().header("x-user"), Some("alice"));
+    }
+    clock.advance(30_000);
+    assert_eq!(
+        with_bearer(&gw, "/api/cached", &token).await.status,
+        StatusCode::OK
+    );
+    // exp = NOW + 60, leeway 30 s: expired 90 s on, cached or not (an
+    // entry never outlives the token's exp).
+    clock.advance(60_000);
+    assert_invalid(
+        &with_bearer(&gw, "/api/cached", &token).await,
+        "orders",
+        "the token has expired",
+    );
+    // The same answer as for an expired token never seen before.
+    let unseen = rs256(&with("jti", json!("never-presented")));
+    assert_invalid(
+        &with_bearer(&gw, "/api/cached", &unseen).await,
+        "orders",
+        "the token has expired",
+    );
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_issuer_or_audience_is_refused() {
     let (gw, _echo, _clock) = gateway().await;
     let cases = [

@@ -89,21 +89,10 @@ impl Checks {
                 return Err(format!("the token has no `{name}` claim"));
             }
         }
-        // Seconds, as floats: NumericDate may have a fraction (RFC 7519 §2).
-        let now = now_ms as f64 / 1000.0;
-        let leeway = self.leeway_seconds as f64;
-        if let Some(exp) = claims.get("exp").filter(|v| !v.is_null()) {
-            let exp = exp.as_f64().ok_or("the `exp` claim is not a number")?;
-            if now >= exp + leeway {
-                return Err("the token has expired".to_owned());
-            }
-        }
-        if let Some(nbf) = claims.get("nbf").filter(|v| !v.is_null()) {
-            let nbf = nbf.as_f64().ok_or("the `nbf` claim is not a number")?;
-            if now + leeway < nbf {
-                return Err("the token is not valid yet".to_owned());
-            }
-        }
+        let exp = number(claims, "exp").ok_or("the `exp` claim is not a number")?;
+        self.check_exp(exp, now_ms)?;
+        let nbf = number(claims, "nbf").ok_or("the `nbf` claim is not a number")?;
+        self.check_nbf(nbf, now_ms)?;
         if let Some(issuers) = &self.issuers {
             match claims.get("iss") {
                 None | Some(Value::Null) => return Err("the token has no `iss` claim".to_owned()),
@@ -122,6 +111,55 @@ impl Checks {
             }
         }
         Ok(())
+    }
+
+    /// Checks a token's `exp` and `nbf` (seconds since the epoch, absent:
+    /// not checked) at `now_ms`, with the leeway: what
+    /// [`check`](Self::check) does for them, with the same errors, for a
+    /// token verified earlier.
+    pub(crate) fn check_times(
+        &self,
+        exp: Option<f64>,
+        nbf: Option<f64>,
+        now_ms: u64,
+    ) -> Result<(), String> {
+        self.check_exp(exp, now_ms)?;
+        self.check_nbf(nbf, now_ms)
+    }
+
+    /// A token is expired once `now >= exp + leeway`.
+    fn check_exp(&self, exp: Option<f64>, now_ms: u64) -> Result<(), String> {
+        match exp {
+            Some(exp) if seconds(now_ms) >= exp + self.leeway_seconds as f64 => {
+                Err("the token has expired".to_owned())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// A token is not valid yet while `now + leeway < nbf`.
+    fn check_nbf(&self, nbf: Option<f64>, now_ms: u64) -> Result<(), String> {
+        match nbf {
+            Some(nbf) if seconds(now_ms) + (self.leeway_seconds as f64) < nbf => {
+                Err("the token is not valid yet".to_owned())
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// `now_ms` in seconds, as a float: a NumericDate may have a fraction
+/// (RFC 7519 §2).
+fn seconds(now_ms: u64) -> f64 {
+    now_ms as f64 / 1000.0
+}
+
+/// The NumericDate claim `name`: `Some(None)` if it is absent (or null),
+/// `Some(Some(n))` if it is a number, `None` if it is anything else.
+pub(crate) fn number(claims: &Claims, name: &str) -> Option<Option<f64>> {
+    match claims.get(name) {
+        None | Some(Value::Null) => Some(None),
+        Some(value) => value.as_f64().map(Some),
     }
 }
 

@@ -1,5 +1,6 @@
 //! The plugin's configuration and its validation.
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::fmt;
 
@@ -9,6 +10,7 @@ use serde::Deserialize;
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
 
 use crate::JwtAuth;
+use crate::cache::VerifiedCache;
 use crate::claims::Checks;
 use crate::keys::{Key, KeyConfig, family_name, jwks_keys};
 
@@ -18,6 +20,10 @@ const SUPPORTED: &str =
 
 /// The largest accepted `leeway_seconds`.
 const MAX_LEEWAY_SECONDS: u64 = 3600;
+
+/// The largest accepted `cache_size`: entries take a few hundred bytes
+/// each, in every instance's memory.
+const MAX_CACHE_SIZE: usize = 65_536;
 
 /// The configuration of one route's `jwt_auth` plugin.
 ///
@@ -78,6 +84,14 @@ pub(crate) struct Config {
     /// The realm of the `WWW-Authenticate: Bearer realm="..."` challenge.
     #[serde(default = "default_realm")]
     realm: String,
+    /// The most successful verifications remembered per instance; 0 turns
+    /// the cache off.
+    #[serde(default = "default_cache_size")]
+    cache_size: usize,
+    /// How long a successful verification is remembered at most, in
+    /// seconds (never past the token's `exp`); 0 turns the cache off.
+    #[serde(default = "default_cache_ttl_seconds")]
+    cache_ttl_seconds: u64,
 }
 
 /// A string or an array of strings, as a list.
@@ -133,6 +147,14 @@ fn default_consumer_claim() -> String {
 
 fn default_realm() -> String {
     "portcullis".to_owned()
+}
+
+fn default_cache_size() -> usize {
+    1024
+}
+
+fn default_cache_ttl_seconds() -> u64 {
+    60
 }
 
 /// What building the plugin from a configuration produced: the plugin and
@@ -314,6 +336,11 @@ impl Config {
             problems.push("realm: must be printable ASCII without `\"` or `\\`".to_owned());
         }
 
+        if self.cache_size > MAX_CACHE_SIZE {
+            problems.push(format!("cache_size: at most {MAX_CACHE_SIZE}"));
+        }
+        let cache_ttl_ms = self.cache_ttl_seconds.saturating_mul(1000);
+
         if !problems.is_empty() {
             return Err(problems.join("; "));
         }
@@ -335,6 +362,7 @@ impl Config {
                 tenant_claim: self.tenant_claim,
                 claims_to_headers,
                 realm: self.realm,
+                cache: RefCell::new(VerifiedCache::new(self.cache_size, cache_ttl_ms)),
             },
             warnings,
         })
@@ -383,6 +411,9 @@ mod tests {
         assert_eq!(plugin.checks.leeway_seconds, 60);
         assert_eq!(plugin.checks.issuers, None);
         assert_eq!(plugin.checks.audiences, None);
+        assert!(plugin.cache.borrow().enabled());
+        assert_eq!(plugin.cache.borrow().capacity(), 1024);
+        assert_eq!(plugin.cache.borrow().ttl_ms(), 60_000);
         assert!(built.warnings.is_empty());
     }
 
@@ -404,6 +435,8 @@ mod tests {
             "tenant_claim": "org.id",
             "claims_to_headers": { "email": "X-User-Email", "sub": "x-user" },
             "realm": "orders",
+            "cache_size": 10,
+            "cache_ttl_seconds": 5,
         }))
         .expect("valid");
         let plugin = built.plugin;
@@ -438,6 +471,8 @@ mod tests {
             ]
         );
         assert_eq!(plugin.realm, "orders");
+        assert_eq!(plugin.cache.borrow().capacity(), 10);
+        assert_eq!(plugin.cache.borrow().ttl_ms(), 5_000);
         assert!(built.warnings.is_empty(), "{:?}", built.warnings);
     }
 
@@ -550,6 +585,14 @@ mod tests {
             (
                 serde_json::json!({ "algorithms": ["HS256"], "keys": [{ "secret": SECRET }], "jwks": "nope" }),
                 "jwks: the text is not JSON",
+            ),
+            (
+                serde_json::json!({ "algorithms": ["HS256"], "keys": [{ "secret": SECRET }], "cache_size": 65_537 }),
+                "cache_size: at most 65536",
+            ),
+            (
+                serde_json::json!({ "algorithms": ["HS256"], "keys": [{ "secret": SECRET }], "cache_size": -1 }),
+                "invalid value: integer `-1`",
             ),
             (
                 serde_json::json!({ "algorithms": ["HS256"], "keys": [{ "secret": SECRET }], "nope": 1 }),

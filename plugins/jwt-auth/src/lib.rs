@@ -16,17 +16,27 @@
 //! token lets the request go on with an identity built from its claims,
 //! the attribute `consumer`, chosen claims as headers, and by default
 //! without the token.
+//!
+//! Successful verifications are remembered per instance for a short time
+//! (see [`cache`]), keyed by the SHA-256 of the whole token, so that a
+//! client sending the same token on every request pays for one signature
+//! verification per `cache_ttl_seconds`; `exp` and `nbf` are still checked
+//! on every request.
+
+use std::cell::RefCell;
 
 use base64::Engine as _;
 use jsonwebtoken::{Algorithm, Validation, errors::ErrorKind};
 use portcullis_sdk::{Action, Identity, Policy, Reply, Request, RequestChanges, policy};
 use serde_json::Value;
 
+mod cache;
 mod claims;
 mod config;
 mod keys;
 mod token;
 
+use cache::{Verified, VerifiedCache};
 use claims::{Checks, Claims};
 use config::Config;
 use keys::Key;
@@ -55,6 +65,9 @@ struct JwtAuth {
     claims_to_headers: Vec<(String, String)>,
     /// The realm of the challenge (printable ASCII, no quotes).
     realm: String,
+    /// Recent successful verifications. An instance handles one request
+    /// at a time, so a `RefCell` is enough.
+    cache: RefCell<VerifiedCache>,
 }
 
 #[policy]
@@ -83,9 +96,6 @@ enum Source {
     Cookie,
 }
 
-/// The claims of a token whose signature and registered claims are good.
-type Verified = Claims;
-
 impl JwtAuth {
     /// The decision for a request whose token header has the value `header`
     /// (if present) and whose `Cookie` headers are `cookies`, at `now_ms`
@@ -102,11 +112,8 @@ impl JwtAuth {
         let Some((token, source)) = found else {
             return self.reject(None, "no bearer token found in request");
         };
-        let result = self
-            .verify(token, now_ms)
-            .and_then(|claims| self.accept(&claims, source, cookies));
-        match result {
-            Ok(changes) => changes.into(),
+        match self.admit(token, now_ms) {
+            Ok(verified) => self.accept(verified, source, cookies).into(),
             Err(description) => {
                 let description = description_text(&description);
                 self.reject(Some(&description), &description)
@@ -114,9 +121,31 @@ impl JwtAuth {
         }
     }
 
+    /// What `token` verifies as at `now_ms`: from the cache if the same
+    /// token (byte for byte) verified recently, with its `exp` and `nbf`
+    /// checked again at `now_ms`; otherwise by verifying it in full, a
+    /// success being remembered. The error is an RFC 6750
+    /// `error_description`, the same either way.
+    fn admit(&self, token: &str, now_ms: u64) -> Result<Verified, String> {
+        let mut cache = self.cache.borrow_mut();
+        let key = cache.enabled().then(|| cache::key(token));
+        if let Some(verified) = key.as_ref().and_then(|key| cache.get(key, now_ms)) {
+            self.checks
+                .check_times(verified.exp, verified.nbf, now_ms)?;
+            return Ok(verified.clone());
+        }
+        let verified = self
+            .verify(token, now_ms)
+            .and_then(|claims| self.identify(&claims))?;
+        if let Some(key) = key {
+            cache.insert(key, verified.clone(), now_ms);
+        }
+        Ok(verified)
+    }
+
     /// Verifies `token`'s signature with the configured keys and checks its
     /// claims at `now_ms`. The error is an RFC 6750 `error_description`.
-    fn verify(&self, token: &str, now_ms: u64) -> Result<Verified, String> {
+    fn verify(&self, token: &str, now_ms: u64) -> Result<Claims, String> {
         let header = read_header(token)?;
         let alg = self.algorithm(&header)?;
         let kid = match header.get("kid") {
@@ -191,14 +220,11 @@ impl JwtAuth {
             .ok_or_else(|| format!("the algorithm `{}` is not accepted", printable(name, 16)))
     }
 
-    /// The request changes for a verified token: its identity, the
-    /// `consumer` attribute, claim headers, and the token stripped.
-    fn accept(
-        &self,
-        claims: &Claims,
-        source: Source,
-        cookies: &[String],
-    ) -> Result<RequestChanges, String> {
+    /// What a request with a token of these (verified) `claims` gets: the
+    /// identity and the claim header values, and the token's `exp` and
+    /// `nbf` for checking them again later. An error if a claim the
+    /// identity needs is missing or of the wrong type.
+    fn identify(&self, claims: &Claims) -> Result<Verified, String> {
         let consumer_claim = &self.consumer_claim;
         let consumer = claims::lookup(claims, consumer_claim)
             .ok_or_else(|| format!("the token has no `{consumer_claim}` claim"))?;
@@ -222,7 +248,25 @@ impl JwtAuth {
             );
         }
 
-        let mut changes = RequestChanges::new().authenticated(identity);
+        let claim_headers = self
+            .claims_to_headers
+            .iter()
+            .map(|(claim, _)| claims::lookup(claims, claim).and_then(claims::header_value))
+            .collect();
+        // `verify` has checked that these, when present, are numbers.
+        let time = |name| claims::number(claims, name).flatten();
+        Ok(Verified {
+            identity,
+            claim_headers,
+            exp: time("exp"),
+            nbf: time("nbf"),
+        })
+    }
+
+    /// The request changes for a verified token: its identity, the
+    /// `consumer` attribute, claim headers, and the token stripped.
+    fn accept(&self, verified: Verified, source: Source, cookies: &[String]) -> RequestChanges {
+        let mut changes = RequestChanges::new().authenticated(verified.identity);
         if self.hide_credentials {
             match (source, &self.header, &self.cookie) {
                 (Source::Header, Some(header), _) => {
@@ -237,14 +281,14 @@ impl JwtAuth {
                 _ => {}
             }
         }
-        for (claim, header) in &self.claims_to_headers {
+        for ((_, header), value) in self.claims_to_headers.iter().zip(verified.claim_headers) {
             // Whatever the client sent under that name goes first.
             changes = changes.remove_header(header.as_str());
-            if let Some(value) = claims::lookup(claims, claim).and_then(claims::header_value) {
+            if let Some(value) = value {
                 changes = changes.set_header(header.as_str(), value);
             }
         }
-        Ok(changes)
+        changes
     }
 
     /// A 401 with an RFC 6750 challenge (with `error="invalid_token"` when

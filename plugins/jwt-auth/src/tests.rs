@@ -624,3 +624,189 @@ fn descriptions_stay_within_rfc_6750_characters() {
     assert_eq!(description_text("a \"b\" \\c\u{e9}\n"), "a 'b' 'c??");
     assert_eq!(printable("ab\u{1}cdef", 4), "ab?c");
 }
+
+/// Asserts that `auth` lets a request with `token` go on at `now_ms`.
+fn accepts(auth: &JwtAuth, token: &str, now_ms: u64) {
+    let action = auth.authenticate(Some(&bearer(token)), &[], now_ms);
+    assert!(matches!(action, Action::Continue(_)), "{action:?}");
+}
+
+/// The number of verifications `auth` remembers.
+fn cached(auth: &JwtAuth) -> usize {
+    auth.cache.borrow().len()
+}
+
+#[test]
+fn a_repeated_token_is_answered_from_the_cache_with_the_same_changes() {
+    let auth = rsa_plugin(json!({}));
+    let token = sign(Algorithm::RS256, &good_claims());
+    let first = continued(auth.authenticate(Some(&bearer(&token)), &[], NOW_MS));
+    assert_eq!(cached(&auth), 1);
+    let second = continued(auth.authenticate(Some(&bearer(&token)), &[], NOW_MS + 1_000));
+    assert_eq!(first, second);
+    assert_eq!(cached(&auth), 1);
+
+    // The same token from a cookie: the token is stripped from where this
+    // request carried it, not from where the cached one did.
+    let cookie = rsa_plugin(json!({ "cookie": "jwt" }));
+    accepts(&cookie, &token, NOW_MS);
+    let jar = [format!("theme=dark; jwt={token}")];
+    let from_cookie = continued(cookie.authenticate(None, &jar, NOW_MS));
+    assert_eq!(cached(&cookie), 1, "a hit");
+    assert_eq!(from_cookie.remove_headers, ["cookie", "x-email", "x-user"]);
+    assert_eq!(
+        from_cookie.add_headers,
+        [("cookie".to_owned(), "theme=dark".to_owned())]
+    );
+}
+
+#[test]
+fn a_hit_does_not_verify_again() {
+    let auth = rsa_plugin(json!({}));
+    // An entry no key would confirm: only the cache can accept it.
+    let planted = Verified {
+        identity: Identity::new("planted"),
+        claim_headers: vec![None, Some("planted".to_owned())],
+        exp: Some((NOW + 300) as f64),
+        nbf: None,
+    };
+    auth.cache
+        .borrow_mut()
+        .insert(cache::key("cached.only.token"), planted, NOW_MS);
+    let changes = continued(auth.authenticate(Some(&bearer("cached.only.token")), &[], NOW_MS));
+    assert_eq!(changes.identity, Some(Identity::new("planted")));
+    assert_eq!(
+        changes.set_headers,
+        [("x-user".to_owned(), "planted".to_owned())]
+    );
+    assert_eq!(
+        failure(&auth, "cached.only.tokem", NOW_MS),
+        "the token is malformed",
+        "one byte off misses"
+    );
+}
+
+#[test]
+fn a_cached_token_expires_and_not_before_as_an_uncached_one() {
+    let cached_auth = rsa_plugin(json!({ "leeway_seconds": 0, "cache_ttl_seconds": 3600 }));
+    let uncached = rsa_plugin(json!({ "leeway_seconds": 0, "cache_size": 0 }));
+    let token = sign(Algorithm::RS256, &good_claims());
+    for auth in [&cached_auth, &uncached] {
+        accepts(auth, &token, NOW_MS);
+        accepts(auth, &token, NOW_MS + 299_999);
+    }
+    assert_eq!(cached(&cached_auth), 1);
+    assert_eq!(cached(&uncached), 0, "cache_size = 0 turns it off");
+    for auth in [&cached_auth, &uncached] {
+        assert_eq!(
+            failure(auth, &token, NOW_MS + 300_000),
+            "the token has expired",
+            "exp = NOW + 300, although the TTL is an hour"
+        );
+    }
+    assert_eq!(cached(&cached_auth), 0, "the entry ended at exp");
+
+    // A hit is checked against `nbf` too (a clock that went back).
+    let early = rsa_plugin(json!({ "leeway_seconds": 0 }));
+    accepts(&early, &token, NOW_MS);
+    assert_eq!(
+        failure(&early, &token, NOW_MS - 10_001),
+        "the token is not valid yet"
+    );
+    assert_eq!(cached(&early), 1, "still held: it is the clock that moved");
+    assert_eq!(
+        failure(&uncached, &token, NOW_MS - 10_001),
+        "the token is not valid yet"
+    );
+}
+
+#[test]
+fn a_cached_token_expires_by_ttl() {
+    let auth = rsa_plugin(json!({ "cache_ttl_seconds": 10 }));
+    let token = sign(Algorithm::RS256, &good_claims());
+    accepts(&auth, &token, NOW_MS);
+    let key = cache::key(&token);
+    assert!(auth.cache.borrow_mut().get(&key, NOW_MS + 9_999).is_some());
+    assert!(auth.cache.borrow_mut().get(&key, NOW_MS + 10_000).is_none());
+    // Verified again, and remembered again.
+    accepts(&auth, &token, NOW_MS + 10_000);
+    assert!(auth.cache.borrow_mut().get(&key, NOW_MS + 19_999).is_some());
+}
+
+#[test]
+fn failures_are_never_cached() {
+    let auth = rsa_plugin(json!({ "leeway_seconds": 0 }));
+    let bad_signature = {
+        let token = sign(Algorithm::RS256, &good_claims());
+        let (rest, _) = token.rsplit_once('.').expect("three parts");
+        format!("{rest}.{}", URL_SAFE_NO_PAD.encode([7u8; 256]))
+    };
+    let cases = [
+        (bad_signature, "the signature is invalid"),
+        (
+            sign(Algorithm::RS256, &claims_with("exp", json!(NOW))),
+            "the token has expired",
+        ),
+        (
+            sign(Algorithm::RS256, &claims_with("aud", json!("billing"))),
+            "the token's audience is not accepted",
+        ),
+        (
+            sign(Algorithm::RS256, &claims_with("sub", Value::Null)),
+            "the token has no `sub` claim",
+        ),
+        (
+            sign(Algorithm::RS256, &claims_with("roles", json!(5))),
+            "the `roles` claim is not an array of strings or a space-separated string",
+        ),
+    ];
+    for (token, expected) in cases {
+        for _ in 0..2 {
+            assert_eq!(failure(&auth, &token, NOW_MS), expected);
+            assert_eq!(cached(&auth), 0, "{expected}");
+        }
+    }
+}
+
+#[test]
+fn the_same_claims_with_another_signature_miss() {
+    const OTHER: &str = "another-secret-of-at-least-32-bytes";
+    let key = |secret: &str| EncodingKey::from_secret(secret.as_bytes()).expect("secret");
+    let ours = sign_with(Algorithm::HS256, None, &key(SECRET), &good_claims());
+    let theirs = sign_with(Algorithm::HS256, None, &key(OTHER), &good_claims());
+    assert_eq!(
+        ours.rsplit_once('.').map(|(rest, _)| rest),
+        theirs.rsplit_once('.').map(|(rest, _)| rest),
+        "only the signatures differ"
+    );
+
+    let config = |keys: Value| {
+        json!({
+            "algorithms": ["HS256"], "keys": keys,
+            "issuer": "https://idp.example", "audience": "orders",
+        })
+    };
+    let auth = plugin(config(json!([{ "secret": SECRET }])));
+    accepts(&auth, &ours, NOW_MS);
+    assert_eq!(
+        failure(&auth, &theirs, NOW_MS),
+        "the signature is invalid",
+        "verified in full, not taken for the cached token"
+    );
+    assert_eq!(cached(&auth), 1);
+
+    let both = plugin(config(json!([{ "secret": SECRET }, { "secret": OTHER }])));
+    accepts(&both, &ours, NOW_MS);
+    accepts(&both, &theirs, NOW_MS);
+    assert_eq!(cached(&both), 2, "two tokens, two entries");
+}
+
+#[test]
+fn the_cache_keeps_at_most_cache_size_tokens() {
+    let auth = rsa_plugin(json!({ "cache_size": 3 }));
+    for i in 0..6 {
+        let token = sign(Algorithm::RS256, &claims_with("jti", json!(i)));
+        accepts(&auth, &token, NOW_MS + i);
+        assert_eq!(cached(&auth), (i as usize + 1).min(3));
+    }
+}
