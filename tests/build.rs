@@ -36,6 +36,7 @@ fn main() {
         "plugins",
         "tests/fixtures",
         "Cargo.lock",
+        "Cargo.toml",
     ] {
         println!("cargo:rerun-if-changed={}", root.join(watched).display());
     }
