@@ -75,6 +75,17 @@ impl Outcome {
             self.error.get_or_insert(error);
         }
     }
+
+    /// The value of `result`, if any and not an error (which is noted).
+    fn keep<T>(&mut self, result: Option<Result<T, StoreError>>) -> Option<T> {
+        match result? {
+            Ok(value) => Some(value),
+            Err(error) => {
+                self.note(Err(error));
+                None
+            }
+        }
+    }
 }
 
 /// The numbers behind an alert, for its message and labels.
@@ -362,21 +373,9 @@ pub(crate) fn observe(
         }
         Ok(state)
     });
-    let spike = match spike {
-        Some(Ok(state)) => Some(state),
-        Some(Err(error)) => {
-            outcome.note(Err(error));
-            None
-        }
-        None => None,
-    };
+    let spike = outcome.keep(spike);
     if sweep {
-        let claimed = claim_sweep(store, &scope, obs.now, settings.sweep_interval_ms);
-        match claimed {
-            Ok(true) => outcome.note(sweep_route(&mut step, settings, spike)),
-            Ok(false) => {}
-            Err(error) => outcome.note(Err(error)),
-        }
+        sweep_if_claimed(&mut step, settings, spike, &mut outcome);
     }
     outcome.notices = notices;
     outcome
@@ -452,25 +451,30 @@ pub(crate) fn tick(settings: &Settings, store: &impl Store, route: &str, now: u6
         now,
         notices: &mut notices,
     };
-    let spike = match settings
-        .traffic_spike
-        .as_ref()
-        .map(|rule| baseline::peek(store, rule, &scope, now))
-    {
-        Some(Ok(state)) => Some(state),
-        Some(Err(error)) => {
-            outcome.note(Err(error));
-            None
-        }
-        None => None,
-    };
-    match claim_sweep(store, &scope, now, settings.sweep_interval_ms) {
-        Ok(true) => outcome.note(sweep_route(&mut step, settings, spike)),
+    let spike = outcome.keep(
+        settings
+            .traffic_spike
+            .as_ref()
+            .map(|rule| baseline::peek(store, rule, &scope, now)),
+    );
+    sweep_if_claimed(&mut step, settings, spike, &mut outcome);
+    outcome.notices = notices;
+    outcome
+}
+
+/// Sweeps the route's incidents if this call wins the claim on the sweep
+/// interval (one sweep per interval across all instances).
+fn sweep_if_claimed<S: Store>(
+    step: &mut Step<'_, S>,
+    settings: &Settings,
+    spike: Option<SpikeState>,
+    outcome: &mut Outcome,
+) {
+    match claim_sweep(step.store, step.scope, step.now, settings.sweep_interval_ms) {
+        Ok(true) => outcome.note(sweep_route(step, settings, spike)),
         Ok(false) => {}
         Err(error) => outcome.note(Err(error)),
     }
-    outcome.notices = notices;
-    outcome
 }
 
 fn sweep_route<S: Store>(
