@@ -192,6 +192,27 @@ pub async fn start_routes_with_clock(
     (gw, echo)
 }
 
+/// Like [`start_routes`], with `files` (name, text) written into the
+/// gateway's directory, next to `portcullis.toml`, before it starts: for
+/// plugins that take config values from files (`files = { key = "name" }`
+/// in the route, or a `[routes.plugins.files]` table after the config
+/// table in a [`route`]).
+pub async fn start_routes_with_files(
+    routes: &str,
+    plugins: &[(&str, &str)],
+    files: &[(&str, &str)],
+) -> (TestGateway, echo::Echo) {
+    let echo = echo::Echo::start_local().await.expect("echo starts");
+    let config = format!("{}{routes}", base_config(echo.addr));
+    let dir = TestGateway::prepare(&config, plugins).expect("prepare");
+    for (name, text) in files {
+        std::fs::write(dir.path().join(name), text)
+            .unwrap_or_else(|e| panic!("writing {name}: {e}"));
+    }
+    let gw = TestGateway::start_in(dir).await.expect("gateway starts");
+    (gw, echo)
+}
+
 /// Asserts that a gateway whose config is [`base_config`] followed by
 /// `routes`, with `plugins` installed, refuses to start, with an error
 /// (the message and its causes, as `{:#}` shows them) that contains every
@@ -352,6 +373,27 @@ impl Reply {
             "{}",
             String::from_utf8_lossy(&self.body)
         );
+    }
+
+    /// Asserts that the gateway itself answered with `status` (showing the
+    /// body if not) and the JSON body `{"message": message}`, and that the
+    /// upstream did not answer.
+    #[track_caller]
+    pub fn assert_refused(&self, status: StatusCode, message: &str) {
+        assert_eq!(
+            self.status,
+            status,
+            "{}",
+            String::from_utf8_lossy(&self.body)
+        );
+        assert_eq!(
+            self.header("x-upstream"),
+            None,
+            "the upstream must not answer"
+        );
+        assert_eq!(self.header("content-type"), Some("application/json"));
+        let body: serde_json::Value = self.json().expect("JSON body");
+        assert_eq!(body, serde_json::json!({ "message": message }));
     }
 
     /// A header as text.

@@ -8,8 +8,13 @@ use http::StatusCode;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use portcullis::clock::ManualClock;
 use portcullis_tests::echo::Echo;
-use portcullis_tests::{Client, Reply, TestGateway, base_config, fixtures, logged};
+use portcullis_tests::{
+    Client, Reply, TestGateway, assert_config_refused, fixtures, logged, route,
+    start_routes_with_clock, start_routes_with_files,
+};
 use serde_json::{Value, json};
+
+const PLUGINS: &[(&str, &str)] = &[("jwt_auth", fixtures::JWT_AUTH)];
 
 /// The gateway clock's start: 2023-11-14T22:13:20Z.
 const NOW_MS: u64 = 1_700_000_000_000;
@@ -21,19 +26,14 @@ fn data(name: &str) -> String {
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
 }
 
-fn config(echo: &Echo) -> String {
-    format!(
-        r#"{base}
-[[routes]]
-name = "api"
-path_prefix = "/api"
-upstream = "echo"
+/// A route `name` on `prefix` through `jwt_auth` configured with `config`.
+fn jwt_route(name: &str, prefix: &str, config: &str) -> String {
+    route(name, prefix, &[("jwt_auth", config)])
+}
 
-[[routes.plugins]]
-name = "jwt_auth"
-
-[routes.plugins.config]
-algorithms = ["RS256", "ES256", "EdDSA"]
+fn routes() -> String {
+    let api = format!(
+        r#"algorithms = ["RS256", "ES256", "EdDSA"]
 issuer = "https://idp.example"
 audience = ["orders", "billing"]
 leeway_seconds = 30
@@ -43,54 +43,35 @@ tenant_claim = "org"
 claims_to_headers = {{ sub = "x-user", scope = "x-scope", org = "x-org" }}
 realm = "orders"
 jwks = '''
-{jwks}'''
-
-[[routes]]
-name = "pem"
-path_prefix = "/pem"
-upstream = "echo"
-
-[[routes.plugins]]
-name = "jwt_auth"
-
-[routes.plugins.config]
-algorithms = ["RS256", "HS256"]
+{jwks}'''"#,
+        jwks = data("jwks.json"),
+    );
+    let rsa = data("rsa_public.pem");
+    let pem = format!(
+        r#"algorithms = ["RS256", "HS256"]
 claims_to_headers = {{ sub = "x-user" }}
 keys = [
     {{ pem = '''
 {rsa}''' }},
     {{ secret = "{SECRET}" }},
-]
-
-[[routes]]
-name = "rsa"
-path_prefix = "/rsa"
-upstream = "echo"
-
-[[routes.plugins]]
-name = "jwt_auth"
-
-[routes.plugins.config]
-algorithms = ["RS256"]
+]"#
+    );
+    let rsa_only = format!(
+        r#"algorithms = ["RS256"]
 keys = [{{ pem = '''
-{rsa}''' }}]
-"#,
-        base = base_config(echo.addr),
-        jwks = data("jwks.json"),
-        rsa = data("rsa_public.pem"),
-    )
+{rsa}''' }}]"#
+    );
+    [
+        jwt_route("api", "/api", &api),
+        jwt_route("pem", "/pem", &pem),
+        jwt_route("rsa", "/rsa", &rsa_only),
+    ]
+    .concat()
 }
 
 async fn gateway() -> (TestGateway, Echo, Arc<ManualClock>) {
-    let echo = Echo::start_local().await.expect("echo starts");
     let clock = Arc::new(ManualClock::new(NOW_MS));
-    let gw = TestGateway::start_with_clock(
-        &config(&echo),
-        &[("jwt_auth", fixtures::JWT_AUTH)],
-        clock.clone(),
-    )
-    .await
-    .expect("gateway starts");
+    let (gw, echo) = start_routes_with_clock(&routes(), PLUGINS, &clock).await;
     (gw, echo, clock)
 }
 
@@ -149,15 +130,11 @@ async fn with_bearer(gw: &TestGateway, path: &str, token: &str) -> Reply {
     get(gw, path, &[("authorization", &format!("Bearer {token}"))]).await
 }
 
-/// Asserts a 401 for an invalid token with `description`, and that the
-/// upstream did not answer.
+/// Asserts a 401 from the gateway for an invalid token with
+/// `description`, in the body and in the challenge for `realm`.
+#[track_caller]
 fn assert_invalid(reply: &Reply, realm: &str, description: &str) {
-    assert_eq!(
-        reply.status,
-        StatusCode::UNAUTHORIZED,
-        "{}",
-        String::from_utf8_lossy(&reply.body)
-    );
+    reply.assert_refused(StatusCode::UNAUTHORIZED, description);
     assert_eq!(
         reply.header("www-authenticate"),
         Some(
@@ -167,13 +144,13 @@ fn assert_invalid(reply: &Reply, realm: &str, description: &str) {
             .as_str()
         )
     );
-    let body: Value = reply.json().expect("JSON body");
-    assert_eq!(body, json!({ "message": description }));
-    assert_eq!(
-        reply.header("x-upstream"),
-        None,
-        "the upstream must not answer"
-    );
+}
+
+/// Asserts that `reply` is the upstream's 200, reached as `user`.
+#[track_caller]
+fn assert_passed_as(reply: &Reply, user: &str) {
+    reply.assert_ok();
+    assert_eq!(reply.seen().header("x-user"), Some(user));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -189,12 +166,7 @@ async fn a_valid_rs256_token_reaches_the_upstream_with_claim_headers_and_no_toke
         ],
     )
     .await;
-    assert_eq!(
-        ok.status,
-        StatusCode::OK,
-        "{}",
-        String::from_utf8_lossy(&ok.body)
-    );
+    ok.assert_ok();
     let seen = ok.seen();
     assert_eq!(seen.header("authorization"), None, "the token is stripped");
     assert_eq!(seen.header("x-user"), Some("alice"));
@@ -212,16 +184,10 @@ async fn a_valid_rs256_token_reaches_the_upstream_with_claim_headers_and_no_toke
 async fn expiry_and_not_before_follow_the_gateway_clock() {
     let (gw, _echo, clock) = gateway().await;
     let token = rs256(&claims_at(NOW));
-    assert_eq!(
-        with_bearer(&gw, "/api/x", &token).await.status,
-        StatusCode::OK
-    );
+    with_bearer(&gw, "/api/x", &token).await.assert_ok();
     // exp = NOW + 60, leeway 30 s: still good one millisecond before.
     clock.advance(89_999);
-    assert_eq!(
-        with_bearer(&gw, "/api/x", &token).await.status,
-        StatusCode::OK
-    );
+    with_bearer(&gw, "/api/x", &token).await.assert_ok();
     clock.advance(1);
     assert_invalid(
         &with_bearer(&gw, "/api/x", &token).await,
@@ -238,10 +204,7 @@ async fn expiry_and_not_before_follow_the_gateway_clock() {
         "the token is not valid yet",
     );
     clock.set(NOW_MS + 570_000);
-    assert_eq!(
-        with_bearer(&gw, "/api/x", &early).await.status,
-        StatusCode::OK
-    );
+    with_bearer(&gw, "/api/x", &early).await.assert_ok();
     gw.stop().await;
 }
 
@@ -252,15 +215,10 @@ async fn a_cached_token_expires_like_an_uncached_one() {
     // The second request is answered from the verification cache (of
     // whichever instance served the first).
     for _ in 0..2 {
-        let ok = with_bearer(&gw, "/api/cached", &token).await;
-        assert_eq!(ok.status, StatusCode::OK);
-        assert_eq!(ok.seen().header("x-user"), Some("alice"));
+        assert_passed_as(&with_bearer(&gw, "/api/cached", &token).await, "alice");
     }
     clock.advance(30_000);
-    assert_eq!(
-        with_bearer(&gw, "/api/cached", &token).await.status,
-        StatusCode::OK
-    );
+    with_bearer(&gw, "/api/cached", &token).await.assert_ok();
     // exp = NOW + 60, leeway 30 s: expired 90 s on, cached or not (an
     // entry never outlives the token's exp).
     clock.advance(60_000);
@@ -304,10 +262,9 @@ async fn wrong_issuer_or_audience_is_refused() {
         );
     }
     let second_audience = rs256(&with("aud", json!(["payroll", "billing"])));
-    assert_eq!(
-        with_bearer(&gw, "/api/x", &second_audience).await.status,
-        StatusCode::OK
-    );
+    with_bearer(&gw, "/api/x", &second_audience)
+        .await
+        .assert_ok();
     gw.stop().await;
 }
 
@@ -366,9 +323,7 @@ async fn hmac_tokens_signed_with_the_rsa_public_key_are_refused() {
         &EncodingKey::from_secret(SECRET.as_bytes()).expect("secret"),
         &claims_at(NOW),
     );
-    let ok = with_bearer(&gw, "/pem/x", &genuine).await;
-    assert_eq!(ok.status, StatusCode::OK);
-    assert_eq!(ok.seen().header("x-user"), Some("alice"));
+    assert_passed_as(&with_bearer(&gw, "/pem/x", &genuine).await, "alice");
     gw.stop().await;
 }
 
@@ -379,10 +334,7 @@ async fn jwks_keys_are_selected_by_kid() {
     let claims = claims_at(NOW);
 
     let right = sign(Algorithm::RS256, Some("rsa-2"), &rsa2, &claims);
-    assert_eq!(
-        with_bearer(&gw, "/api/x", &right).await.status,
-        StatusCode::OK
-    );
+    with_bearer(&gw, "/api/x", &right).await.assert_ok();
 
     let wrong = sign(Algorithm::RS256, Some("rsa-1"), &rsa2, &claims);
     assert_invalid(
@@ -420,50 +372,33 @@ async fn a_token_in_a_cookie_is_accepted_and_taken_out_of_the_cookie_header() {
     let token = rs256(&claims_at(NOW));
     let cookie = format!("theme=dark; jwt={token}; lang=en");
     let ok = get(&gw, "/api/x", &[("cookie", &cookie)]).await;
-    assert_eq!(
-        ok.status,
-        StatusCode::OK,
-        "{}",
-        String::from_utf8_lossy(&ok.body)
-    );
+    ok.assert_ok();
     let seen = ok.seen();
     assert_eq!(seen.header("cookie"), Some("theme=dark; lang=en"));
     assert_eq!(seen.header("x-user"), Some("alice"));
 
     let missing = get(&gw, "/api/x", &[("cookie", "theme=dark")]).await;
-    assert_eq!(missing.status, StatusCode::UNAUTHORIZED);
+    missing.assert_refused(StatusCode::UNAUTHORIZED, "no bearer token found in request");
     assert_eq!(
         missing.header("www-authenticate"),
         Some(r#"Bearer realm="orders""#)
-    );
-    let body: Value = missing.json().expect("JSON body");
-    assert_eq!(
-        body,
-        json!({ "message": "no bearer token found in request" })
     );
     gw.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_jwks_can_come_from_a_file() {
-    let echo = Echo::start_local().await.expect("echo starts");
-    let config = format!(
-        r#"{base}
-[[routes]]
-name = "files"
-path_prefix = "/files"
-upstream = "echo"
-
-[[routes.plugins]]
-name = "jwt_auth"
-files = {{ jwks = "jwks.json" }}
-config = {{ algorithms = ["RS256"], claims_to_headers = {{ sub = "x-user" }} }}
-"#,
-        base = base_config(echo.addr),
+    // `[routes.plugins.files]`: the plugin entry's `files` table.
+    let routes = jwt_route(
+        "files",
+        "/files",
+        r#"algorithms = ["RS256"]
+claims_to_headers = { sub = "x-user" }
+[routes.plugins.files]
+jwks = "jwks.json""#,
     );
-    let dir = TestGateway::prepare(&config, &[("jwt_auth", fixtures::JWT_AUTH)]).expect("prepare");
-    std::fs::write(dir.path().join("jwks.json"), data("jwks.json")).expect("write jwks");
-    let gw = TestGateway::start_in(dir).await.expect("gateway starts");
+    let (gw, _echo) =
+        start_routes_with_files(&routes, PLUGINS, &[("jwks.json", &data("jwks.json"))]).await;
 
     // This gateway runs on the system clock.
     let now = std::time::SystemTime::now()
@@ -471,39 +406,20 @@ config = {{ algorithms = ["RS256"], claims_to_headers = {{ sub = "x-user" }} }}
         .expect("after 1970")
         .as_secs();
     let token = rs256(&json!({ "sub": "alice", "exp": now + 3600 }));
-    let ok = with_bearer(&gw, "/files/x", &token).await;
-    assert_eq!(
-        ok.status,
-        StatusCode::OK,
-        "{}",
-        String::from_utf8_lossy(&ok.body)
-    );
-    assert_eq!(ok.seen().header("x-user"), Some("alice"));
+    assert_passed_as(&with_bearer(&gw, "/files/x", &token).await, "alice");
     gw.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_configuration_is_refused_naming_the_key() {
-    let echo = Echo::start_local().await.expect("echo starts");
     let config = format!(
-        r#"{base}
-[[routes]]
-name = "api"
-path_prefix = "/api"
-upstream = "echo"
-
-[[routes.plugins]]
-name = "jwt_auth"
-config = {{ algorithms = ["none"], keys = [{{ secret = "{SECRET}" }}] }}
-"#,
-        base = base_config(echo.addr),
+        r#"algorithms = ["none"]
+keys = [{{ secret = "{SECRET}" }}]"#
     );
-    let err = TestGateway::start(&config, &[("jwt_auth", fixtures::JWT_AUTH)])
-        .await
-        .expect_err("the config must be refused");
-    let message = format!("{err:#}");
-    assert!(
-        message.contains("algorithms[0]: `none` (unsigned tokens) is never accepted"),
-        "{message}"
-    );
+    assert_config_refused(
+        &jwt_route("api", "/api", &config),
+        PLUGINS,
+        &["algorithms[0]: `none` (unsigned tokens) is never accepted"],
+    )
+    .await;
 }
