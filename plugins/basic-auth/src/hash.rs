@@ -87,7 +87,7 @@ impl PasswordHash {
                 // Costs here are 10 or more.
                 let estimate = BCRYPT_COST_10_MS << cost.saturating_sub(10).min(21);
                 Some(format!(
-                    "bcrypt cost {cost} takes about {estimate} ms to verify in the gateway (cost 10 about {BCRYPT_COST_10_MS} ms, each step doubles it): set limits.plugin_timeout_ms well above that (the default is 50), or use a lower cost"
+                    "bcrypt cost {cost} takes about {estimate} ms to verify in the gateway (cost 10 about {BCRYPT_COST_10_MS} ms, each step doubles it): give this plugin entry a `timeout_ms` well above that (or raise limits.plugin_timeout_ms, 50 by default), or use a lower cost"
                 ))
             }
             PasswordHash::Argon2(hash) => {
@@ -100,7 +100,7 @@ impl PasswordHash {
                     ))
                 } else if work > ARGON2_WORK_WARNING {
                     Some(format!(
-                        "argon2 parameters m={memory} KiB, t={} take about {} ms to verify in the gateway: set limits.plugin_timeout_ms well above that (the default is 50)",
+                        "argon2 parameters m={memory} KiB, t={} take about {} ms to verify in the gateway: give this plugin entry a `timeout_ms` well above that (or raise limits.plugin_timeout_ms, 50 by default)",
                         params.t_cost(),
                         work * 28 / 38_912
                     ))
