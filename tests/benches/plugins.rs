@@ -128,6 +128,12 @@ fn sha256(key: &str) -> String {
     hex::encode(Sha256::digest(key.as_bytes()))
 }
 
+/// v1 deprecated (and sunset in 2027), v2 current.
+const API_VERSION_CONFIG: &str = r#"{"source":"path","versions":[
+    {"version":"v1","deprecated":"2025-07-01","sunset":"2027-01-01","successor":"https://api.example.com/v2"},
+    {"version":"v2"}
+]}"#;
+
 fn cases() -> Vec<Case> {
     vec![
         Case {
@@ -166,22 +172,14 @@ fn cases() -> Vec<Case> {
         Case {
             name: "api_version (deprecated v1), request",
             fixture: fixtures::API_VERSION,
-            config: r#"{"source":"path","versions":[
-                {"version":"v1","deprecated":"2025-07-01","sunset":"2027-01-01","successor":"https://api.example.com/v2"},
-                {"version":"v2"}
-            ]}"#
-            .into(),
+            config: API_VERSION_CONFIG.into(),
             request: Box::new(versioned_request),
             response: None,
         },
         Case {
             name: "api_version (deprecated v1), response",
             fixture: fixtures::API_VERSION,
-            config: r#"{"source":"path","versions":[
-                {"version":"v1","deprecated":"2025-07-01","sunset":"2027-01-01","successor":"https://api.example.com/v2"},
-                {"version":"v2"}
-            ]}"#
-            .into(),
+            config: API_VERSION_CONFIG.into(),
             request: Box::new(versioned_request_after),
             response: Some(Box::new(ok_response)),
         },

@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderName, HeaderValue, Method, Request, StatusCode, header};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Uri, header};
 use http_body_util::Full;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
@@ -57,13 +57,13 @@ enum Attempt {
     Delivered,
     /// Worth trying again (connection error, timeout, 408, 429, 5xx).
     Retry(String),
-    /// Will not get better (another 4xx, a bad URL).
+    /// Will not get better (another 4xx).
     GiveUp(String),
 }
 
 async fn run(config: WebhookConfig, mut rx: mpsc::Receiver<Alert>, stats: Arc<Stats>) {
-    let client = match client(&config) {
-        Ok(client) => client,
+    let endpoint = match Endpoint::new(&config) {
+        Ok(endpoint) => endpoint,
         Err(e) => {
             tracing::error!(target: "portcullis::alert", url = %config.url, "webhook disabled: {e}");
             while let Some(_alert) = rx.recv().await {
@@ -87,24 +87,53 @@ async fn run(config: WebhookConfig, mut rx: mpsc::Receiver<Alert>, stats: Arc<St
                 _ = tokio::time::sleep_until(deadline) => break,
             }
         }
-        deliver(&client, &config, &batch, &stats).await;
+        deliver(&endpoint, &config, &batch, &stats).await;
     }
 }
 
-fn client(config: &WebhookConfig) -> anyhow::Result<HttpsClient> {
-    let mut http = HttpConnector::new();
-    http.enforce_http(false);
-    http.set_connect_timeout(Some(Duration::from_millis(config.timeout_ms)));
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())?
-        .https_or_http()
-        .enable_http1()
-        .wrap_connector(http);
-    Ok(Client::builder(TokioExecutor::new()).build(https))
+/// Where and how a webhook's batches go, prepared once per webhook.
+struct Endpoint {
+    client: HttpsClient,
+    uri: Uri,
+    /// Content type, user agent and the configured headers.
+    headers: HeaderMap,
+}
+
+impl Endpoint {
+    fn new(config: &WebhookConfig) -> anyhow::Result<Self> {
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_connect_timeout(Some(Duration::from_millis(config.timeout_ms)));
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())?
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        headers.insert(
+            header::USER_AGENT,
+            HeaderValue::from_static(concat!("portcullis/", env!("CARGO_PKG_VERSION"))),
+        );
+        for (name, value) in &config.headers {
+            // Often a token: kept out of Debug output.
+            let mut value = HeaderValue::try_from(value.as_str())?;
+            value.set_sensitive(true);
+            headers.insert(HeaderName::try_from(name.as_str())?, value);
+        }
+        Ok(Self {
+            client: Client::builder(TokioExecutor::new()).build(https),
+            uri: config.url.parse()?,
+            headers,
+        })
+    }
 }
 
 /// Sends one batch, retrying as configured; counts the outcome.
-async fn deliver(client: &HttpsClient, config: &WebhookConfig, batch: &[Alert], stats: &Stats) {
+async fn deliver(endpoint: &Endpoint, config: &WebhookConfig, batch: &[Alert], stats: &Stats) {
     let body = match serde_json::to_vec(&Batch {
         alerts: batch.iter().map(Payload::from).collect(),
     }) {
@@ -120,7 +149,7 @@ async fn deliver(client: &HttpsClient, config: &WebhookConfig, batch: &[Alert], 
     let mut backoff = Duration::from_millis(config.retry_backoff_ms);
     let mut attempt_no = 0;
     loop {
-        let why = match attempt(client, config, body.clone()).await {
+        let why = match attempt(endpoint, config.timeout_ms, body.clone()).await {
             Attempt::Delivered => {
                 stats
                     .delivered
@@ -150,30 +179,13 @@ async fn deliver(client: &HttpsClient, config: &WebhookConfig, batch: &[Alert], 
     }
 }
 
-async fn attempt(client: &HttpsClient, config: &WebhookConfig, body: Bytes) -> Attempt {
-    let mut request = Request::builder()
-        .method(Method::POST)
-        .uri(&config.url)
-        .header(header::CONTENT_TYPE, "application/json")
-        .header(
-            header::USER_AGENT,
-            concat!("portcullis/", env!("CARGO_PKG_VERSION")),
-        );
-    for (name, value) in &config.headers {
-        // Validated with the config; checked again rather than trusted.
-        if let (Ok(name), Ok(value)) = (
-            HeaderName::try_from(name.as_str()),
-            HeaderValue::try_from(value.as_str()),
-        ) {
-            request = request.header(name, value);
-        }
-    }
-    let request = match request.body(Full::new(body)) {
-        Ok(request) => request,
-        Err(e) => return Attempt::GiveUp(format!("bad request: {e}")),
-    };
-    let timeout = Duration::from_millis(config.timeout_ms);
-    match tokio::time::timeout(timeout, client.request(request)).await {
+async fn attempt(endpoint: &Endpoint, timeout_ms: u64, body: Bytes) -> Attempt {
+    let mut request = Request::new(Full::new(body));
+    *request.method_mut() = Method::POST;
+    *request.uri_mut() = endpoint.uri.clone();
+    *request.headers_mut() = endpoint.headers.clone();
+    let timeout = Duration::from_millis(timeout_ms);
+    match tokio::time::timeout(timeout, endpoint.client.request(request)).await {
         Err(_) => Attempt::Retry(format!("no answer within {timeout:?}")),
         Ok(Err(e)) => Attempt::Retry(format!("request failed: {e}")),
         Ok(Ok(response)) => classify(response.status()),

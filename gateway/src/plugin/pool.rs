@@ -312,9 +312,7 @@ impl Lease {
             result,
         )
     }
-}
 
-impl Lease {
     /// Calls `on-tick` for the route `route`.
     pub async fn on_tick(&mut self, route: &str) -> Result<(), PluginError> {
         let ticks = self.pool.deadline_ticks();
