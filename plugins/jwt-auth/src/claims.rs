@@ -83,19 +83,23 @@ pub(crate) struct Checks {
 impl Checks {
     /// Checks the registered claims at `now_ms` (the gateway's clock, ms
     /// since the epoch). The error is an RFC 6750 `error_description`.
+    ///
+    /// Every registered claim that is present must have its RFC 7519 type
+    /// ([`check_types`]), whether or not it is otherwise checked: a claim
+    /// of the wrong type makes the token invalid, it is never taken as
+    /// absent.
     pub(crate) fn check(&self, claims: &Claims, now_ms: u64) -> Result<(), String> {
+        check_types(claims)?;
         for name in &self.required {
             if lookup(claims, name).is_none() {
                 return Err(format!("the token has no `{name}` claim"));
             }
         }
-        let exp = number(claims, "exp").ok_or("the `exp` claim is not a number")?;
-        self.check_exp(exp, now_ms)?;
-        let nbf = number(claims, "nbf").ok_or("the `nbf` claim is not a number")?;
-        self.check_nbf(nbf, now_ms)?;
+        self.check_exp(number(claims, "exp"), now_ms)?;
+        self.check_nbf(number(claims, "nbf"), now_ms)?;
         if let Some(issuers) = &self.issuers {
             match claims.get("iss") {
-                None | Some(Value::Null) => return Err("the token has no `iss` claim".to_owned()),
+                None => return Err("the token has no `iss` claim".to_owned()),
                 Some(Value::String(iss)) if issuers.iter().any(|i| i == iss) => {}
                 Some(_) => return Err("the token's issuer is not accepted".to_owned()),
             }
@@ -103,7 +107,7 @@ impl Checks {
         if let Some(audiences) = &self.audiences {
             let accepted = |aud: &str| audiences.iter().any(|a| a == aud);
             match claims.get("aud") {
-                None | Some(Value::Null) => return Err("the token has no `aud` claim".to_owned()),
+                None => return Err("the token has no `aud` claim".to_owned()),
                 Some(Value::String(aud)) if accepted(aud) => {}
                 Some(Value::Array(auds))
                     if auds.iter().any(|a| a.as_str().is_some_and(accepted)) => {}
@@ -154,13 +158,38 @@ fn seconds(now_ms: u64) -> f64 {
     now_ms as f64 / 1000.0
 }
 
-/// The NumericDate claim `name`: `Some(None)` if it is absent (or null),
-/// `Some(Some(n))` if it is a number, `None` if it is anything else.
-pub(crate) fn number(claims: &Claims, name: &str) -> Option<Option<f64>> {
-    match claims.get(name) {
-        None | Some(Value::Null) => Some(None),
-        Some(value) => value.as_f64().map(Some),
+/// The registered claims of RFC 7519 §4.1 that have a type, and that
+/// type: `iss`, `sub` and `jti` are strings (StringOrURI, or a string);
+/// `aud` is a string or an array whose every element is a string;
+/// `exp`, `nbf` and `iat` are NumericDates (numbers, fractions allowed).
+/// A present claim of another type (`null` included) fails the token, even
+/// when the claim is not otherwise checked and even when, for `aud`, another
+/// element would match.
+pub(crate) fn check_types(claims: &Claims) -> Result<(), String> {
+    for name in ["iss", "sub", "jti"] {
+        if claims.get(name).is_some_and(|v| !v.is_string()) {
+            return Err(format!("the `{name}` claim is not a string"));
+        }
     }
+    match claims.get("aud") {
+        None | Some(Value::String(_)) => {}
+        Some(Value::Array(items)) if items.iter().all(Value::is_string) => {}
+        Some(_) => {
+            return Err("the `aud` claim is not a string or an array of strings".to_owned());
+        }
+    }
+    for name in ["exp", "nbf", "iat"] {
+        if claims.get(name).is_some_and(|v| !v.is_number()) {
+            return Err(format!("the `{name}` claim is not a number"));
+        }
+    }
+    Ok(())
+}
+
+/// The NumericDate claim `name`, if present and a number ([`check_types`]
+/// has refused a token where it is anything else).
+pub(crate) fn number(claims: &Claims, name: &str) -> Option<f64> {
+    claims.get(name).and_then(Value::as_f64)
 }
 
 #[cfg(test)]
@@ -270,7 +299,7 @@ mod tests {
             ),
             (
                 with("iss", serde_json::json!(["https://idp.example"])),
-                "the token's issuer is not accepted",
+                "the `iss` claim is not a string",
             ),
             (with("aud", Value::Null), "the token has no `aud` claim"),
             (
@@ -283,7 +312,7 @@ mod tests {
             ),
             (
                 with("aud", serde_json::json!(5)),
-                "the token's audience is not accepted",
+                "the `aud` claim is not a string or an array of strings",
             ),
         ];
         for (c, expected) in cases {
@@ -293,6 +322,59 @@ mod tests {
                 "{c:?}"
             );
         }
+    }
+
+    /// RFC 7519 §4.1: a registered claim of the wrong type makes the token
+    /// invalid, whatever else matches and whether or not it is checked.
+    #[test]
+    fn registered_claims_of_the_wrong_type_refuse_the_token() {
+        use serde_json::json;
+        let aud = "the `aud` claim is not a string or an array of strings";
+        let cases = [
+            ("aud", json!(["api", 5]), aud),
+            ("aud", json!(["api", null]), aud),
+            ("aud", json!(["api", { "x": "api" }]), aud),
+            ("aud", json!(["api", ["api"]]), aud),
+            ("aud", json!(null), aud),
+            ("aud", json!(true), aud),
+            ("iss", json!(42), "the `iss` claim is not a string"),
+            ("iss", json!(null), "the `iss` claim is not a string"),
+            ("sub", json!(42), "the `sub` claim is not a string"),
+            ("sub", json!(["alice"]), "the `sub` claim is not a string"),
+            ("sub", json!(null), "the `sub` claim is not a string"),
+            ("jti", json!(7), "the `jti` claim is not a string"),
+            ("exp", json!("tomorrow"), "the `exp` claim is not a number"),
+            ("exp", json!(null), "the `exp` claim is not a number"),
+            ("nbf", json!([1]), "the `nbf` claim is not a number"),
+            (
+                "iat",
+                json!("2025-01-01"),
+                "the `iat` claim is not a number",
+            ),
+            ("iat", json!(null), "the `iat` claim is not a number"),
+        ];
+        for (name, value, expected) in cases {
+            let mut c = claims(valid());
+            c.insert(name.to_owned(), value.clone());
+            let expected = Err(expected.to_owned());
+            assert_eq!(checks().check(&c, NOW_MS), expected, "{name}: {value}");
+            // Unchecked claims still have to have their type.
+            assert_eq!(
+                Checks::default().check(&c, NOW_MS),
+                expected,
+                "{name}: {value}, unchecked"
+            );
+        }
+        // The right types pass, fractions and empty arrays included.
+        let mut c = claims(valid());
+        c.insert("iat".into(), json!(NOW as f64 - 0.25));
+        c.insert("jti".into(), json!("id-1"));
+        c.insert("aud".into(), json!([]));
+        assert_eq!(Checks::default().check(&c, NOW_MS), Ok(()));
+        assert_eq!(
+            checks().check(&c, NOW_MS),
+            Err("the token's audience is not accepted".to_owned())
+        );
     }
 
     #[test]

@@ -254,7 +254,7 @@ impl JwtAuth {
             .map(|(claim, _)| claims::lookup(claims, claim).and_then(claims::header_value))
             .collect();
         // `verify` has checked that these, when present, are numbers.
-        let time = |name| claims::number(claims, name).flatten();
+        let time = |name| claims::number(claims, name);
         Ok(Verified {
             identity,
             claim_headers,

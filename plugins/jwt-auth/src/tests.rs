@@ -278,6 +278,48 @@ fn issuer_audience_and_required_claims_are_enforced() {
     ));
 }
 
+/// RFC 7519 §4.1.3: every element of an `aud` array is a StringOrURI. A
+/// signed token whose `aud` holds anything else is malformed, even when
+/// another element is the accepted audience; the same for the other typed
+/// registered claims, checked or not.
+#[test]
+fn a_registered_claim_of_the_wrong_type_is_an_invalid_token() {
+    let auth = rsa_plugin(json!({}));
+    let cases = [
+        (
+            claims_with("aud", json!(["orders", 5])),
+            "the `aud` claim is not a string or an array of strings",
+        ),
+        (
+            claims_with("aud", json!(["orders", null])),
+            "the `aud` claim is not a string or an array of strings",
+        ),
+        (
+            claims_with("aud", json!(["orders", { "aud": "orders" }])),
+            "the `aud` claim is not a string or an array of strings",
+        ),
+        (
+            claims_with("sub", json!(1234)),
+            "the `sub` claim is not a string",
+        ),
+        (
+            claims_with("iat", json!("yesterday")),
+            "the `iat` claim is not a number",
+        ),
+    ];
+    for (claims, expected) in cases {
+        let token = sign(Algorithm::RS256, &claims);
+        assert_eq!(failure(&auth, &token, NOW_MS), expected, "{claims}");
+    }
+    // No issuer or audience configured: the types are still checked.
+    let lax = plugin(json!({ "algorithms": ["HS256"], "keys": [{ "secret": SECRET }] }));
+    let token = sign(Algorithm::HS256, &claims_with("iss", json!({ "id": 1 })));
+    assert_eq!(
+        failure(&lax, &token, NOW_MS),
+        "the `iss` claim is not a string"
+    );
+}
+
 #[test]
 fn unsigned_tokens_are_refused() {
     let auth = plugin(
@@ -805,7 +847,10 @@ fn the_same_claims_with_another_signature_miss() {
 fn the_cache_keeps_at_most_cache_size_tokens() {
     let auth = rsa_plugin(json!({ "cache_size": 3 }));
     for i in 0..6 {
-        let token = sign(Algorithm::RS256, &claims_with("jti", json!(i)));
+        let token = sign(
+            Algorithm::RS256,
+            &claims_with("jti", json!(format!("id-{i}"))),
+        );
         accepts(&auth, &token, NOW_MS + i);
         assert_eq!(cached(&auth), (i as usize + 1).min(3));
     }
