@@ -153,7 +153,12 @@ limits = [
     // The quota refuses the ninth until midnight, one second away.
     let refused = get(&gw, &[]).await;
     assert_throttled(&refused, "1", "daily");
-    assert_eq!(refused.header("ratelimit"), Some(r#""daily";r=0;t=1"#));
+    // Every policy, the per-second rate as it stands without the refused
+    // request (it counted it, then gave it back).
+    assert_eq!(
+        refused.header("ratelimit"),
+        Some(r#""per-second";r=2;t=1, "daily";r=0;t=1"#)
+    );
     assert_eq!(refused.header("x-ratelimit-remaining"), Some("0"));
     clock.advance(999);
     assert_eq!(statuses(&gw, 1, &[]).await, [429]);
@@ -286,6 +291,148 @@ async fn forty_concurrent_requests_never_pass_more_than_the_limit() {
         }
         assert_eq!((passed, refused), (10, 30), "{round}");
     }
+    gw.stop().await;
+}
+
+/// The items of a `RateLimit` field: `(name, r, t)`.
+fn rate_limit_items(field: &str) -> Vec<(String, u64, u64)> {
+    field
+        .split(", ")
+        .map(|item| {
+            let mut parts = item.split(';');
+            let name = parts.next().expect("a name").trim_matches('"').to_owned();
+            let mut r = None;
+            let mut t = None;
+            for param in parts {
+                match param.split_once('=') {
+                    Some(("r", v)) => r = v.parse().ok(),
+                    Some(("t", v)) => t = v.parse().ok(),
+                    _ => panic!("unexpected parameter in {item}"),
+                }
+            }
+            (name, r.expect("r"), t.expect("t"))
+        })
+        .collect()
+}
+
+/// `n` requests at once for one `x-user`; their replies.
+async fn burst(gw: &TestGateway, n: usize) -> Vec<Reply> {
+    let client = Client::new();
+    let url = gw.url("/api/items");
+    let tasks: Vec<_> = (0..n)
+        .map(|_| {
+            let client = client.clone();
+            let url = url.clone();
+            tokio::spawn(async move { client.get(&url, &[("x-user", "u")]).await })
+        })
+        .collect();
+    let mut replies = Vec::with_capacity(n);
+    for task in tasks {
+        replies.push(task.await.expect("task").expect("response"));
+    }
+    replies
+}
+
+/// Checks a burst's replies against the fields they carry; returns, per
+/// policy, the `r` of every admitted request, and the number refused.
+fn check_burst(replies: &[Reply]) -> (Vec<u64>, Vec<u64>, usize) {
+    let (mut rate, mut quota, mut refused) = (Vec::new(), Vec::new(), 0);
+    for reply in replies {
+        let field = reply.header("ratelimit").expect("RateLimit on every reply");
+        let items = rate_limit_items(field);
+        let names: Vec<&str> = items.iter().map(|(n, _, _)| n.as_str()).collect();
+        assert_eq!(names, ["per-10s", "minutely"], "every policy, in order");
+        match reply.status.as_u16() {
+            200 => {
+                rate.push(items[0].1);
+                quota.push(items[1].1);
+            }
+            429 => {
+                refused += 1;
+                let body: serde_json::Value = reply.json().expect("JSON body");
+                let violated: Vec<&str> = body["violated-policies"]
+                    .as_array()
+                    .expect("violated policies")
+                    .iter()
+                    .filter_map(|v| v.as_str())
+                    .collect();
+                assert!(!violated.is_empty(), "{body}");
+                let retry_after: u64 = reply
+                    .header("retry-after")
+                    .and_then(|v| v.parse().ok())
+                    .expect("Retry-After");
+                let waits: Vec<u64> = items
+                    .iter()
+                    .filter(|(name, _, _)| violated.contains(&name.as_str()))
+                    .map(|(_, r, t)| {
+                        assert_eq!(*r, 0, "a refusing policy has nothing left: {field}");
+                        *t
+                    })
+                    .collect();
+                assert_eq!(waits.len(), violated.len(), "{field} vs {violated:?}");
+                assert_eq!(
+                    waits.iter().max(),
+                    Some(&retry_after),
+                    "Retry-After is the latest reset of the refusing policies: {field}"
+                );
+            }
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    (rate, quota, refused)
+}
+
+/// `r` values of admitted requests, largest first.
+fn descending(mut values: Vec<u64>) -> Vec<u64> {
+    values.sort_unstable_by(|a, b| b.cmp(a));
+    values
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_concurrency_the_fields_stay_consistent_with_the_decisions() {
+    // 12:00:00 UTC: the minute's window has just begun.
+    let clock = Arc::new(ManualClock::new(1_741_953_600_000));
+    let (gw, _echo) = start_routes_with_clock(
+        &route(
+            "api",
+            "/api",
+            &[(
+                "rate_limit",
+                r#"by = ["header:x-user"]
+limits = [{ rate = 10, per = "10s" }, { quota = 15, window_s = 60 }]"#,
+            )],
+        ),
+        PLUGINS,
+        &clock,
+    )
+    .await;
+
+    // 40 at once, the clock standing still: the rate's burst of 10 passes.
+    // Every admission counted once in each policy, so the `r` values are
+    // each distinct and count down without a gap (in the order of
+    // admission they never increase); the 30 refusals counted nothing.
+    let (rate, quota, refused) = check_burst(&burst(&gw, 40).await);
+    assert_eq!(refused, 30);
+    assert_eq!(descending(rate), (0..10).rev().collect::<Vec<u64>>());
+    assert_eq!(descending(quota), (5..15).rev().collect::<Vec<u64>>());
+
+    // 10 s later the rate is full again, and the quota, in the same
+    // window, has 5 left: it binds, and its `r` goes on counting down from
+    // where it stood.
+    clock.advance(10_000);
+    let replies = burst(&gw, 40).await;
+    let (_, quota, refused) = check_burst(&replies);
+    assert_eq!(refused, 35);
+    assert_eq!(descending(quota), (0..5).rev().collect::<Vec<u64>>());
+    // Refused by the quota alone: wait for the next minute, 50 s away.
+    let by_quota_only = replies.iter().find(|reply| {
+        reply.status == StatusCode::TOO_MANY_REQUESTS
+            && reply
+                .header("ratelimit")
+                .is_some_and(|f| rate_limit_items(f)[0].1 > 0)
+    });
+    let reply = by_quota_only.expect("a request the rate admitted and the quota refused");
+    assert_eq!(reply.header("retry-after"), Some("50"));
     gw.stop().await;
 }
 

@@ -12,7 +12,7 @@
 //! during which the route first sees traffic is partial and never folded.
 
 use crate::config::SpikeRule;
-use crate::store::{Store, StoreError};
+use crate::store::{Counts as _, Store, StoreError, ttl};
 
 /// Windows folded at most one by one; a longer idle gap just decays.
 const MAX_ZERO_WINDOWS: u64 = 10_000;
@@ -137,21 +137,17 @@ fn count(
     let count_key = |k: u64| format!("spike:{scope}:{k}");
     // A window's count is read when the next request after it arrives;
     // after 4 windows an unread count no longer matters much to the EWMA.
-    let count = store.increment(
-        &count_key(current),
-        requests,
-        Some(window.saturating_mul(4)),
-    )?;
+    let count = store.increment(&count_key(current), requests, ttl(window.saturating_mul(4)))?;
     let count = u64::try_from(count).unwrap_or(0);
 
     let key = format!("baseline:{scope}");
-    let ttl = Some(window.saturating_mul(64));
+    let keep = ttl(window.saturating_mul(64));
     let raw = store.get(&key);
     let baseline = match raw.as_deref().and_then(Baseline::decode) {
         Some(baseline) if current > baseline.last.saturating_add(1) => {
             let first = store.count(&count_key(baseline.last + 1));
             let folded = baseline.fold(current, first, rule.alpha);
-            if store.compare_and_swap(&key, raw.as_deref(), &folded.encode(), ttl)? {
+            if store.compare_and_swap(&key, raw.as_deref(), &folded.encode(), keep)? {
                 folded
             } else {
                 store
@@ -164,7 +160,7 @@ fn count(
         Some(baseline) => baseline,
         None => {
             let fresh = Baseline::start(current);
-            store.compare_and_swap(&key, raw.as_deref(), &fresh.encode(), ttl)?;
+            store.compare_and_swap(&key, raw.as_deref(), &fresh.encode(), keep)?;
             fresh
         }
     };
@@ -175,7 +171,7 @@ fn count(
 mod tests {
     use super::*;
     use crate::config::{Level, Timing};
-    use crate::store::fake::FakeStore;
+    use portcullis_sdk::store::MemoryStore;
 
     fn rule() -> SpikeRule {
         SpikeRule {
@@ -259,7 +255,7 @@ mod tests {
     #[test]
     fn recording_counts_the_window_and_folds_the_last_one() {
         let rule = rule();
-        let store = FakeStore::at(0);
+        let store = MemoryStore::at(0);
         // Window 0 (partial, not folded): 3 requests.
         for i in 0..3 {
             let state = record(&store, &rule, "s", 1000 + i).expect("store works");

@@ -558,7 +558,7 @@ fn resolve_off<S: Store>(
 mod tests {
     use super::*;
     use crate::config::Config;
-    use crate::store::fake::FakeStore;
+    use portcullis_sdk::store::MemoryStore;
 
     const OFF: [&str; 4] = [
         r#""auth_failures":{"enabled":false}"#,
@@ -585,14 +585,14 @@ mod tests {
 
     /// A gateway: a store and the settings of one route.
     struct Gateway {
-        store: FakeStore,
+        store: MemoryStore,
         settings: Settings,
     }
 
     impl Gateway {
         fn new(on: &[&str]) -> Self {
             Gateway {
-                store: FakeStore::at(0),
+                store: MemoryStore::at(0),
                 settings: settings(on),
             }
         }
@@ -726,7 +726,7 @@ mod tests {
     #[test]
     fn the_subjects_own_next_failure_resolves_it() {
         let gw = Gateway {
-            store: FakeStore::at(0),
+            store: MemoryStore::at(0),
             // A sweep only once an hour: resolution comes from the event.
             settings: Settings {
                 sweep_interval_ms: 3_600_000,
@@ -734,7 +734,7 @@ mod tests {
             },
         };
         gw.store
-            .set("sweep:3.api", "0", Some(3_600_000))
+            .set("sweep:3.api", "0", crate::store::ttl(3_600_000))
             .expect("set");
         let fired: Vec<_> = (0..20)
             .flat_map(|i| gw.see(1000 + i, 401, "203.0.113.7", None))
@@ -929,7 +929,7 @@ mod tests {
 
     #[test]
     fn an_incident_of_a_detector_turned_off_resolves_on_the_next_sweep() {
-        let store = FakeStore::at(0);
+        let store = MemoryStore::at(0);
         let on = settings(&[r#""rate_limited":{"threshold":1}"#]);
         let obs = |now, status| Observation {
             route: "api",
@@ -955,7 +955,7 @@ mod tests {
 
     #[test]
     fn one_sweep_per_interval_across_instances() {
-        let store = FakeStore::at(0);
+        let store = MemoryStore::at(0);
         let settings = settings(&[r#""rate_limited":{"threshold":1,"window_s":1}"#]);
         let obs = |now, status| Observation {
             route: "api",
@@ -974,7 +974,7 @@ mod tests {
         let second = observe(&settings, &store, &obs(1500, 200), true);
         assert_eq!(first.notices.len() + second.notices.len(), 1);
         // Without the hint, no sweep at all.
-        let store = FakeStore::at(0);
+        let store = MemoryStore::at(0);
         observe(&settings, &store, &obs(0, 429), true);
         store.set_now(5000);
         assert!(
@@ -987,7 +987,7 @@ mod tests {
     #[test]
     fn store_failures_are_reported_and_nothing_fires() {
         let gw = Gateway::new(&[AUTH, SPIKE]);
-        gw.store.fail_writes.set(Some(StoreError::Full));
+        gw.store.fail_writes(Some(StoreError::Full));
         let obs = Observation {
             route: "api",
             status: 401,
@@ -1002,7 +1002,7 @@ mod tests {
 
     #[test]
     fn routes_are_counted_apart() {
-        let store = FakeStore::at(0);
+        let store = MemoryStore::at(0);
         let settings = settings(&[r#""rate_limited":{"threshold":2}"#]);
         let obs = |route| Observation {
             route,

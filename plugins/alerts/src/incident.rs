@@ -19,7 +19,7 @@
 //! and subject pair can spell another's key.
 
 use crate::config::{Kind, Timing};
-use crate::store::{Store, StoreError};
+use crate::store::{Store, StoreError, ttl};
 
 /// How long an incident record lives after its last update. The index
 /// outlives it, so an incident idle for longer still resolves.
@@ -181,7 +181,7 @@ pub(crate) fn track(
                     &keys.incident,
                     raw.as_deref(),
                     &updated.encode(),
-                    Some(INCIDENT_TTL_MS),
+                    ttl(INCIDENT_TTL_MS),
                 )?;
             }
             Ok(Transition::Ongoing)
@@ -194,7 +194,7 @@ pub(crate) fn track(
                 &keys.incident,
                 raw.as_deref(),
                 RESOLVED,
-                Some(timing.quiet_ms),
+                ttl(timing.quiet_ms),
             )?;
             Ok(if resolved {
                 Transition::Resolved {
@@ -206,19 +206,19 @@ pub(crate) fn track(
         }
         (None, true) => {
             let now_text = now.to_string();
-            if !store.compare_and_swap(&keys.fired, None, &now_text, Some(timing.cooldown_ms))? {
+            if !store.compare_and_swap(&keys.fired, None, &now_text, ttl(timing.cooldown_ms))? {
                 return Ok(Transition::Suppressed);
             }
             let incident = Incident {
                 fired_at: now,
                 last_over: now,
             };
-            store.set(&keys.incident, &incident.encode(), Some(INCIDENT_TTL_MS))?;
+            store.set(&keys.incident, &incident.encode(), ttl(INCIDENT_TTL_MS))?;
             Ok(Transition::Fired)
         }
         (None, false) if listed && raw.is_none() => {
             let resolved =
-                store.compare_and_swap(&keys.incident, None, RESOLVED, Some(timing.quiet_ms))?;
+                store.compare_and_swap(&keys.incident, None, RESOLVED, ttl(timing.quiet_ms))?;
             Ok(if resolved {
                 Transition::Resolved { fired_at: None }
             } else {
@@ -244,8 +244,7 @@ pub(crate) fn force_resolve(
         .as_deref()
         .and_then(Incident::decode)
         .map(|i| i.fired_at);
-    let resolved =
-        store.compare_and_swap(&keys.incident, raw.as_deref(), RESOLVED, Some(60_000))?;
+    let resolved = store.compare_and_swap(&keys.incident, raw.as_deref(), RESOLVED, ttl(60_000))?;
     Ok(if resolved {
         Transition::Resolved { fired_at }
     } else {
@@ -340,7 +339,7 @@ pub(crate) fn claim_sweep(
         &format!("sweep:{scope}"),
         None,
         &now.to_string(),
-        Some(interval_ms),
+        ttl(interval_ms),
     )
 }
 
@@ -348,7 +347,7 @@ pub(crate) fn claim_sweep(
 mod tests {
     use super::*;
     use crate::config::Level;
-    use crate::store::fake::FakeStore;
+    use portcullis_sdk::store::MemoryStore;
 
     const TIMING: Timing = Timing {
         quiet_ms: 10_000,
@@ -360,14 +359,14 @@ mod tests {
         IncidentKeys::new(Kind::AuthFailures, &scope("api"), "ip:203.0.113.7")
     }
 
-    fn step(store: &FakeStore, now: u64, over: bool) -> Transition {
+    fn step(store: &MemoryStore, now: u64, over: bool) -> Transition {
         store.set_now(now);
         track(store, &keys(), now, over, &TIMING, false).expect("store works")
     }
 
     #[test]
     fn one_incident_fires_once_and_resolves_after_a_quiet_window() {
-        let store = FakeStore::at(0);
+        let store = MemoryStore::at(0);
         assert_eq!(step(&store, 1000, false), Transition::Quiet);
         assert_eq!(step(&store, 2000, true), Transition::Fired);
         assert_eq!(step(&store, 3000, true), Transition::Ongoing);
@@ -386,7 +385,7 @@ mod tests {
 
     #[test]
     fn an_incident_longer_than_the_cooldown_still_sends_one_alert() {
-        let store = FakeStore::at(0);
+        let store = MemoryStore::at(0);
         assert_eq!(step(&store, 0, true), Transition::Fired);
         for second in 1..200 {
             assert_eq!(step(&store, second * 1000, true), Transition::Ongoing);
@@ -395,7 +394,7 @@ mod tests {
 
     #[test]
     fn the_cooldown_suppresses_a_new_incident_after_a_resolution() {
-        let store = FakeStore::at(0);
+        let store = MemoryStore::at(0);
         assert_eq!(step(&store, 0, true), Transition::Fired);
         assert!(matches!(
             step(&store, 10_000, false),
@@ -409,9 +408,52 @@ mod tests {
         assert_eq!(step(&store, 60_000, true), Transition::Fired);
     }
 
+    /// Two instances that both read "no incident" before either writes:
+    /// the other one fires between this one's read and its write, so this
+    /// one's compare-and-swap loses and it sends nothing.
+    #[test]
+    fn an_instance_that_loses_the_race_to_fire_stays_quiet() {
+        let store = MemoryStore::at(0);
+        let fired_by_other = std::rc::Rc::new(std::cell::Cell::new(None));
+        let seen = fired_by_other.clone();
+        store.interleave(move |other| {
+            seen.set(Some(track(other, &keys(), 0, true, &TIMING, false)?));
+            Ok(())
+        });
+        assert_eq!(
+            track(&store, &keys(), 0, true, &TIMING, false),
+            Ok(Transition::Suppressed)
+        );
+        assert_eq!(fired_by_other.get(), Some(Transition::Fired));
+        // And resolving: the other resolves between this one's read and its
+        // write; this one's resolution is lost, so one resolution is sent.
+        store.set_now(10_000);
+        let resolved_by_other = std::rc::Rc::new(std::cell::Cell::new(None));
+        let seen = resolved_by_other.clone();
+        store.interleave(move |other| {
+            seen.set(Some(track(other, &keys(), 10_000, false, &TIMING, false)?));
+            Ok(())
+        });
+        assert_eq!(
+            track(&store, &keys(), 10_000, false, &TIMING, false),
+            Ok(Transition::Ongoing)
+        );
+        assert_eq!(
+            resolved_by_other.get(),
+            Some(Transition::Resolved { fired_at: Some(0) })
+        );
+        // A lost compare-and-swap with no visible writer reads the same.
+        let store = MemoryStore::at(0);
+        store.lose_races(1);
+        assert_eq!(
+            track(&store, &keys(), 0, true, &TIMING, false),
+            Ok(Transition::Suppressed)
+        );
+    }
+
     #[test]
     fn two_instances_seeing_the_same_condition_fire_once() {
-        let store = FakeStore::at(0);
+        let store = MemoryStore::at(0);
         let first = track(&store, &keys(), 0, true, &TIMING, false);
         let second = track(&store, &keys(), 0, true, &TIMING, false);
         assert_eq!(first, Ok(Transition::Fired));
@@ -425,7 +467,7 @@ mod tests {
 
     #[test]
     fn a_listed_incident_whose_record_expired_still_resolves_once() {
-        let store = FakeStore::at(0);
+        let store = MemoryStore::at(0);
         assert_eq!(step(&store, 0, true), Transition::Fired);
         let later = INCIDENT_TTL_MS + 1;
         store.set_now(later);
@@ -441,8 +483,8 @@ mod tests {
 
     #[test]
     fn store_errors_are_reported() {
-        let store = FakeStore::at(0);
-        store.fail_writes.set(Some(StoreError::Full));
+        let store = MemoryStore::at(0);
+        store.fail_writes(Some(StoreError::Full));
         assert_eq!(
             track(&store, &keys(), 0, true, &TIMING, false),
             Err(StoreError::Full)
@@ -451,7 +493,7 @@ mod tests {
 
     #[test]
     fn force_resolve_closes_an_active_incident_once() {
-        let store = FakeStore::at(0);
+        let store = MemoryStore::at(0);
         assert_eq!(step(&store, 0, true), Transition::Fired);
         assert_eq!(
             force_resolve(&store, &keys()),
@@ -462,7 +504,7 @@ mod tests {
 
     #[test]
     fn the_index_lists_incidents_once_and_drops_them() {
-        let store = FakeStore::at(0);
+        let store = MemoryStore::at(0);
         let scope = scope("api");
         assert_eq!(
             index_add(&store, &scope, Kind::AuthFailures, "ip:a"),
@@ -498,7 +540,7 @@ mod tests {
 
     #[test]
     fn the_index_is_bounded() {
-        let store = FakeStore::at(0);
+        let store = MemoryStore::at(0);
         for i in 0..MAX_INDEXED {
             assert_eq!(
                 index_add(&store, "s", Kind::AuthFailures, &format!("ip:{i}")),
@@ -514,7 +556,7 @@ mod tests {
 
     #[test]
     fn one_sweep_per_interval() {
-        let store = FakeStore::at(0);
+        let store = MemoryStore::at(0);
         assert_eq!(claim_sweep(&store, "s", 0, 5000), Ok(true));
         assert_eq!(claim_sweep(&store, "s", 10, 5000), Ok(false));
         store.set_now(5000);

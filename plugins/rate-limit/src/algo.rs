@@ -1,15 +1,11 @@
 //! The two counting algorithms, as plain functions of the stored state and
-//! the time: GCRA for rates and calendar-aligned fixed windows for quotas.
+//! the time: GCRA for rates and fixed or calendar windows for quotas.
 //!
 //! Nothing here touches the store or the clock, so every boundary is unit
 //! tested on the host.
 
-/// Milliseconds in a minute.
-const MINUTE_MS: u64 = 60_000;
-/// Milliseconds in an hour.
-const HOUR_MS: u64 = 60 * MINUTE_MS;
 /// Milliseconds in a day.
-const DAY_MS: u64 = 24 * HOUR_MS;
+const DAY_MS: u64 = 86_400_000;
 
 /// A rate enforced with the generic cell rate algorithm (GCRA): on average
 /// one request per `interval_us`, and up to `burst` requests at once after a
@@ -88,6 +84,23 @@ impl Gcra {
         }
     }
 
+    /// The state at `now_ms` without counting a request: `Ok((remaining,
+    /// next_at_ms))`, the requests that could be made now and when one more
+    /// becomes available, or `Err(retry_at_ms)` when none can. What
+    /// [`check`](Self::check) reports, plus the one request it would have
+    /// counted: after an admission `remaining` is exactly one less and
+    /// `next_at_ms` the same.
+    pub(crate) fn peek(&self, tat_us: Option<u64>, now_ms: u64) -> Result<(u64, u64), u64> {
+        match self.check(tat_us, now_ms) {
+            GcraDecision::Allow {
+                remaining,
+                next_at_ms,
+                ..
+            } => Ok((remaining + 1, next_at_ms)),
+            GcraDecision::Deny { retry_at_ms } => Err(retry_at_ms),
+        }
+    }
+
     /// The TAT after giving back one request that was admitted but then
     /// refused by another limit, or `None` when there is nothing to give
     /// back (the TAT has already fallen behind now).
@@ -97,72 +110,52 @@ impl Gcra {
     }
 }
 
-/// A calendar unit for quota windows, aligned to UTC.
+/// A quota's window: a fixed length aligned to the Unix epoch (so minutes,
+/// hours and days start at :00, on the hour and at midnight UTC), or a
+/// calendar month in UTC.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Calendar {
-    /// From `hh:mm:00.000` to the next minute.
-    Minute,
-    /// From `hh:00:00.000` to the next hour.
-    Hour,
-    /// From midnight UTC to the next midnight.
-    Day,
+pub(crate) enum Window {
+    /// Windows of this many seconds (at least 1), the first starting at
+    /// the epoch.
+    Fixed(u64),
     /// From the first of the month, midnight UTC, to the first of the next.
     Month,
 }
 
-impl Calendar {
+impl Window {
     /// The window holding `now_ms`: `(start_ms, end_ms)`, end exclusive.
     pub(crate) fn window(self, now_ms: u64) -> (u64, u64) {
-        let fixed = |len: u64| {
-            let start = now_ms - now_ms % len;
-            (start, start + len)
+        let fixed = |len_ms: u64| {
+            let start = now_ms - now_ms % len_ms;
+            (start, start.saturating_add(len_ms))
         };
         match self {
-            Calendar::Minute => fixed(MINUTE_MS),
-            Calendar::Hour => fixed(HOUR_MS),
-            Calendar::Day => fixed(DAY_MS),
-            Calendar::Month => {
-                let (year, month, _) = civil_from_days(now_ms / DAY_MS);
-                let (next_year, next_month) = if month == 12 {
-                    (year + 1, 1)
-                } else {
-                    (year, month + 1)
-                };
-                (
-                    days_from_civil(year, month, 1) * DAY_MS,
-                    days_from_civil(next_year, next_month, 1) * DAY_MS,
-                )
-            }
+            Window::Fixed(seconds) => fixed(seconds.saturating_mul(1000).max(1)),
+            Window::Month => month(now_ms).unwrap_or_else(|| fixed(31 * DAY_MS)),
         }
     }
 }
 
-/// The calendar date `(year, month 1-12, day 1-31)` of a day counted from
-/// 1970-01-01 (Howard Hinnant's `civil_from_days`, for days on or after the
-/// epoch).
-fn civil_from_days(days: u64) -> (u64, u64, u64) {
-    let z = days + 719_468;
-    let era = z / 146_097;
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + u64::from(month <= 2);
-    (year, month, day)
-}
-
-/// The day, counted from 1970-01-01, of a calendar date on or after the
-/// epoch (Howard Hinnant's `days_from_civil`).
-fn days_from_civil(year: u64, month: u64, day: u64) -> u64 {
-    let year = if month <= 2 { year - 1 } else { year };
-    let era = year / 400;
-    let yoe = year - era * 400;
-    let mp = if month > 2 { month - 3 } else { month + 9 };
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
+/// The calendar month (UTC) holding `now_ms`, or `None` past the years the
+/// `time` crate represents (9999), where [`Window::window`] falls back to
+/// fixed 31-day windows.
+fn month(now_ms: u64) -> Option<(u64, u64)> {
+    let seconds = i64::try_from(now_ms / 1000).ok()?;
+    let date = time::OffsetDateTime::from_unix_timestamp(seconds)
+        .ok()?
+        .date();
+    let first = |year, month| {
+        let date = time::Date::from_calendar_date(year, month, 1).ok()?;
+        let seconds = date.midnight().assume_utc().unix_timestamp();
+        u64::try_from(seconds).ok()?.checked_mul(1000)
+    };
+    let (year, month) = (date.year(), date.month());
+    let next_year = if month == time::Month::December {
+        year + 1
+    } else {
+        year
+    };
+    Some((first(year, month)?, first(next_year, month.next())?))
 }
 
 /// Whole seconds from `now_ms` until `at_ms`, rounded up (0 if past).
@@ -265,6 +258,28 @@ mod tests {
     }
 
     #[test]
+    fn gcra_peek_reports_without_counting() {
+        let gcra = Gcra::new(5, 1000, 5);
+        let now = 1_000_000;
+        assert_eq!(gcra.peek(None, now), Ok((5, now + 200)));
+        let mut tat = None;
+        for _ in 0..3 {
+            let (new_tat, remaining, next_at, _) = allow(gcra.check(tat, now));
+            let peeked = gcra.peek(Some(new_tat), now);
+            assert_eq!(peeked, Ok((remaining, next_at)), "the state it left");
+            assert_eq!(
+                gcra.peek(tat, now),
+                Ok((remaining + 1, next_at)),
+                "before it counted"
+            );
+            tat = Some(new_tat);
+        }
+        let full = Some(now * 1000 + 1_000_000);
+        assert_eq!(gcra.peek(full, now), Err(now + 200));
+        assert_eq!(gcra.peek(full, now), Err(deny(gcra.check(full, now))));
+    }
+
+    #[test]
     fn gcra_refund_gives_back_one_interval_but_not_the_past() {
         let gcra = Gcra::new(5, 1000, 5);
         let now = 2_000;
@@ -277,42 +292,52 @@ mod tests {
     #[test]
     fn fixed_windows_align_to_utc() {
         assert_eq!(
-            Calendar::Minute.window(PI_DAY),
+            Window::Fixed(60).window(PI_DAY),
             (1_741_964_940_000, 1_741_965_000_000)
         );
         assert_eq!(
-            Calendar::Hour.window(PI_DAY),
+            Window::Fixed(3600).window(PI_DAY),
             (1_741_964_400_000, 1_741_968_000_000)
         );
         // 2025-03-14T00:00:00Z .. 2025-03-15T00:00:00Z
         assert_eq!(
-            Calendar::Day.window(PI_DAY),
+            Window::Fixed(86_400).window(PI_DAY),
             (1_741_910_400_000, 1_741_996_800_000)
+        );
+        // 15:09:20 .. 15:09:30
+        assert_eq!(
+            Window::Fixed(10).window(PI_DAY),
+            (1_741_964_960_000, 1_741_964_970_000)
         );
         // 2025-03-01T00:00:00Z .. 2025-04-01T00:00:00Z
         assert_eq!(
-            Calendar::Month.window(PI_DAY),
+            Window::Month.window(PI_DAY),
             (1_740_787_200_000, 1_743_465_600_000)
         );
     }
 
     #[test]
     fn window_boundaries_are_start_inclusive_end_exclusive() {
-        let (start, end) = Calendar::Day.window(PI_DAY);
-        assert_eq!(Calendar::Day.window(start), (start, end));
-        assert_eq!(Calendar::Day.window(end - 1), (start, end));
-        assert_eq!(Calendar::Day.window(end).0, end);
-        let (start, end) = Calendar::Month.window(PI_DAY);
-        assert_eq!(Calendar::Month.window(start), (start, end));
-        assert_eq!(Calendar::Month.window(end - 1), (start, end));
-        assert_eq!(Calendar::Month.window(end).0, end);
+        for window in [Window::Fixed(7), Window::Fixed(86_400), Window::Month] {
+            let (start, end) = window.window(PI_DAY);
+            assert_eq!(window.window(start), (start, end), "{window:?}");
+            assert_eq!(window.window(end - 1), (start, end), "{window:?}");
+            assert_eq!(window.window(end).0, end, "{window:?}");
+        }
+    }
+
+    /// Midnight UTC of a date, in ms.
+    fn day(year: i32, month: u8, day: u8) -> u64 {
+        let month = time::Month::try_from(month).expect("month");
+        let date = time::Date::from_calendar_date(year, month, day).expect("date");
+        let seconds = date.midnight().assume_utc().unix_timestamp();
+        u64::try_from(seconds).expect("after 1970") * 1000
     }
 
     #[test]
     fn months_have_their_own_lengths() {
-        let day = |y, m, d| days_from_civil(y, m, d) * DAY_MS;
         let len = |at: u64| {
-            let (start, end) = Calendar::Month.window(at);
+            let (start, end) = Window::Month.window(at);
             (end - start) / DAY_MS
         };
         assert_eq!(len(day(2024, 2, 10)), 29, "leap February");
@@ -322,15 +347,15 @@ mod tests {
         assert_eq!(len(day(2025, 4, 30)), 30);
         // December rolls over into January of the next year.
         assert_eq!(
-            Calendar::Month.window(day(2025, 12, 31) + 5),
+            Window::Month.window(day(2025, 12, 31) + 5),
             (day(2025, 12, 1), day(2026, 1, 1))
         );
-        assert_eq!(day(1970, 1, 1), 0);
-        assert_eq!(civil_from_days(0), (1970, 1, 1));
-        for days in [0, 59, 365, 10_956, 20_161, 47_541] {
-            let (y, m, d) = civil_from_days(days);
-            assert_eq!(days_from_civil(y, m, d), days);
-        }
+        assert_eq!(Window::Month.window(0), (0, day(1970, 2, 1)));
+        // Past the year 9999: fixed 31-day windows rather than a panic.
+        let far = day(9999, 12, 31) + 2 * DAY_MS;
+        let (start, end) = Window::Month.window(far);
+        assert_eq!(end - start, 31 * DAY_MS);
+        assert!(start <= far && far < end);
     }
 
     #[test]

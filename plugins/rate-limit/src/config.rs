@@ -3,7 +3,7 @@
 use portcullis_plugin_kit::http::is_token_byte;
 use serde::Deserialize;
 
-use crate::algo::{Calendar, Gcra};
+use crate::algo::{Gcra, Window};
 
 /// Largest `rate`, `burst` of a rate limit.
 const MAX_RATE: u64 = 1_000_000;
@@ -11,6 +11,8 @@ const MAX_RATE: u64 = 1_000_000;
 const MAX_QUOTA: u64 = 1_000_000_000_000;
 /// Longest policy name.
 const MAX_NAME: usize = 64;
+/// Longest period of a rate or window of a quota, in seconds: 365 days.
+const MAX_WINDOW_S: u64 = 365 * 86_400;
 
 /// The configuration of one route's `rate_limit` plugin.
 ///
@@ -53,9 +55,14 @@ pub(crate) struct Config {
 }
 
 /// One limit: a rate (`rate`, `per`, `burst`) or a quota (`quota`, `per`).
+/// `per` is a word (`second`, `minute`, `hour`, `day`, and `month` for
+/// quotas) or a duration (`10s`, `2m`, `1h30m`); `window_s` gives the
+/// same in seconds.
 ///
 /// ```toml
 /// { name = "login", rate = 5, per = "second", burst = 5, by = ["ip"] }
+/// { quota = 100, per = "10s" }
+/// { rate = 30, window_s = 90 }
 /// ```
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -72,6 +79,9 @@ struct LimitConfig {
     /// The period of `rate` or the window of `quota`.
     #[serde(default)]
     per: Option<String>,
+    /// The same in whole seconds, instead of `per`.
+    #[serde(default)]
+    window_s: Option<u64>,
     /// Requests a rate admits at once after a quiet period.
     #[serde(default)]
     burst: Option<u64>,
@@ -191,12 +201,12 @@ pub(crate) enum Kind {
         /// The period, in seconds.
         period_s: u64,
     },
-    /// A quota per calendar window.
+    /// A quota per fixed or calendar window.
     Quota {
         /// Requests per window.
         quota: u64,
         /// The window.
-        calendar: Calendar,
+        window: Window,
     },
 }
 
@@ -228,8 +238,8 @@ impl Limit {
     pub(crate) fn w(&self, now_ms: u64) -> u64 {
         match self.kind {
             Kind::Rate { period_s, .. } => period_s,
-            Kind::Quota { calendar, .. } => {
-                let (start, end) = calendar.window(now_ms);
+            Kind::Quota { window, .. } => {
+                let (start, end) = window.window(now_ms);
                 (end - start) / 1000
             }
         }
@@ -400,7 +410,6 @@ fn build_limit(
         Some(by) => parse_by(by, &format!("{path}.by"), problems),
         None => default_by.to_vec(),
     };
-    let per = entry.per.as_deref();
     let kind = match (entry.rate, entry.quota) {
         (Some(_), Some(_)) => {
             problems.push(format!("{path}: set `rate` or `quota`, not both"));
@@ -408,26 +417,20 @@ fn build_limit(
         }
         (None, None) => {
             problems.push(format!(
-                "{path}: set `rate` (with `per` = second, minute, hour or day) or `quota` (with `per` = minute, hour, day or month)"
+                "{path}: set `rate` (with `per` = second, minute, hour, day or a duration) or `quota` (with `per` = minute, hour, day, month or a duration)"
             ));
             None
         }
         (Some(rate), None) => {
-            let period_s = match per {
-                Some("second") => Some(1),
-                Some("minute") => Some(60),
-                Some("hour") => Some(3600),
-                Some("day") => Some(86_400),
-                Some(other) => {
+            let period_s = match span(&entry, "rate", path, problems) {
+                Some(Span::Seconds(seconds)) => Some(seconds),
+                Some(Span::Month) => {
                     problems.push(format!(
-                        "{path}.per: `{other}` is not a rate period; use `second`, `minute`, `hour` or `day`"
+                        "{path}.per: `month` is not a rate period (months differ in length); use a duration such as `30d`, or a `quota` per month"
                     ));
                     None
                 }
-                None => {
-                    problems.push(format!("{path}.per: required with `rate`"));
-                    None
-                }
+                None => None,
             };
             if !(1..=MAX_RATE).contains(&rate) {
                 problems.push(format!("{path}.rate: must be between 1 and {MAX_RATE}"));
@@ -451,31 +454,20 @@ fn build_limit(
             if !(1..=MAX_QUOTA).contains(&quota) {
                 problems.push(format!("{path}.quota: must be between 1 and {MAX_QUOTA}"));
             }
-            let calendar = match per {
-                Some("minute") => Some(Calendar::Minute),
-                Some("hour") => Some(Calendar::Hour),
-                Some("day") => Some(Calendar::Day),
-                Some("month") => Some(Calendar::Month),
-                Some(other) => {
-                    problems.push(format!(
-                        "{path}.per: `{other}` is not a quota window; use `minute`, `hour`, `day` or `month`"
-                    ));
-                    None
-                }
-                None => {
-                    problems.push(format!("{path}.per: required with `quota`"));
-                    None
-                }
-            };
-            calendar.map(|calendar| Kind::Quota { quota, calendar })
+            span(&entry, "quota", path, problems).map(|span| Kind::Quota {
+                quota,
+                window: match span {
+                    Span::Seconds(seconds) => Window::Fixed(seconds),
+                    Span::Month => Window::Month,
+                },
+            })
         }
     };
-    let name = entry.name.unwrap_or_else(|| match (kind, per) {
-        (Some(Kind::Rate { .. }), Some(per)) => format!("per-{per}"),
-        (Some(Kind::Quota { .. }), Some("day")) => "daily".to_owned(),
-        (Some(Kind::Quota { .. }), Some(per)) => format!("{per}ly"),
-        _ => String::new(),
-    });
+    let name = match (entry.name, kind) {
+        (Some(name), _) => name,
+        (None, Some(kind)) => derived_name(kind),
+        (None, None) => String::new(),
+    };
     if kind.is_some() && !valid_name(&name) {
         problems.push(format!(
             "{path}.name: must be 1 to {MAX_NAME} printable ASCII characters"
@@ -487,10 +479,117 @@ fn build_limit(
     }
     let params = match kind {
         Kind::Rate { gcra, period_s, .. } => format!("r{}us{}s", gcra.interval_us(), period_s),
-        Kind::Quota { quota, calendar } => format!("q{quota}{calendar:?}"),
+        Kind::Quota { quota, window } => {
+            let window = match window {
+                Window::Fixed(60) => "Minute".to_owned(),
+                Window::Fixed(3600) => "Hour".to_owned(),
+                Window::Fixed(86_400) => "Day".to_owned(),
+                Window::Fixed(seconds) => format!("{seconds}s"),
+                Window::Month => "Month".to_owned(),
+            };
+            format!("q{quota}{window}")
+        }
     };
     let id = format!("{}:{name}:{params}", name.len());
     Some(Limit { name, kind, by, id })
+}
+
+/// The length of a rate's period or a quota's window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Span {
+    /// A fixed number of seconds.
+    Seconds(u64),
+    /// A calendar month.
+    Month,
+}
+
+/// The span a limit's `per` or `window_s` gives (one of them, required),
+/// for a limit of the kind `what` (`rate` or `quota`); `None`, with the
+/// problem reported, if there is none or it is bad.
+fn span(entry: &LimitConfig, what: &str, path: &str, problems: &mut Vec<String>) -> Option<Span> {
+    let (key, seconds) = match (entry.per.as_deref(), entry.window_s) {
+        (Some(_), Some(_)) => {
+            problems.push(format!("{path}: set `per` or `window_s`, not both"));
+            return None;
+        }
+        (None, None) => {
+            problems.push(format!(
+                "{path}.per: required with `{what}` (or `window_s`)"
+            ));
+            return None;
+        }
+        (None, Some(seconds)) => ("window_s", seconds),
+        (Some(per), None) => {
+            let seconds = match per {
+                "second" => 1,
+                "minute" => 60,
+                "hour" => 3600,
+                "day" => 86_400,
+                "month" => return Some(Span::Month),
+                _ => match humantime::parse_duration(per) {
+                    Ok(duration) if duration.subsec_nanos() == 0 => duration.as_secs(),
+                    Ok(_) => {
+                        problems.push(format!(
+                            "{path}.per: `{per}` is not a whole number of seconds"
+                        ));
+                        return None;
+                    }
+                    Err(_) => {
+                        let expected = if what == "rate" {
+                            "is not a rate period; use `second`, `minute`, `hour`, `day`"
+                        } else {
+                            "is not a quota window; use `second`, `minute`, `hour`, `day`, `month`"
+                        };
+                        problems.push(format!(
+                            "{path}.per: `{per}` {expected} or a duration such as `10s`, `2m` or `1h30m`"
+                        ));
+                        return None;
+                    }
+                },
+            };
+            ("per", seconds)
+        }
+    };
+    if !(1..=MAX_WINDOW_S).contains(&seconds) {
+        problems.push(format!(
+            "{path}.{key}: must be 1 second to 365 days ({MAX_WINDOW_S} s)"
+        ));
+        return None;
+    }
+    Some(Span::Seconds(seconds))
+}
+
+/// The policy name of a limit without a `name`: `per-second`,
+/// `per-minute`, `per-hour`, `per-day` or `per-<duration>` (`per-10s`,
+/// `per-2m`) for rates; `minutely`, `hourly`, `daily`, `monthly` or
+/// `every-<duration>` (`every-10s`) for quotas.
+fn derived_name(kind: Kind) -> String {
+    match kind {
+        Kind::Rate { period_s, .. } => match period_s {
+            1 => "per-second".to_owned(),
+            60 => "per-minute".to_owned(),
+            3600 => "per-hour".to_owned(),
+            86_400 => "per-day".to_owned(),
+            seconds => format!("per-{}", short_duration(seconds)),
+        },
+        Kind::Quota { window, .. } => match window {
+            Window::Fixed(60) => "minutely".to_owned(),
+            Window::Fixed(3600) => "hourly".to_owned(),
+            Window::Fixed(86_400) => "daily".to_owned(),
+            Window::Fixed(seconds) => format!("every-{}", short_duration(seconds)),
+            Window::Month => "monthly".to_owned(),
+        },
+    }
+}
+
+/// `seconds` in the largest unit that divides it: `90s`, `2m`, `3h`, `2d`.
+fn short_duration(seconds: u64) -> String {
+    match seconds {
+        s if s % 86_400 == 0 => format!("{}d", s / 86_400),
+        s if s % 3600 == 0 => format!("{}h", s / 3600),
+        s if s % 60 == 0 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
 }
 
 /// A policy name: printable ASCII, so that it can be an sf-string.
@@ -597,6 +696,63 @@ mod tests {
     }
 
     #[test]
+    fn windows_of_any_whole_number_of_seconds() {
+        let settings = build(
+            r#"{"limits":[
+                {"rate":5,"per":"10s"},
+                {"rate":6,"per":"2m"},
+                {"rate":7,"window_s":90},
+                {"rate":8,"per":"60s"},
+                {"rate":9,"per":"1h30m"},
+                {"quota":100,"per":"10s"},
+                {"quota":101,"window_s":7200},
+                {"quota":102,"per":"1d"},
+                {"quota":103,"per":"second"},
+                {"quota":104,"per":"month"}
+            ]}"#,
+        )
+        .expect("valid");
+        let seen: Vec<(&str, u64, u64)> = settings
+            .limits
+            .iter()
+            .map(|l| (l.name.as_str(), l.q(), l.w(0)))
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                ("per-10s", 5, 10),
+                ("per-2m", 6, 120),
+                ("per-90s", 7, 90),
+                ("per-minute", 8, 60),
+                ("per-90m", 9, 5400),
+                ("every-10s", 100, 10),
+                ("every-2h", 101, 7200),
+                ("daily", 102, 86_400),
+                ("every-1s", 103, 1),
+                ("monthly", 104, 31 * 86_400),
+            ]
+        );
+        assert_eq!(
+            settings.limits[0].kind,
+            Kind::Rate {
+                gcra: Gcra::new(5, 10_000, 5),
+                rate: 5,
+                period_s: 10
+            }
+        );
+        assert_eq!(
+            settings.limits[5].kind,
+            Kind::Quota {
+                quota: 100,
+                window: Window::Fixed(10)
+            }
+        );
+        // `1d` and `day` are the same window, so the same counter.
+        let day = build(r#"{"limits":[{"quota":102,"per":"day"}]}"#).expect("valid");
+        assert_eq!(day.limits[0], settings.limits[7]);
+    }
+
+    #[test]
     fn identity_is_read_only_when_needed() {
         let settings =
             build(r#"{"by":["ip"],"limits":[{"rate":1,"per":"second"}]}"#).expect("valid");
@@ -645,15 +801,41 @@ mod tests {
                 "limits[0]: set `rate` or `quota`, not both",
             ),
             (r#"{"per":"day"}"#, "limits[0]: set `rate` (with `per`"),
-            (r#"{"rate":5}"#, "limits[0].per: required with `rate`"),
-            (r#"{"quota":5}"#, "limits[0].per: required with `quota`"),
             (
-                r#"{"rate":5,"per":"month"}"#,
-                "limits[0].per: `month` is not a rate period",
+                r#"{"rate":5}"#,
+                "limits[0].per: required with `rate` (or `window_s`)",
             ),
             (
-                r#"{"quota":5,"per":"second"}"#,
-                "limits[0].per: `second` is not a quota window",
+                r#"{"quota":5}"#,
+                "limits[0].per: required with `quota` (or `window_s`)",
+            ),
+            (
+                r#"{"rate":5,"per":"month"}"#,
+                "limits[0].per: `month` is not a rate period (months differ in length)",
+            ),
+            (
+                r#"{"quota":5,"per":"fortnight"}"#,
+                "limits[0].per: `fortnight` is not a quota window",
+            ),
+            (
+                r#"{"rate":5,"per":"1.5s"}"#,
+                "limits[0].per: `1.5s` is not a whole number of seconds",
+            ),
+            (
+                r#"{"rate":5,"per":"0s"}"#,
+                "limits[0].per: must be 1 second to 365 days",
+            ),
+            (
+                r#"{"quota":5,"per":"366d"}"#,
+                "limits[0].per: must be 1 second to 365 days",
+            ),
+            (
+                r#"{"quota":5,"window_s":0}"#,
+                "limits[0].window_s: must be 1 second to 365 days",
+            ),
+            (
+                r#"{"rate":5,"per":"second","window_s":1}"#,
+                "limits[0]: set `per` or `window_s`, not both",
             ),
             (
                 r#"{"rate":0,"per":"second"}"#,
@@ -730,7 +912,7 @@ mod tests {
              overrides[0]: set `role` or `consumer`; \
              overrides[1]: set `role` or `consumer`, not both; \
              overrides[2].role: must not be empty; \
-             overrides[2].limits[0].per: required with `rate`"
+             overrides[2].limits[0].per: required with `rate` (or `window_s`)"
         );
     }
 

@@ -1,14 +1,17 @@
 //! Holding one request to a list of limits, on a store shared by every
 //! instance: the counter keys, the compare-and-swap loop of GCRA, the
-//! increments of quotas, and the refunds when another limit refuses.
+//! increments of quotas, the refunds when another limit refuses, and the
+//! state of every limit a refused request reports.
 //!
-//! The store is a trait so that the whole evaluation, concurrency aside, is
-//! unit tested on the host with an in-memory store.
+//! The store is `portcullis_sdk::store::Store`, so that the whole
+//! evaluation, races between instances included, is unit tested on the
+//! host with its `MemoryStore`.
 
 use std::fmt;
 use std::fmt::Write as _;
+use std::time::Duration;
 
-use portcullis_sdk::store::StoreError;
+use portcullis_sdk::store::{Store, StoreError};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -23,22 +26,9 @@ const CAS_ATTEMPTS: usize = 64;
 /// the parts (the store takes keys of up to 512 bytes).
 const MAX_KEY: usize = 256;
 
-/// The operations of the shared store that limits use. TTLs are in
-/// milliseconds; a TTL of 0 makes an entry that is already expired.
-pub(crate) trait Store {
-    /// The live value of `key`.
-    fn get(&self, key: &str) -> Option<String>;
-    /// Adds `delta` to the number at `key` (a new key starts at 0 and gets
-    /// `ttl_ms`) and returns the new value.
-    fn increment(&self, key: &str, delta: i64, ttl_ms: u64) -> Result<i64, StoreError>;
-    /// Sets `key` to `new` if its live value is `expected` (`None`: absent).
-    fn compare_and_swap(
-        &self,
-        key: &str,
-        expected: Option<&str>,
-        new: &str,
-        ttl_ms: u64,
-    ) -> Result<bool, StoreError>;
+/// A TTL in milliseconds as the store takes it.
+fn ttl(ms: u64) -> Option<Duration> {
+    Some(Duration::from_millis(ms))
 }
 
 /// The state of one policy after a request, as the response fields show it.
@@ -89,11 +79,17 @@ impl From<StoreError> for Failure {
 pub(crate) enum Outcome {
     /// Every limit admitted it; their states, in configuration order.
     Allowed(Vec<Status>),
-    /// A limit refused it; nothing was counted.
+    /// One or more limits refused it; nothing was counted.
     Denied {
-        /// The refusing policy, with `r = 0` and its retry time.
-        violated: Status,
-        /// When the request would be admitted by that policy, in ms.
+        /// The state of every limit that applies to the request (failed
+        /// ones aside), in configuration order, none of them counting this
+        /// request: a refusing limit with `r = 0` and the time it admits
+        /// again, the others as they stand.
+        statuses: Vec<Status>,
+        /// The names of the refusing limits, in configuration order.
+        violated: Vec<String>,
+        /// When every refusing limit admits again (the latest of their
+        /// times), in ms: what `Retry-After` says.
         retry_at_ms: u64,
     },
     /// The store failed and `on_store_error = "deny"`; nothing was counted.
@@ -110,11 +106,11 @@ pub(crate) struct Evaluation {
     pub(crate) failures: Vec<(String, Failure)>,
 }
 
-/// What one limit decided.
+/// What one limit decided about a request.
 enum Check {
     /// Admitted and counted; `Commit` undoes the counting.
     Allow(Status, Commit),
-    /// Refused, not counted.
+    /// Refused, not counted; admits again at the time given.
     Deny(Status, u64),
 }
 
@@ -176,10 +172,12 @@ pub(crate) fn counter_key(
 
 /// Holds one request at `now_ms` to `limits` (each with its counter key).
 ///
-/// Rates are checked before quotas, so a request refused by a rate never
-/// touches a quota. A request refused by one limit is not counted by any:
-/// what the limits checked before it counted is given back. On a store
-/// failure the limit is skipped (`Allow`) or the request refused (`Deny`).
+/// Rates are checked before quotas. Once a limit refuses the request, the
+/// limits after it are only read (never counted), so that the refusal can
+/// report every limit's state and the latest time among all the limits
+/// that refuse; what the limits before it counted is given back. A request
+/// refused by one limit is thus counted by none. On a store failure the
+/// limit is skipped (`Allow`) or the request refused (`Deny`).
 pub(crate) fn evaluate(
     store: &impl Store,
     limits: &[(&Limit, String)],
@@ -190,47 +188,120 @@ pub(crate) fn evaluate(
     order.sort_by_key(|&i| matches!(limits[i].0.kind, Kind::Quota { .. }));
 
     let mut failures = Vec::new();
-    let mut admitted: Vec<(usize, Status)> = Vec::with_capacity(limits.len());
+    // Each limit's state, by position in `limits`, and whether it refuses.
+    let mut statuses: Vec<Option<(Status, bool)>> = vec![None; limits.len()];
     let mut commits: Vec<(usize, Commit)> = Vec::with_capacity(limits.len());
-    let mut outcome = None;
+    let mut retry_at_ms: Option<u64> = None;
     for i in order {
         let (limit, key) = &limits[i];
+        if retry_at_ms.is_some() {
+            let (status, refuses) = peek(store, limit, key, now_ms);
+            if refuses {
+                retry_at_ms = retry_at_ms.max(status.reset_at_ms);
+            }
+            statuses[i] = Some((status, refuses));
+            continue;
+        }
         match check(store, limit, key, now_ms) {
             Ok(Check::Allow(status, commit)) => {
-                admitted.push((i, status));
+                statuses[i] = Some((status, false));
                 commits.push((i, commit));
             }
-            Ok(Check::Deny(violated, retry_at_ms)) => {
-                outcome = Some(Outcome::Denied {
-                    violated,
-                    retry_at_ms,
-                });
-                break;
+            Ok(Check::Deny(status, at)) => {
+                statuses[i] = Some((status, true));
+                retry_at_ms = Some(at);
             }
             Err(failure) => {
                 failures.push((limit.name.clone(), failure));
                 if on_error == OnStoreError::Deny {
-                    outcome = Some(Outcome::Failed);
-                    break;
+                    refund_all(store, limits, commits, now_ms, &mut failures);
+                    return Evaluation {
+                        outcome: Outcome::Failed,
+                        failures,
+                    };
                 }
             }
         }
     }
-    let outcome = match outcome {
-        Some(refused) => {
-            for (i, commit) in commits {
-                if let Err(failure) = refund(store, commit, now_ms) {
-                    failures.push((limits[i].0.name.clone(), failure));
+    let outcome = match retry_at_ms {
+        None => Outcome::Allowed(statuses.into_iter().flatten().map(|(s, _)| s).collect()),
+        Some(retry_at_ms) => {
+            // The counted limits give their unit back, and report the state
+            // without it: one more request left (exact for both algorithms,
+            // see `Gcra::peek`), the same reset.
+            for (i, _) in &commits {
+                if let Some((status, _)) = &mut statuses[*i] {
+                    status.r += 1;
                 }
             }
-            refused
-        }
-        None => {
-            admitted.sort_by_key(|(i, _)| *i);
-            Outcome::Allowed(admitted.into_iter().map(|(_, s)| s).collect())
+            refund_all(store, limits, commits, now_ms, &mut failures);
+            let (statuses, refusing): (Vec<Status>, Vec<bool>) =
+                statuses.into_iter().flatten().unzip();
+            let violated = statuses
+                .iter()
+                .zip(refusing)
+                .filter(|(_, refuses)| *refuses)
+                .map(|(status, _)| status.name.clone())
+                .collect();
+            Outcome::Denied {
+                statuses,
+                violated,
+                retry_at_ms,
+            }
         }
     };
     Evaluation { outcome, failures }
+}
+
+/// Gives back every counted limit's unit, noting the failures.
+fn refund_all(
+    store: &impl Store,
+    limits: &[(&Limit, String)],
+    commits: Vec<(usize, Commit)>,
+    now_ms: u64,
+    failures: &mut Vec<(String, Failure)>,
+) {
+    for (i, commit) in commits {
+        if let Err(failure) = refund(store, commit, now_ms) {
+            failures.push((limits[i].0.name.clone(), failure));
+        }
+    }
+}
+
+/// The status of `limit` for a request without counting it (read only):
+/// the state and whether the limit would refuse the request. A counter
+/// that cannot be read as a number counts as unused.
+fn peek(store: &impl Store, limit: &Limit, key: &str, now_ms: u64) -> (Status, bool) {
+    let status = |r, reset_at_ms| Status {
+        name: limit.name.clone(),
+        q: limit.q(),
+        r,
+        reset_at_ms: Some(reset_at_ms),
+    };
+    match limit.kind {
+        Kind::Rate { gcra, .. } => {
+            let tat = store.get(key).and_then(|v| v.parse::<u64>().ok());
+            match gcra.peek(tat, now_ms) {
+                Ok((remaining, next_at_ms)) => (status(remaining, next_at_ms), false),
+                Err(retry_at_ms) => (status(0, retry_at_ms), true),
+            }
+        }
+        Kind::Quota { quota, window } => {
+            let (start_ms, end_ms) = window.window(now_ms);
+            let used = store
+                .get(&window_key(key, start_ms))
+                .and_then(|v| v.parse::<i64>().ok())
+                .map_or(0, |used| used.max(0).unsigned_abs());
+            let left = quota.saturating_sub(used);
+            (status(left, end_ms), left == 0)
+        }
+    }
+}
+
+/// The store key of a quota's counter for the window starting at
+/// `start_ms`.
+fn window_key(key: &str, start_ms: u64) -> String {
+    format!("{key}@{}", start_ms / 1000)
 }
 
 /// Checks and counts one limit.
@@ -257,7 +328,7 @@ fn check(store: &impl Store, limit: &Limit, key: &str, now_ms: u64) -> Result<Ch
                         ttl_ms,
                     } => {
                         let new = new_tat_us.to_string();
-                        if store.compare_and_swap(key, current.as_deref(), &new, ttl_ms)? {
+                        if store.compare_and_swap(key, current.as_deref(), &new, ttl(ttl_ms))? {
                             let commit = Commit::Rate {
                                 key: key.to_owned(),
                                 gcra,
@@ -269,9 +340,9 @@ fn check(store: &impl Store, limit: &Limit, key: &str, now_ms: u64) -> Result<Ch
             }
             Err(Failure::Contention)
         }
-        Kind::Quota { quota, calendar } => {
-            let (start_ms, end_ms) = calendar.window(now_ms);
-            let key = format!("{key}@{}", start_ms / 1000);
+        Kind::Quota { quota, window } => {
+            let (start_ms, end_ms) = window.window(now_ms);
+            let key = window_key(key, start_ms);
             let ttl_ms = end_ms - now_ms;
             let denied = || Check::Deny(status(0, Some(end_ms)), end_ms);
             // Already used up: refuse without touching the counter.
@@ -279,11 +350,11 @@ fn check(store: &impl Store, limit: &Limit, key: &str, now_ms: u64) -> Result<Ch
             if used.is_some_and(|used| used >= 0 && used.unsigned_abs() >= quota) {
                 return Ok(denied());
             }
-            let count = store.increment(&key, 1, ttl_ms)?;
+            let count = store.increment(&key, 1, ttl(ttl_ms))?;
             let count = count.max(0).unsigned_abs();
             if count > quota {
                 // Concurrent requests took the last units: give this one back.
-                store.increment(&key, -1, ttl_ms)?;
+                store.increment(&key, -1, ttl(ttl_ms))?;
                 return Ok(denied());
             }
             Ok(Check::Allow(
@@ -310,14 +381,19 @@ fn refund(store: &impl Store, commit: Commit, now_ms: u64) -> Result<(), Failure
                     return Ok(());
                 };
                 let ttl_ms = (new_tat - now_ms.saturating_mul(1000)).div_ceil(1000);
-                if store.compare_and_swap(&key, Some(&current), &new_tat.to_string(), ttl_ms)? {
+                if store.compare_and_swap(
+                    &key,
+                    Some(&current),
+                    &new_tat.to_string(),
+                    ttl(ttl_ms),
+                )? {
                     return Ok(());
                 }
             }
             Err(Failure::Contention)
         }
         Commit::Quota { key, ttl_ms } => {
-            store.increment(&key, -1, ttl_ms)?;
+            store.increment(&key, -1, ttl(ttl_ms))?;
             Ok(())
         }
     }
@@ -325,107 +401,10 @@ fn refund(store: &impl Store, commit: Commit, now_ms: u64) -> Result<(), Failure
 
 #[cfg(test)]
 pub(crate) mod tests {
-    use std::cell::{Cell, RefCell};
-    use std::collections::HashMap;
+    use portcullis_sdk::store::MemoryStore;
 
     use super::*;
     use crate::config::Config;
-
-    /// An in-memory store with the gateway's semantics and a clock the test
-    /// moves.
-    #[derive(Default)]
-    pub(crate) struct MemoryStore {
-        entries: RefCell<HashMap<String, (String, u64)>>,
-        pub(crate) now_ms: Cell<u64>,
-        /// How many more entries may be created (`None`: no limit).
-        pub(crate) room: Cell<Option<usize>>,
-        /// Makes the next compare-and-swap calls fail as if another
-        /// instance had won, this many times.
-        pub(crate) lose_races: Cell<usize>,
-        /// Added to the next increment of a live counter, as if other
-        /// instances had counted between this one's `get` and `increment`.
-        pub(crate) others_count: Cell<i64>,
-    }
-
-    impl MemoryStore {
-        pub(crate) fn at(now_ms: u64) -> Self {
-            let store = MemoryStore::default();
-            store.now_ms.set(now_ms);
-            store
-        }
-
-        fn live(&self, key: &str) -> Option<String> {
-            let now = self.now_ms.get();
-            self.entries
-                .borrow()
-                .get(key)
-                .filter(|(_, expires)| *expires > now)
-                .map(|(v, _)| v.clone())
-        }
-
-        fn put(&self, key: &str, value: String, ttl_ms: u64) -> Result<(), StoreError> {
-            let mut entries = self.entries.borrow_mut();
-            if !entries.contains_key(key)
-                && let Some(room) = self.room.get()
-            {
-                if room == 0 {
-                    return Err(StoreError::Full);
-                }
-                self.room.set(Some(room - 1));
-            }
-            entries.insert(key.to_owned(), (value, self.now_ms.get() + ttl_ms));
-            Ok(())
-        }
-
-        pub(crate) fn keys(&self) -> Vec<String> {
-            self.entries.borrow().keys().cloned().collect()
-        }
-
-        pub(crate) fn expiry(&self, key: &str) -> Option<u64> {
-            self.entries.borrow().get(key).map(|(_, e)| *e)
-        }
-    }
-
-    impl Store for MemoryStore {
-        fn get(&self, key: &str) -> Option<String> {
-            self.live(key)
-        }
-
-        fn increment(&self, key: &str, delta: i64, ttl_ms: u64) -> Result<i64, StoreError> {
-            match self.live(key) {
-                Some(value) => {
-                    let n: i64 = value.parse().map_err(|_| StoreError::NotANumber)?;
-                    let n = n + self.others_count.replace(0);
-                    let mut entries = self.entries.borrow_mut();
-                    let entry = entries.get_mut(key).expect("live");
-                    entry.0 = (n + delta).to_string();
-                    Ok(n + delta)
-                }
-                None => {
-                    self.put(key, delta.to_string(), ttl_ms)?;
-                    Ok(delta)
-                }
-            }
-        }
-
-        fn compare_and_swap(
-            &self,
-            key: &str,
-            expected: Option<&str>,
-            new: &str,
-            ttl_ms: u64,
-        ) -> Result<bool, StoreError> {
-            if self.lose_races.get() > 0 {
-                self.lose_races.set(self.lose_races.get() - 1);
-                return Ok(false);
-            }
-            if self.live(key).as_deref() != expected {
-                return Ok(false);
-            }
-            self.put(key, new.to_owned(), ttl_ms)?;
-            Ok(true)
-        }
-    }
 
     pub(crate) fn limits(json: &str) -> Vec<Limit> {
         let config: Config = serde_json::from_str(json).expect("valid JSON");
@@ -454,7 +433,7 @@ pub(crate) mod tests {
                 (l, key)
             })
             .collect();
-        evaluate(store, &keyed, store.now_ms.get(), on_error)
+        evaluate(store, &keyed, store.now_ms(), on_error)
     }
 
     fn allowed(evaluation: Evaluation) -> Vec<Status> {
@@ -465,14 +444,34 @@ pub(crate) mod tests {
         }
     }
 
+    /// The one refusing limit's status and the retry time of a denial.
     fn denied(evaluation: Evaluation) -> (Status, u64) {
+        let (statuses, violated, retry_at_ms) = refusal(evaluation);
+        let [name] = &violated[..] else {
+            panic!("one refusing limit expected: {violated:?}");
+        };
+        let violated = statuses
+            .into_iter()
+            .find(|s| &s.name == name)
+            .expect("the refusing limit's status");
+        (violated, retry_at_ms)
+    }
+
+    /// Every status, the refusing limits and the retry time of a denial.
+    fn refusal(evaluation: Evaluation) -> (Vec<Status>, Vec<String>, u64) {
         match evaluation.outcome {
             Outcome::Denied {
+                statuses,
                 violated,
                 retry_at_ms,
-            } => (violated, retry_at_ms),
+            } => (statuses, violated, retry_at_ms),
             other => panic!("expected a denial, got {other:?}"),
         }
+    }
+
+    /// The store key of the single-part counter of `limit` for `value`.
+    fn key_of(limit: &Limit, value: &str) -> String {
+        counter_key(limit, &mut |_| Some(value.into()), MissingKey::Skip).expect("key")
     }
 
     /// 2025-03-14T23:59:58Z
@@ -501,7 +500,7 @@ pub(crate) mod tests {
         // Another consumer has its own bucket.
         allowed(run(&store, &limits, "bob", OnStoreError::Allow));
         // One interval later, exactly one more.
-        store.now_ms.set(LATE + 200);
+        store.set_now(LATE + 200);
         allowed(run(&store, &limits, "alice", OnStoreError::Allow));
         denied(run(&store, &limits, "alice", OnStoreError::Allow));
     }
@@ -511,8 +510,7 @@ pub(crate) mod tests {
         let store = MemoryStore::at(LATE);
         let limits = limits(r#"{"limits":[{"rate":5,"per":"second"},{"quota":3,"per":"day"}]}"#);
         allowed(run(&store, &limits, "alice", OnStoreError::Allow));
-        let mut keys = store.keys();
-        keys.sort();
+        let keys = store.keys();
         assert_eq!(keys.len(), 2);
         for key in &keys {
             let expiry = store.expiry(key).expect("entry");
@@ -536,9 +534,9 @@ pub(crate) mod tests {
         }
         let (violated, retry_at) = denied(run(&store, &limits, "alice", OnStoreError::Allow));
         assert_eq!((violated.name.as_str(), retry_at), ("daily", midnight));
-        store.now_ms.set(midnight - 1);
+        store.set_now(midnight - 1);
         denied(run(&store, &limits, "alice", OnStoreError::Allow));
-        store.now_ms.set(midnight);
+        store.set_now(midnight);
         let statuses = allowed(run(&store, &limits, "alice", OnStoreError::Allow));
         assert_eq!(statuses[0].r, 2);
         assert_eq!(statuses[0].reset_at_ms, Some(midnight + 86_400_000));
@@ -552,16 +550,13 @@ pub(crate) mod tests {
         allowed(run(&store, &limits, "a", OnStoreError::Allow));
         // This request reads 2 (one left), but two other instances count
         // before it does: it gets 5, refuses, and gives its unit back.
-        store.others_count.set(2);
+        let (start, _) = crate::algo::Window::Fixed(3600).window(LATE);
+        let counter = window_key(&key_of(&limits[0], "a"), start);
+        let theirs = counter.clone();
+        store.interleave(move |other| other.increment(&theirs, 2, None).map(drop));
         let (violated, _) = denied(run(&store, &limits, "a", OnStoreError::Allow));
         assert_eq!(violated.name, "hourly");
-        let key =
-            counter_key(&limits[0], &mut |_| Some("a".into()), MissingKey::Skip).expect("key");
-        let (start, _) = crate::algo::Calendar::Hour.window(LATE);
-        assert_eq!(
-            store.get(&format!("{key}@{}", start / 1000)).as_deref(),
-            Some("4")
-        );
+        assert_eq!(store.get(&counter).as_deref(), Some("4"));
     }
 
     #[test]
@@ -578,15 +573,17 @@ pub(crate) mod tests {
             let (violated, _) = denied(run(&store, &limits, "a", OnStoreError::Allow));
             assert_eq!(violated.name, "per-second");
         }
-        store.now_ms.set(LATE + 1000);
+        store.set_now(LATE + 1000);
         let statuses = allowed(run(&store, &limits, "a", OnStoreError::Allow));
         assert_eq!(statuses[0].r, 0, "the third of three");
         // Refused by the quota: the rate is given its unit back.
         let (violated, _) = denied(run(&store, &limits, "a", OnStoreError::Allow));
         assert_eq!(violated.name, "daily");
-        let rate = &limits[1];
-        let key = counter_key(rate, &mut |_| Some("a".into()), MissingKey::Skip).expect("key");
-        let tat: u64 = store.get(&key).expect("tat").parse().expect("number");
+        let tat: u64 = store
+            .get(&key_of(&limits[1], "a"))
+            .expect("tat")
+            .parse()
+            .expect("number");
         assert_eq!(
             tat,
             (LATE + 1000) * 1000 + 500_000,
@@ -595,12 +592,96 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_refusal_reports_every_limit_and_waits_for_the_latest() {
+        let store = MemoryStore::at(LATE);
+        // 23:59:58: the hourly and daily windows end in 2 s.
+        let limits = limits(
+            r#"{"limits":[
+                {"quota":3,"per":"day"},
+                {"rate":2,"per":"second"},
+                {"rate":1,"per":"minute","by":["route"]}
+            ]}"#,
+        );
+        allowed(run(&store, &limits, "a", OnStoreError::Allow));
+        // The per-minute rate refuses; the others are read, not counted.
+        let daily_key = window_key(
+            &key_of(&limits[0], "a"),
+            crate::algo::Window::Fixed(86_400).window(LATE).0,
+        );
+        let (statuses, violated, retry_at) =
+            refusal(run(&store, &limits, "a", OnStoreError::Allow));
+        assert_eq!(violated, ["per-minute"]);
+        assert_eq!(retry_at, LATE + 60_000);
+        let state = |name: &str, r, at| Status {
+            name: name.into(),
+            q: match name {
+                "daily" => 3,
+                "per-second" => 2,
+                _ => 1,
+            },
+            r,
+            reset_at_ms: Some(at),
+        };
+        assert_eq!(
+            statuses,
+            [
+                state("daily", 2, LATE + 2000),
+                state("per-second", 1, LATE + 500),
+                state("per-minute", 0, LATE + 60_000),
+            ],
+            "configuration order, none counting the refused request"
+        );
+        assert_eq!(store.get(&daily_key).as_deref(), Some("1"), "not counted");
+        // Once the per-second rate is used up too, both refuse and the
+        // retry time is the later one.
+        store.set_now(LATE + 1);
+        let per_second_key = key_of(&limits[1], "a");
+        let full = ((LATE + 1) * 1000 + 1_000_000).to_string();
+        store.set(&per_second_key, &full, ttl(1000)).expect("set");
+        let (statuses, violated, retry_at) =
+            refusal(run(&store, &limits, "a", OnStoreError::Allow));
+        assert_eq!(violated, ["per-second", "per-minute"]);
+        assert_eq!(retry_at, LATE + 60_000, "the latest of 0.5 s and 60 s");
+        assert_eq!(statuses[1].r, 0);
+        assert_eq!(statuses[1].reset_at_ms, Some(LATE + 501));
+        // When a quota refuses after a rate counted, the rate gives its
+        // unit back and reports its state without it.
+        let other = MemoryStore::at(LATE);
+        let two = &[limits[0].clone(), limits[1].clone()];
+        for _ in 0..2 {
+            allowed(run(&other, two, "b", OnStoreError::Allow));
+        }
+        other.set_now(LATE + 1000);
+        allowed(run(&other, two, "b", OnStoreError::Allow));
+        let (statuses, violated, retry_at) = refusal(run(&other, two, "b", OnStoreError::Allow));
+        assert_eq!(violated, ["daily"]);
+        assert_eq!(retry_at, LATE + 2000);
+        assert_eq!(
+            statuses,
+            [
+                state("daily", 0, LATE + 2000),
+                state("per-second", 1, LATE + 1500)
+            ]
+        );
+        let tat: u64 = other
+            .get(&key_of(&limits[1], "b"))
+            .expect("tat")
+            .parse()
+            .expect("number");
+        assert_eq!(
+            tat,
+            (LATE + 1500) * 1000,
+            "one unit in use after the refund"
+        );
+    }
+
+    #[test]
     fn a_lost_race_is_retried_and_endless_contention_is_a_failure() {
         let store = MemoryStore::at(LATE);
         let limits = limits(r#"{"limits":[{"rate":1,"per":"second"}]}"#);
-        store.lose_races.set(CAS_ATTEMPTS - 1);
+        store.lose_races(CAS_ATTEMPTS - 1);
         allowed(run(&store, &limits, "a", OnStoreError::Allow));
-        store.lose_races.set(CAS_ATTEMPTS);
+        store.lose_races(CAS_ATTEMPTS);
         let evaluation = run(&store, &limits, "b", OnStoreError::Allow);
         assert_eq!(evaluation.outcome, Outcome::Allowed(vec![]));
         assert_eq!(
@@ -614,7 +695,7 @@ pub(crate) mod tests {
         let limits = limits(r#"{"limits":[{"rate":5,"per":"second"},{"quota":5,"per":"day"}]}"#);
         // Room for the rate's entry only.
         let store = MemoryStore::at(LATE);
-        store.room.set(Some(1));
+        store.limit_entries(Some(1));
         let evaluation = run(&store, &limits, "a", OnStoreError::Allow);
         assert_eq!(
             evaluation.failures,
@@ -626,12 +707,11 @@ pub(crate) mod tests {
         assert_eq!(statuses.len(), 1, "only the rate could be checked");
 
         let store = MemoryStore::at(LATE);
-        store.room.set(Some(1));
+        store.limit_entries(Some(1));
         let evaluation = run(&store, &limits, "a", OnStoreError::Deny);
         assert_eq!(evaluation.outcome, Outcome::Failed);
         // The rate's unit was given back.
-        let key =
-            counter_key(&limits[0], &mut |_| Some("a".into()), MissingKey::Skip).expect("key");
+        let key = key_of(&limits[0], "a");
         assert_eq!(store.get(&key), None, "TAT back at now: expired");
     }
 
@@ -699,17 +779,15 @@ pub(crate) mod tests {
     fn a_corrupt_counter_is_overwritten_or_reported() {
         let store = MemoryStore::at(LATE);
         let rate = limits(r#"{"limits":[{"rate":1,"per":"second"}]}"#);
-        let key = counter_key(&rate[0], &mut |_| Some("a".into()), MissingKey::Skip).expect("key");
-        store.put(&key, "garbage".into(), 60_000).expect("room");
+        let key = key_of(&rate[0], "a");
+        store.set(&key, "garbage", ttl(60_000)).expect("room");
         allowed(run(&store, &rate, "a", OnStoreError::Allow));
         denied(run(&store, &rate, "a", OnStoreError::Allow));
 
         let quota = limits(r#"{"limits":[{"quota":1,"per":"hour"}]}"#);
-        let key = counter_key(&quota[0], &mut |_| Some("a".into()), MissingKey::Skip).expect("key");
-        let (start, _) = crate::algo::Calendar::Hour.window(LATE);
-        store
-            .put(&format!("{key}@{}", start / 1000), "garbage".into(), 60_000)
-            .expect("room");
+        let (start, _) = crate::algo::Window::Fixed(3600).window(LATE);
+        let key = window_key(&key_of(&quota[0], "a"), start);
+        store.set(&key, "garbage", ttl(60_000)).expect("room");
         let evaluation = run(&store, &quota, "a", OnStoreError::Deny);
         assert_eq!(evaluation.outcome, Outcome::Failed);
         assert_eq!(

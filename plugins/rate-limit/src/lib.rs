@@ -1,22 +1,23 @@
 //! `rate_limit`: a Portcullis policy plugin that holds requests to rates
-//! (GCRA, with bursts) and calendar quotas (per minute, hour, day or month,
-//! aligned to UTC), counted in the gateway's shared store so that every
-//! instance agrees. See the README for the configuration.
+//! (GCRA, with bursts, over any whole number of seconds) and quotas (fixed
+//! windows of any whole number of seconds aligned to UTC, or calendar
+//! months), counted in the gateway's shared store so that every instance
+//! agrees. See the README for the configuration.
 //!
 //! Counters are keyed by any combination of the caller's consumer or
 //! tenant, the client IP, the route and request headers; callers with a
 //! role (or one consumer) can have other limits. A refused request is
-//! answered with 429, `Retry-After` and a problem+json body; every request
+//! answered with 429, `Retry-After` (when every refusing limit admits
+//! again), the state of every limit and a problem+json body; every request
 //! that went through the limits gets the `RateLimit-Policy` and `RateLimit`
 //! fields of draft-ietf-httpapi-ratelimit-headers-10 (and, if asked for, the
 //! `X-RateLimit-*` trio) on its response.
 //!
 //! The decisions are plain functions of plain values ([`algo`], [`eval`]
-//! over a [`eval::Store`] trait, [`headers`]); the hooks only read the
+//! over the SDK's `Store` trait, [`headers`]); the hooks only read the
 //! request, the clock and the store.
 
 use std::cell::Cell;
-use std::time::Duration;
 
 use portcullis_sdk::{
     Action, Identity, Policy, Reply, Request, RequestChanges, Response, ResponseChanges, policy,
@@ -29,8 +30,8 @@ mod config;
 mod eval;
 mod headers;
 
-use config::{Config, KeyPart, Limit, OnStoreError, Settings};
-use eval::{Outcome, Status, Store, counter_key, evaluate};
+use config::{Config, KeyPart, Limit, OnStoreError, Report, Settings};
+use eval::{Outcome, Status, counter_key, evaluate};
 use headers::{ATTRIBUTE, Carried};
 
 /// At most one store-failure warning per instance in this many ms; the
@@ -44,29 +45,6 @@ struct RateLimit {
     last_warning_ms: Cell<Option<u64>>,
     /// Store failures not logged since then.
     suppressed: Cell<u64>,
-}
-
-/// The gateway's shared store.
-struct SharedStore;
-
-impl Store for SharedStore {
-    fn get(&self, key: &str) -> Option<String> {
-        store::get(key)
-    }
-
-    fn increment(&self, key: &str, delta: i64, ttl_ms: u64) -> Result<i64, store::StoreError> {
-        store::increment(key, delta, Some(Duration::from_millis(ttl_ms)))
-    }
-
-    fn compare_and_swap(
-        &self,
-        key: &str,
-        expected: Option<&str>,
-        new: &str,
-        ttl_ms: u64,
-    ) -> Result<bool, store::StoreError> {
-        store::compare_and_swap(key, expected, new, Some(Duration::from_millis(ttl_ms)))
-    }
 }
 
 #[policy]
@@ -110,7 +88,7 @@ impl Policy for RateLimit {
             return Action::next();
         }
         let now_ms = time::now_ms();
-        let evaluation = evaluate(&SharedStore, &keyed, now_ms, self.settings.on_store_error);
+        let evaluation = evaluate(&store::Shared, &keyed, now_ms, self.settings.on_store_error);
         for (name, failure) in &evaluation.failures {
             self.warn_store_failure(name, &failure.to_string(), now_ms);
         }
@@ -234,28 +212,38 @@ impl RateLimit {
                 }
             }
             Outcome::Denied {
+                statuses,
                 violated,
                 retry_at_ms,
             } => {
                 let retry_after = headers::retry_after(retry_at_ms, now_ms);
+                let names = violated
+                    .iter()
+                    .map(|name| format!("`{name}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let limits = if violated.len() == 1 {
+                    "limit"
+                } else {
+                    "limits"
+                };
                 let mut reply = Problem {
                     kind: "https://iana.org/assignments/http-problem-types#quota-exceeded",
                     title: "Too Many Requests",
                     status: 429,
-                    detail: format!(
-                        "rate limit `{}` exceeded; retry in {retry_after} s",
-                        violated.name
-                    ),
-                    violated_policies: vec![violated.name.as_str()],
+                    detail: format!("rate {limits} {names} exceeded; retry in {retry_after} s"),
+                    violated_policies: violated.iter().map(String::as_str).collect(),
                 }
                 .reply()
                 .header("retry-after", retry_after.to_string());
-                let statuses = [violated.clone()];
                 if settings.rate_limit_headers {
+                    // Every policy, whatever `report` says: the client must
+                    // be able to tell which limits bit and when each
+                    // recovers.
                     let policy = headers::policy_field(keyed.iter().map(|(l, _)| *l), now_ms);
                     reply = reply.header("ratelimit-policy", policy).header(
                         "ratelimit",
-                        headers::rate_limit_field(&statuses, now_ms, settings.report),
+                        headers::rate_limit_field(&statuses, now_ms, Report::All),
                     );
                 }
                 if settings.legacy_headers {
@@ -310,7 +298,7 @@ impl RateLimit {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::eval::tests::MemoryStore;
+    use portcullis_sdk::store::MemoryStore;
 
     fn plugin(json: &str) -> RateLimit {
         let config: Config = serde_json::from_str(json).expect("valid JSON");
@@ -402,7 +390,8 @@ mod tests {
         );
         assert_eq!(
             reply.header_value("ratelimit"),
-            Some(r#""per-minute";r=0;t=59"#)
+            Some(r#""per-minute";r=0;t=59, "daily";r=9;t=1"#),
+            "every policy, the daily quota not counting the refused request"
         );
         assert_eq!(reply.header_value("x-ratelimit-remaining"), Some("0"));
         assert_eq!(reply.header_value("x-ratelimit-reset"), Some("59"));
