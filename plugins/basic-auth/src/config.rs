@@ -2,13 +2,14 @@
 
 use std::collections::HashMap;
 
-use portcullis_plugin_kit::http::is_token_byte;
+use portcullis_plugin_kit::cache::VerifiedCache;
+use portcullis_plugin_kit::http::quoted_string;
+use portcullis_plugin_kit::identity::IdentityHeadersConfig;
 use portcullis_sdk::Identity;
 use serde::Deserialize;
 
-use crate::cache::VerifiedCache;
 use crate::hash::PasswordHash;
-use crate::{BasicAuth, IdentityHeaders, User, htpasswd};
+use crate::{BasicAuth, User, htpasswd};
 
 /// The configuration of one route's `basic_auth` plugin.
 ///
@@ -67,22 +68,6 @@ struct UserConfig {
     #[serde(default)]
     roles: Vec<String>,
     /// The user's tenant.
-    #[serde(default)]
-    tenant: Option<String>,
-}
-
-/// Names of the headers that carry the identity to the upstream; each
-/// unset one is not sent.
-#[derive(Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct IdentityHeadersConfig {
-    /// The header for the consumer (user name).
-    #[serde(default)]
-    consumer: Option<String>,
-    /// The header for the roles, comma-separated.
-    #[serde(default)]
-    roles: Option<String>,
-    /// The header for the tenant.
     #[serde(default)]
     tenant: Option<String>,
 }
@@ -226,23 +211,9 @@ impl Config {
             );
         }
 
-        let identity_headers = IdentityHeaders {
-            consumer: header_name(
-                self.identity_headers.consumer,
-                "identity_headers.consumer",
-                &mut problems,
-            ),
-            roles: header_name(
-                self.identity_headers.roles,
-                "identity_headers.roles",
-                &mut problems,
-            ),
-            tenant: header_name(
-                self.identity_headers.tenant,
-                "identity_headers.tenant",
-                &mut problems,
-            ),
-        };
+        let identity_headers = self
+            .identity_headers
+            .build("identity_headers", &mut problems);
 
         let ttl_ms = self.cache_ttl_seconds.saturating_mul(1000);
         if !problems.is_empty() {
@@ -281,15 +252,6 @@ fn check_username(name: &str) -> Result<(), String> {
 }
 
 /// A lowercase header name, or a problem naming `key` if it is not one.
-fn header_name(name: Option<String>, key: &str, problems: &mut Vec<String>) -> Option<String> {
-    let name = name?.to_ascii_lowercase();
-    if name.is_empty() || !name.bytes().all(is_token_byte) {
-        problems.push(format!("{key}: `{name}` is not a valid header name"));
-        return None;
-    }
-    Some(name)
-}
-
 fn is_printable_ascii(text: &str) -> bool {
     text.bytes().all(|b| b == b' ' || b.is_ascii_graphic())
 }
@@ -298,30 +260,22 @@ fn is_printable_ascii(text: &str) -> bool {
 /// the `charset` parameter of RFC 7617 (user names and passwords are read
 /// as UTF-8).
 fn challenge(realm: &str) -> String {
-    let mut value = String::with_capacity(realm.len() + 32);
-    value.push_str("Basic realm=\"");
-    for c in realm.chars() {
-        if c == '"' || c == '\\' {
-            value.push('\\');
-        }
-        value.push(c);
-    }
-    value.push_str("\", charset=\"UTF-8\"");
-    value
+    format!("Basic realm={}, charset=\"UTF-8\"", quoted_string(realm))
 }
 
 #[cfg(test)]
 mod tests {
+    use portcullis_plugin_kit::testing;
+
     use super::*;
     use crate::hash::tests::{ARGON2_HUNTER2, BCRYPT_SECRET};
 
     fn build(json: &serde_json::Value) -> Result<Built, String> {
-        let config: Config = serde_json::from_value(json.clone()).expect("config parses");
-        config.build()
+        testing::build(json, Config::build)
     }
 
     fn problems(json: serde_json::Value) -> String {
-        build(&json).err().expect("the config must be rejected")
+        testing::problems(json, Config::build)
     }
 
     fn user<'a>(plugin: &'a BasicAuth, name: &str) -> &'a User {

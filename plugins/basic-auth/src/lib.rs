@@ -10,7 +10,8 @@
 //! by default without its `Authorization` header.
 //!
 //! Password hashes are slow on purpose. Each instance remembers successful
-//! verifications for a short time (see [`cache`]), so that a client that
+//! verifications for a short time (the plugin kit's `VerifiedCache`, keyed
+//! by a salted SHA-256 of the user name and password), so that a client that
 //! sends the same credentials on every request pays for one verification
 //! per time to live; wrong passwords are never remembered. A user name that
 //! does not exist costs a verification too (against another user's hash),
@@ -21,14 +22,14 @@ use std::collections::HashMap;
 
 use base64::Engine as _;
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+use portcullis_plugin_kit::cache::VerifiedCache;
+use portcullis_plugin_kit::identity::IdentityHeaders;
 use portcullis_sdk::{Action, Identity, Policy, Reply, Request, RequestChanges, policy};
 
-mod cache;
 mod config;
 mod hash;
 mod htpasswd;
 
-use cache::VerifiedCache;
 use config::Config;
 use hash::PasswordHash;
 
@@ -44,7 +45,7 @@ struct BasicAuth {
     index: HashMap<String, usize>,
     /// Recent successful verifications. A plugin instance serves one
     /// request at a time, so a `RefCell` is enough.
-    cache: RefCell<VerifiedCache>,
+    cache: RefCell<VerifiedCache<usize>>,
     /// Headers that carry the identity to the upstream.
     identity_headers: IdentityHeaders,
 }
@@ -53,14 +54,6 @@ struct BasicAuth {
 struct User {
     identity: Identity,
     hash: PasswordHash,
-}
-
-/// Names (lowercase) of the headers that carry the identity upstream.
-#[derive(Debug, Default)]
-struct IdentityHeaders {
-    consumer: Option<String>,
-    roles: Option<String>,
-    tenant: Option<String>,
 }
 
 #[policy]
@@ -141,8 +134,10 @@ impl BasicAuth {
     /// from the cache or by verifying the hash (and then remembered).
     fn verify(&self, username: &str, password: &[u8], now_ms: u64) -> Option<usize> {
         let mut cache = self.cache.borrow_mut();
-        let key = cache.enabled().then(|| cache.key(username, password));
-        if let Some(user) = key.as_ref().and_then(|key| cache.get(key, now_ms)) {
+        let key = cache
+            .enabled()
+            .then(|| cache.key(&[username.as_bytes(), password]));
+        if let Some(&user) = key.as_ref().and_then(|key| cache.get(key, now_ms)) {
             return Some(user);
         }
         let Some(&user) = self.index.get(username) else {
@@ -157,7 +152,7 @@ impl BasicAuth {
             return None;
         }
         if let Some(key) = key {
-            cache.insert(key, user, now_ms);
+            cache.insert(key, user, now_ms, None);
         }
         Some(user)
     }
@@ -168,24 +163,7 @@ impl BasicAuth {
         if self.hide_credentials {
             changes = changes.remove_header("authorization");
         }
-        let headers = &self.identity_headers;
-        let values = [
-            (&headers.consumer, Some(identity.consumer.clone())),
-            (
-                &headers.roles,
-                (!identity.roles.is_empty()).then(|| identity.roles.join(",")),
-            ),
-            (&headers.tenant, identity.tenant.clone()),
-        ];
-        for (name, value) in values {
-            let Some(name) = name else { continue };
-            // Whatever the client sent under that name goes first.
-            changes = changes.remove_header(name.as_str());
-            if let Some(value) = value.filter(|v| is_header_value(v)) {
-                changes = changes.set_header(name.as_str(), value);
-            }
-        }
-        changes.into()
+        self.identity_headers.apply(changes, identity).into()
     }
 
     /// A 401 with the challenge and a JSON message.
@@ -196,14 +174,10 @@ impl BasicAuth {
     }
 }
 
-/// Whether `value` can be sent as a header value (no control characters
-/// other than tab).
-fn is_header_value(value: &str) -> bool {
-    !value.chars().any(|c| c.is_control() && c != '\t')
-}
-
 #[cfg(test)]
 mod tests {
+    use portcullis_plugin_kit::testing::{self, continued, json_body, replied};
+
     use super::*;
     use crate::hash::tests::{ARGON2_HUNTER2, BCRYPT_SECRET};
 
@@ -217,8 +191,7 @@ mod tests {
         if let (Some(base), serde_json::Value::Object(extra)) = (json.as_object_mut(), extra) {
             base.extend(extra);
         }
-        let config: Config = serde_json::from_value(json).expect("config parses");
-        config.build().expect("config is valid").plugin
+        testing::valid(json, Config::build).plugin
     }
 
     fn basic(user: &str, password: &str) -> String {
@@ -234,27 +207,14 @@ mod tests {
             .tenant("acme")
     }
 
-    fn continued(action: Action) -> RequestChanges {
-        match action {
-            Action::Continue(changes) => changes,
-            Action::Respond(reply) => panic!(
-                "expected to go on, got {} {}",
-                reply.status,
-                String::from_utf8_lossy(&reply.body)
-            ),
-        }
-    }
-
+    /// The reply to a refused request and its JSON message.
     fn rejected(action: Action) -> (Reply, String) {
-        match action {
-            Action::Respond(reply) => {
-                let body: serde_json::Value =
-                    serde_json::from_slice(&reply.body).expect("JSON body");
-                let message = body["message"].as_str().expect("a message").to_owned();
-                (reply, message)
-            }
-            Action::Continue(changes) => panic!("expected a reply, got {changes:?}"),
-        }
+        let reply = replied(action);
+        let message = json_body(&reply)["message"]
+            .as_str()
+            .expect("a message")
+            .to_owned();
+        (reply, message)
     }
 
     #[test]
@@ -425,8 +385,8 @@ mod tests {
             rejected(auth.authenticate(Some(&wrong), 2_000)).0.status,
             401
         );
-        let key = auth.cache.borrow().key("alice", b"secret");
-        assert_eq!(auth.cache.borrow_mut().get(&key, 10_999), Some(0));
+        let key = auth.cache.borrow().key(&[b"alice", b"secret"]);
+        assert_eq!(auth.cache.borrow_mut().get(&key, 10_999), Some(&0));
         assert_eq!(
             auth.cache.borrow_mut().get(&key, 11_000),
             None,
@@ -449,8 +409,8 @@ mod tests {
         let auth = plugin(serde_json::json!({}));
         // Plant an entry that no hash would confirm: only the cache can
         // make this succeed, which shows a hit skips verification.
-        let key = auth.cache.borrow().key("alice", b"cached-only");
-        auth.cache.borrow_mut().insert(key, 0, 0);
+        let key = auth.cache.borrow().key(&[b"alice", b"cached-only"]);
+        auth.cache.borrow_mut().insert(key, 0, 0, None);
         let changes = continued(auth.authenticate(Some(&basic("alice", "cached-only")), 1));
         assert_eq!(changes.identity, Some(alice()));
     }

@@ -10,9 +10,9 @@ use serde::Deserialize;
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
 
 use crate::JwtAuth;
-use crate::cache::VerifiedCache;
 use crate::claims::Checks;
 use crate::keys::{Key, KeyConfig, family_name, jwks_keys};
+use portcullis_plugin_kit::cache::VerifiedCache;
 
 /// The algorithms this plugin verifies, by their JOSE names.
 const SUPPORTED: &str =
@@ -371,6 +371,8 @@ impl Config {
 
 #[cfg(test)]
 mod tests {
+    use portcullis_plugin_kit::testing;
+
     use super::*;
 
     const DATA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/tests/data/jwt/");
@@ -380,12 +382,11 @@ mod tests {
     }
 
     fn build(json: serde_json::Value) -> Result<Built, String> {
-        let config: Config = serde_json::from_value(json).map_err(|e| e.to_string())?;
-        config.build()
+        testing::build(json, Config::build)
     }
 
     fn problems(json: serde_json::Value) -> String {
-        build(json).err().expect("the config must be rejected")
+        testing::problems(json, Config::build)
     }
 
     const SECRET: &str = "0123456789abcdef0123456789abcdef";

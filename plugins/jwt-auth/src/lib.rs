@@ -18,25 +18,27 @@
 //! without the token.
 //!
 //! Successful verifications are remembered per instance for a short time
-//! (see [`cache`]), keyed by the SHA-256 of the whole token, so that a
-//! client sending the same token on every request pays for one signature
-//! verification per `cache_ttl_seconds`; `exp` and `nbf` are still checked
-//! on every request.
+//! (the plugin kit's `VerifiedCache`), keyed by a salted SHA-256 of the
+//! whole token as presented, signature included, so that a client sending
+//! the same token on every request pays for one signature verification
+//! (about 0.4 ms for RS256 in wasm) per `cache_ttl_seconds`. Only a
+//! byte-identical token hits; an entry never outlives the token's `exp`;
+//! failures are never remembered; `exp` and `nbf` are still checked on
+//! every request.
 
 use std::cell::RefCell;
 
 use base64::Engine as _;
 use jsonwebtoken::{Algorithm, Validation, errors::ErrorKind};
+use portcullis_plugin_kit::cache::VerifiedCache;
 use portcullis_sdk::{Action, Identity, Policy, Reply, Request, RequestChanges, policy};
 use serde_json::Value;
 
-mod cache;
 mod claims;
 mod config;
 mod keys;
 mod token;
 
-use cache::{Verified, VerifiedCache};
 use claims::{Checks, Claims};
 use config::Config;
 use keys::Key;
@@ -67,7 +69,31 @@ struct JwtAuth {
     realm: String,
     /// Recent successful verifications. An instance handles one request
     /// at a time, so a `RefCell` is enough.
-    cache: RefCell<VerifiedCache>,
+    cache: RefCell<VerifiedCache<Verified>>,
+}
+
+/// What verifying a token produced: all a later request with the same
+/// token needs, so that the claims themselves are not kept.
+#[derive(Debug, Clone, PartialEq)]
+struct Verified {
+    /// The identity built from the claims.
+    identity: Identity,
+    /// The value for each of the plugin's `claims_to_headers` entries, in
+    /// their order; `None` where the claim is absent or unusable.
+    claim_headers: Vec<Option<String>>,
+    /// The token's `exp` (seconds since the epoch), if it has one.
+    exp: Option<f64>,
+    /// The token's `nbf` (seconds since the epoch), if it has one.
+    nbf: Option<f64>,
+}
+
+impl Verified {
+    /// The last millisecond before the token's `exp`, if it has one: a
+    /// cache entry must end by then. A fractional `exp` is rounded down
+    /// (`as` saturates and maps NaN to 0, which ends the entry at once).
+    fn not_after_ms(&self) -> Option<u64> {
+        self.exp.map(|exp| (exp * 1000.0) as u64)
+    }
 }
 
 #[policy]
@@ -128,7 +154,7 @@ impl JwtAuth {
     /// `error_description`, the same either way.
     fn admit(&self, token: &str, now_ms: u64) -> Result<Verified, String> {
         let mut cache = self.cache.borrow_mut();
-        let key = cache.enabled().then(|| cache::key(token));
+        let key = cache.enabled().then(|| cache.key(&[token.as_bytes()]));
         if let Some(verified) = key.as_ref().and_then(|key| cache.get(key, now_ms)) {
             self.checks
                 .check_times(verified.exp, verified.nbf, now_ms)?;
@@ -138,7 +164,8 @@ impl JwtAuth {
             .verify(token, now_ms)
             .and_then(|claims| self.identify(&claims))?;
         if let Some(key) = key {
-            cache.insert(key, verified.clone(), now_ms);
+            let not_after = verified.not_after_ms();
+            cache.insert(key, verified.clone(), now_ms, not_after);
         }
         Ok(verified)
     }

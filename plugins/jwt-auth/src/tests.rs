@@ -4,6 +4,7 @@
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::{EncodingKey, Header};
+use portcullis_plugin_kit::testing::{self, continued, json_body, replied};
 use serde_json::json;
 
 use super::*;
@@ -18,8 +19,7 @@ fn read(name: &str) -> String {
 }
 
 fn plugin(config: Value) -> JwtAuth {
-    let config: Config = serde_json::from_value(config).expect("config parses");
-    config.build().expect("config is valid").plugin
+    testing::valid(config, Config::build).plugin
 }
 
 /// A plugin accepting RS256 with the first RSA key, checking issuer and
@@ -91,32 +91,18 @@ fn bearer(token: &str) -> String {
     format!("Bearer {token}")
 }
 
-fn continued(action: Action) -> RequestChanges {
-    match action {
-        Action::Continue(changes) => changes,
-        Action::Respond(reply) => panic!(
-            "expected to go on, got {} {} {:?}",
-            reply.status,
-            String::from_utf8_lossy(&reply.body),
-            reply.headers
-        ),
-    }
-}
-
 /// The reply, its `WWW-Authenticate` value and its JSON message.
 fn rejected(action: Action) -> (Reply, String, String) {
-    match action {
-        Action::Respond(reply) => {
-            let body: Value = serde_json::from_slice(&reply.body).expect("JSON body");
-            let message = body["message"].as_str().expect("a message").to_owned();
-            let challenge = reply
-                .header_value("www-authenticate")
-                .expect("a challenge")
-                .to_owned();
-            (reply, challenge, message)
-        }
-        Action::Continue(changes) => panic!("expected a reply, got {changes:?}"),
-    }
+    let reply = replied(action);
+    let message = json_body(&reply)["message"]
+        .as_str()
+        .expect("a message")
+        .to_owned();
+    let challenge = reply
+        .header_value("www-authenticate")
+        .expect("a challenge")
+        .to_owned();
+    (reply, challenge, message)
 }
 
 /// The `error_description` of a rejected request.
@@ -712,9 +698,8 @@ fn a_hit_does_not_verify_again() {
         exp: Some((NOW + 300) as f64),
         nbf: None,
     };
-    auth.cache
-        .borrow_mut()
-        .insert(cache::key("cached.only.token"), planted, NOW_MS);
+    let key = auth.cache.borrow().key(&[b"cached.only.token"]);
+    auth.cache.borrow_mut().insert(key, planted, NOW_MS, None);
     let changes = continued(auth.authenticate(Some(&bearer("cached.only.token")), &[], NOW_MS));
     assert_eq!(changes.identity, Some(Identity::new("planted")));
     assert_eq!(
@@ -767,12 +752,30 @@ fn a_cached_token_expires_by_ttl() {
     let auth = rsa_plugin(json!({ "cache_ttl_seconds": 10 }));
     let token = sign(Algorithm::RS256, &good_claims());
     accepts(&auth, &token, NOW_MS);
-    let key = cache::key(&token);
+    let key = auth.cache.borrow().key(&[token.as_bytes()]);
     assert!(auth.cache.borrow_mut().get(&key, NOW_MS + 9_999).is_some());
     assert!(auth.cache.borrow_mut().get(&key, NOW_MS + 10_000).is_none());
     // Verified again, and remembered again.
     accepts(&auth, &token, NOW_MS + 10_000);
     assert!(auth.cache.borrow_mut().get(&key, NOW_MS + 19_999).is_some());
+}
+
+#[test]
+fn a_cache_entry_ends_before_the_tokens_exp() {
+    let verified = |exp| Verified {
+        identity: Identity::new("alice"),
+        claim_headers: Vec::new(),
+        exp,
+        nbf: None,
+    };
+    assert_eq!(verified(None).not_after_ms(), None);
+    assert_eq!(verified(Some(1_700.0)).not_after_ms(), Some(1_700_000));
+    // A fraction is rounded down, never up past the token's life.
+    assert_eq!(verified(Some(1_700.000_9)).not_after_ms(), Some(1_700_000));
+    // Nonsense ends the entry at once rather than keeping it.
+    for exp in [f64::NAN, -1.0, 0.0] {
+        assert_eq!(verified(Some(exp)).not_after_ms(), Some(0), "{exp}");
+    }
 }
 
 #[test]

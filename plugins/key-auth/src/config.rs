@@ -2,7 +2,8 @@
 
 use std::collections::HashMap;
 
-use portcullis_plugin_kit::http::is_token_byte;
+use portcullis_plugin_kit::http::{is_token_byte, quoted_string};
+use portcullis_plugin_kit::identity::IdentityHeadersConfig;
 use portcullis_sdk::Identity;
 use serde::Deserialize;
 
@@ -37,6 +38,9 @@ pub(crate) struct Config {
     /// The accepted keys; at least one.
     #[serde(default)]
     keys: Vec<KeyConfig>,
+    /// Headers that carry the identity to the upstream.
+    #[serde(default)]
+    identity_headers: IdentityHeadersConfig,
 }
 
 /// One accepted key and the consumer it identifies.
@@ -160,6 +164,23 @@ impl Config {
             consumers.insert(hash, identity);
         }
 
+        let identity_headers = self
+            .identity_headers
+            .build("identity_headers", &mut problems);
+        if let Some(clash) = [
+            &identity_headers.consumer,
+            &identity_headers.roles,
+            &identity_headers.tenant,
+        ]
+        .into_iter()
+        .flatten()
+        .find(|name| **name == header)
+        {
+            problems.push(format!(
+                "identity_headers: `{clash}` is the header that carries the key"
+            ));
+        }
+
         if !problems.is_empty() {
             return Err(problems.join("; "));
         }
@@ -170,6 +191,7 @@ impl Config {
                 hide_credentials: self.hide_credentials,
                 challenge: challenge(&self.realm),
                 consumers,
+                identity_headers,
             },
             warnings,
         })
@@ -185,34 +207,23 @@ fn parse_sha256(text: &str) -> Option<Digest> {
 
 /// The `WWW-Authenticate` value for `realm`, quoted as RFC 9110 says.
 fn challenge(realm: &str) -> String {
-    let mut value = String::with_capacity(realm.len() + 16);
-    value.push_str("ApiKey realm=\"");
-    for c in realm.chars() {
-        if c == '"' || c == '\\' {
-            value.push('\\');
-        }
-        value.push(c);
-    }
-    value.push('"');
-    value
+    format!("ApiKey realm={}", quoted_string(realm))
 }
 
 #[cfg(test)]
 mod tests {
+    use portcullis_plugin_kit::testing;
+
     use super::*;
 
     const ALICE_SHA: &str = "8d3f0a3e0bc1c9e8a1e5a3e2f5a51f0a7b1f9cb2b0ccf1e1ef3c3c8b5c2b0b9a";
 
-    fn parse(json: &str) -> Config {
-        serde_json::from_str(json).expect("valid JSON config")
-    }
-
     fn build(json: &str) -> Result<Built, String> {
-        parse(json).build()
+        testing::build(json, Config::build)
     }
 
     fn problems(json: &str) -> String {
-        build(json).err().expect("the config must be rejected")
+        testing::problems(json, Config::build)
     }
 
     #[test]
@@ -272,6 +283,26 @@ mod tests {
             "the warning must not log the key"
         );
         assert!(built.plugin.consumers.contains_key(&digest("first")));
+    }
+
+    #[test]
+    fn identity_headers_are_checked() {
+        let built = build(
+            r#"{"identity_headers":{"consumer":"X-Consumer","tenant":"x-tenant"},"keys":[{"consumer":"c","key":"x"}]}"#,
+        )
+        .expect("valid");
+        assert_eq!(
+            built.plugin.identity_headers.consumer.as_deref(),
+            Some("x-consumer")
+        );
+        assert_eq!(built.plugin.identity_headers.roles, None);
+        assert_eq!(
+            problems(
+                r#"{"identity_headers":{"consumer":"X-API-Key","roles":"cookie"},"keys":[{"consumer":"c","key":"x"}]}"#
+            ),
+            "identity_headers.roles: `cookie` cannot carry the identity; \
+             identity_headers: `x-api-key` is the header that carries the key"
+        );
     }
 
     #[test]

@@ -6,7 +6,8 @@
 //! A request with no key, or a key that matches no hash, is answered with
 //! 401 and a `WWW-Authenticate: ApiKey realm="..."` challenge. A request
 //! with a good key goes on with the consumer's identity (name, roles,
-//! tenant) and the attribute `consumer`, and by default without the key.
+//! tenant), the attribute `consumer`, the identity in the configured
+//! `identity_headers`, and by default without the key.
 //!
 //! Keys are compared by looking up the SHA-256 of the presented key in a
 //! table built once at `init`, so the configuration never holds usable
@@ -14,6 +15,7 @@
 
 use std::collections::HashMap;
 
+use portcullis_plugin_kit::identity::IdentityHeaders;
 use portcullis_sdk::{Action, Identity, Policy, Reply, Request, RequestChanges, policy};
 use sha2::Sha256;
 
@@ -43,6 +45,8 @@ struct KeyAuth {
     challenge: String,
     /// The identity each accepted key stands for, by the key's SHA-256.
     consumers: HashMap<Digest, Identity>,
+    /// Headers that carry the identity to the upstream.
+    identity_headers: IdentityHeaders,
 }
 
 #[policy]
@@ -88,7 +92,7 @@ impl KeyAuth {
                 changes = changes.query(rest);
             }
         }
-        changes.into()
+        self.identity_headers.apply(changes, identity).into()
     }
 
     /// A 401 with the challenge and a JSON message.
@@ -101,6 +105,8 @@ impl KeyAuth {
 
 #[cfg(test)]
 mod tests {
+    use portcullis_plugin_kit::testing::{self, continued, json_body, replied};
+
     use super::*;
 
     fn plugin(extra: &str) -> KeyAuth {
@@ -111,29 +117,17 @@ mod tests {
             ]}}"#,
             hex::encode(digest("alice-secret"))
         );
-        let config: Config = serde_json::from_str(&json).expect("config parses");
-        config.build().expect("config is valid").plugin
+        testing::valid(&json, Config::build).plugin
     }
 
     fn alice() -> Identity {
         Identity::new("alice").roles(["admin"]).tenant("acme")
     }
 
-    fn continued(action: Action) -> RequestChanges {
-        match action {
-            Action::Continue(changes) => changes,
-            Action::Respond(reply) => panic!("expected to go on, got {reply:?}"),
-        }
-    }
-
     fn rejected(action: Action) -> (Reply, serde_json::Value) {
-        match action {
-            Action::Respond(reply) => {
-                let body = serde_json::from_slice(&reply.body).expect("JSON body");
-                (reply, body)
-            }
-            Action::Continue(changes) => panic!("expected a reply, got {changes:?}"),
-        }
+        let reply = replied(action);
+        let body = json_body(&reply);
+        (reply, body)
     }
 
     #[test]
@@ -152,6 +146,33 @@ mod tests {
         assert_eq!(
             bob.query, None,
             "the query is left alone without a query_param"
+        );
+    }
+
+    #[test]
+    fn the_identity_goes_upstream_in_the_configured_headers() {
+        let auth = plugin(
+            r#""identity_headers":{"consumer":"x-consumer","roles":"x-roles","tenant":"x-tenant"},"#,
+        );
+        let changes = continued(auth.authenticate(Some("alice-secret"), None));
+        assert_eq!(
+            changes.remove_headers,
+            ["x-api-key", "x-consumer", "x-roles", "x-tenant"],
+            "whatever the client sent under those names goes first"
+        );
+        assert_eq!(
+            changes.set_headers,
+            [
+                ("x-consumer".to_owned(), "alice".to_owned()),
+                ("x-roles".to_owned(), "admin".to_owned()),
+                ("x-tenant".to_owned(), "acme".to_owned()),
+            ]
+        );
+        let bob = continued(auth.authenticate(Some("bob-secret"), None));
+        assert_eq!(
+            bob.set_headers,
+            [("x-consumer".to_owned(), "bob".to_owned())],
+            "no roles, no tenant: those headers are only removed"
         );
     }
 
