@@ -60,7 +60,8 @@ pub enum ProxyError {
         /// The plugin.
         plugin: String,
     },
-    /// No connection could be made to any upstream server.
+    /// The connection to the chosen upstream server failed or took longer
+    /// than `connect_timeout_ms` (there is one attempt, on one server).
     #[error("upstream `{upstream}` is unreachable: {reason}")]
     UpstreamConnect {
         /// The upstream name.

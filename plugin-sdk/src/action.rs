@@ -117,7 +117,7 @@ pub struct RequestChanges {
     pub path: Option<String>,
     /// A new query string without the `?`; an empty string removes it.
     pub query: Option<String>,
-    /// Attributes for later plugins and the access log.
+    /// Attributes for later plugins (the access log does not show them).
     pub attributes: Vec<(String, String)>,
     /// The caller's identity, replacing any earlier one.
     pub identity: Option<Identity>,
@@ -153,7 +153,7 @@ impl RequestChanges {
         self
     }
 
-    /// Sets an attribute for later plugins and the access log; an attribute
+    /// Sets an attribute for later plugins (not logged); an attribute
     /// set again replaces the earlier value.
     pub fn attribute(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         self.attributes.push((key.into(), value.into()));

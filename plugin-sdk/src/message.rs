@@ -85,8 +85,8 @@ impl Request {
         self.0.attribute(key)
     }
 
-    /// The request body: [`Body::NotRequested`] unless the plugin sets
-    /// [`Policy::REQUEST_BODY`](crate::Policy::REQUEST_BODY).
+    /// The request body: [`Body::NotRequested`] unless a plugin on the
+    /// route sets [`Policy::REQUEST_BODY`](crate::Policy::REQUEST_BODY).
     pub fn body(&self) -> Body {
         Body::from_wit(self.0.body())
     }
@@ -112,8 +112,8 @@ impl Response {
 
     header_getters!();
 
-    /// The response body: [`Body::NotRequested`] unless the plugin sets
-    /// [`Policy::RESPONSE_BODY`](crate::Policy::RESPONSE_BODY).
+    /// The response body: [`Body::NotRequested`] unless a plugin on the
+    /// route sets [`Policy::RESPONSE_BODY`](crate::Policy::RESPONSE_BODY).
     pub fn body(&self) -> Body {
         Body::from_wit(self.0.body())
     }
@@ -122,14 +122,14 @@ impl Response {
 /// A message body as a plugin sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Body {
-    /// The plugin did not ask for bodies ([`Policy::REQUEST_BODY`],
+    /// No plugin on the route asked for bodies ([`Policy::REQUEST_BODY`],
     /// [`Policy::RESPONSE_BODY`]), so none was read.
     ///
     /// [`Policy::REQUEST_BODY`]: crate::Policy::REQUEST_BODY
     /// [`Policy::RESPONSE_BODY`]: crate::Policy::RESPONSE_BODY
     NotRequested,
     /// The body is larger than the gateway's `limits.max_body_bytes`; it is
-    /// passed on untouched and cannot be replaced.
+    /// passed on untouched unless a plugin replaces it.
     TooLarge,
     /// The whole body (possibly empty).
     Complete(Vec<u8>),

@@ -239,11 +239,14 @@ pub enum LogFormat {
 pub struct UpstreamConfig {
     /// `host:port` of each server.
     pub servers: Vec<String>,
-    /// How long to wait for a TCP connection; past it the answer is 502.
+    /// How long to wait for a TCP connection; a connection that fails or
+    /// takes longer is answered 502 (if `timeout_ms` has not run out
+    /// first).
     #[serde(default = "UpstreamConfig::default_connect_timeout")]
     pub connect_timeout_ms: u64,
-    /// How long to wait for the response head once connected; past it the
-    /// answer is 504.
+    /// How long to wait for the response head, counted from when the
+    /// request is sent to the upstream client (connecting included); past
+    /// it the answer is 504.
     #[serde(default = "UpstreamConfig::default_timeout")]
     pub timeout_ms: u64,
     /// Idle keep-alive connections kept per server.

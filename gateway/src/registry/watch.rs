@@ -5,7 +5,9 @@
 //! at once; other changes (a create, a write still in progress, platforms
 //! without close events) after a quiet period, so a module is not read half
 //! written. Reloads run one at a time on the blocking pool, off the request
-//! path. Content equal to what is loaded is ignored.
+//! path. A module whose content equals the loaded one is ignored; a config
+//! change (or a touched config file) always builds a new generation, which
+//! reuses the pools whose module and config did not change.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};

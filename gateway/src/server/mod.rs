@@ -1,8 +1,7 @@
-//! Listeners: accept connections, serve HTTP/1.1 with keep-alive through the
-//! pipeline, and drain gracefully on shutdown.
-//!
-//! Connections are served over any `AsyncRead + AsyncWrite` stream, so a TLS
-//! acceptor (tokio-rustls) slots in between `accept` and `serve_connection`.
+//! Listeners: accept connections, serve plain HTTP/1.1 with keep-alive
+//! through the pipeline, and drain gracefully on shutdown. There is no TLS
+//! on listeners yet; `serve_connection` is generic over the stream so that
+//! one can be added between `accept` and it.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
