@@ -28,8 +28,8 @@ pub(crate) struct Config {
     /// How many slots each sliding window is split into (1 to 60).
     #[serde(default)]
     slots: Option<u32>,
-    /// At most how often a request on the route checks the route's active
-    /// incidents for resolution, in seconds.
+    /// At most how often the route's active incidents are checked for
+    /// resolution (by a request or by the gateway's tick), in seconds.
     #[serde(default)]
     sweep_interval_s: Option<u64>,
     /// Repeated authentication failures.
@@ -536,14 +536,16 @@ fn spike_rule(problems: &mut Problems, config: SpikeConfig) -> Option<SpikeRule>
 mod tests {
     use super::*;
 
+    use portcullis_plugin_kit::testing;
+
+    /// What `Config::build` makes of the config `json`.
     fn build(json: &str) -> Result<Settings, String> {
-        serde_json::from_str::<Config>(json)
-            .expect("valid JSON config")
-            .build()
+        testing::build(json, Config::build)
     }
 
+    /// The problems of the bad config `json`.
     fn problems(json: &str) -> String {
-        build(json).expect_err("the config must be rejected")
+        testing::problems(json, Config::build)
     }
 
     #[test]
@@ -682,24 +684,14 @@ mod tests {
 
     #[test]
     fn unknown_fields_and_bad_enums_are_rejected() {
-        let err =
-            serde_json::from_str::<Config>(r#"{"auth_failure":{}}"#).expect_err("unknown field");
-        assert!(
-            err.to_string().starts_with("unknown field `auth_failure`"),
-            "{err}"
-        );
-        let err = serde_json::from_str::<Config>(r#"{"auth_failures":{"treshold":1}}"#)
-            .expect_err("unknown field");
-        assert!(
-            err.to_string().starts_with("unknown field `treshold`"),
-            "{err}"
-        );
-        let err = serde_json::from_str::<Config>(r#"{"rate_limited":{"by":"ip"}}"#)
-            .expect_err("bad variant");
-        assert!(err.to_string().contains("unknown variant `ip`"), "{err}");
-        let err = serde_json::from_str::<Config>(r#"{"error_rate":{"severity":"info"}}"#)
-            .expect_err("bad variant");
-        assert!(err.to_string().contains("unknown variant `info`"), "{err}");
+        let err = problems(r#"{"auth_failure":{}}"#);
+        assert!(err.starts_with("unknown field `auth_failure`"), "{err}");
+        let err = problems(r#"{"auth_failures":{"treshold":1}}"#);
+        assert!(err.starts_with("unknown field `treshold`"), "{err}");
+        let err = problems(r#"{"rate_limited":{"by":"ip"}}"#);
+        assert!(err.contains("unknown variant `ip`"), "{err}");
+        let err = problems(r#"{"error_rate":{"severity":"info"}}"#);
+        assert!(err.contains("unknown variant `info`"), "{err}");
     }
 
     #[test]

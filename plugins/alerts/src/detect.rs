@@ -558,6 +558,7 @@ fn resolve_off<S: Store>(
 mod tests {
     use super::*;
     use crate::config::Config;
+    use portcullis_plugin_kit::testing;
     use portcullis_sdk::store::MemoryStore;
 
     const OFF: [&str; 4] = [
@@ -577,10 +578,7 @@ mod tests {
             }
         }
         let json = format!(r#"{{"sweep_interval_s":1,{}}}"#, parts.join(","));
-        serde_json::from_str::<Config>(&json)
-            .expect("valid JSON")
-            .build()
-            .expect("valid config")
+        testing::valid(&json, Config::build)
     }
 
     /// A gateway: a store and the settings of one route.

@@ -13,9 +13,10 @@
 //!
 //! Counts live in the gateway's shared store (sliding windows split in
 //! slots, see the `window` module), so every instance on every route agrees, and each
-//! incident sends one alert and one resolution (see the `incident` module). The plugin
-//! runs only when requests arrive: an incident resolves on the first request
-//! on the route after it has cleared (see the README).
+//! incident sends one alert and one resolution (see the `incident` module). An
+//! incident resolves at the first sweep after it has cleared: run by a
+//! request on the route or by the gateway's tick (`on_tick`), at most every
+//! `sweep_interval_s` (see the README).
 
 use std::cell::Cell;
 

@@ -333,14 +333,16 @@ fn is_link_target(link: &str) -> bool {
 mod tests {
     use super::*;
 
+    use portcullis_plugin_kit::testing;
+
+    /// What `Config::build` makes of the config `json`.
     fn build(json: &str) -> Result<ApiVersion, String> {
-        serde_json::from_str::<Config>(json)
-            .expect("valid JSON config")
-            .build()
+        testing::build(json, Config::build)
     }
 
+    /// The problems of the bad config `json`.
     fn problems(json: &str) -> String {
-        build(json).expect_err("the config must be rejected")
+        testing::problems(json, Config::build)
     }
 
     #[test]
@@ -565,8 +567,8 @@ mod tests {
                 "expected a date: `YYYY-MM-DD`",
             ),
         ] {
-            let err = serde_json::from_str::<Config>(json).expect_err("rejected");
-            assert!(err.to_string().contains(expected), "{json}: {err}");
+            let err = problems(json);
+            assert!(err.contains(expected), "{json}: {err}");
         }
     }
 }

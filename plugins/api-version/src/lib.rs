@@ -14,9 +14,9 @@
 //! - A request naming no version, or one not configured, goes on or gets a
 //!   `400`, as configured.
 //!
-//! The version found is passed to later plugins and the access log as the
-//! attribute `api_version`, which is also how `on_response` knows which
-//! headers to add.
+//! The version found is passed to later plugins as the attribute
+//! `api_version`, which is also how `on_response` knows which headers to
+//! add.
 
 use std::collections::HashMap;
 
@@ -32,7 +32,7 @@ mod source;
 use config::Config;
 
 /// The attribute carrying a known version from `on_request` to
-/// `on_response` (and to later plugins and the access log).
+/// `on_response` (and to later plugins).
 const ATTRIBUTE: &str = "api_version";
 
 /// Where the version comes from.
@@ -274,6 +274,8 @@ fn gone(version: &Version) -> Action {
 
 #[cfg(test)]
 mod tests {
+    use portcullis_plugin_kit::testing::{self, continued};
+
     use super::*;
 
     /// 2025-01-01T00:00:00Z.
@@ -290,31 +292,14 @@ mod tests {
                 {{"version":"v2"}}
             ]}}"#
         );
-        serde_json::from_str::<Config>(&json)
-            .expect("config parses")
-            .build()
-            .expect("config is valid")
+        testing::valid(&json, Config::build)
     }
 
-    fn continued(action: Action) -> RequestChanges {
-        match action {
-            Action::Continue(changes) => changes,
-            Action::Respond(reply) => panic!(
-                "expected to go on, got {} {}",
-                reply.status,
-                String::from_utf8_lossy(&reply.body)
-            ),
-        }
-    }
-
+    /// The reply of `action` and its JSON body.
     fn replied(action: Action) -> (Reply, serde_json::Value) {
-        match action {
-            Action::Respond(reply) => {
-                let body = serde_json::from_slice(&reply.body).expect("JSON body");
-                (reply, body)
-            }
-            Action::Continue(changes) => panic!("expected a reply, got {changes:?}"),
-        }
+        let reply = testing::replied(action);
+        let body = testing::json_body(&reply);
+        (reply, body)
     }
 
     fn attribute(name: &str) -> Vec<(String, String)> {
@@ -380,12 +365,10 @@ mod tests {
 
     #[test]
     fn a_sunset_link_is_a_sunset_relation() {
-        let p: ApiVersion = serde_json::from_str::<Config>(
+        let p = testing::valid(
             r#"{"source":"header","versions":[{"version":"1","sunset":"2030-01-01","sunset_link":"/docs/sunset"}]}"#,
-        )
-        .expect("parses")
-        .build()
-        .expect("valid");
+            Config::build,
+        );
         let changes = p.response_changes(Some("1"));
         assert_eq!(
             changes.set_headers,

@@ -2,7 +2,8 @@
 //! a parameter of a media type in `Accept`.
 
 /// The `index`th segment of `path` (0 is the one after the first `/`), as
-/// sent (not percent-decoded), if it exists and is not empty.
+/// the gateway normalised it (not decoded further), if it exists and is not
+/// empty.
 pub(crate) fn path_segment(path: &str, index: usize) -> Option<&str> {
     path.strip_prefix('/')?
         .split('/')

@@ -241,14 +241,16 @@ impl Config {
 mod tests {
     use super::*;
 
+    use portcullis_plugin_kit::testing;
+
+    /// What `Config::build` makes of the config `json`.
     fn build(json: &str) -> Result<Mask, String> {
-        serde_json::from_str::<Config>(json)
-            .expect("config parses")
-            .build()
+        testing::build(json, Config::build)
     }
 
+    /// The problems of the bad config `json`.
     fn problems(json: &str) -> String {
-        build(json).expect_err("the config must be rejected")
+        testing::problems(json, Config::build)
     }
 
     #[test]
@@ -351,8 +353,8 @@ mod tests {
                 "unknown field `with`",
             ),
         ] {
-            let err = serde_json::from_str::<Config>(json).expect_err(json);
-            assert!(err.to_string().contains(expected), "{json}: {err}");
+            let err = problems(json);
+            assert!(err.contains(expected), "{json}: {err}");
         }
     }
 }

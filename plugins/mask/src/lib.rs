@@ -256,13 +256,12 @@ impl Mask {
 
 #[cfg(test)]
 mod tests {
+    use portcullis_plugin_kit::testing;
+
     use super::*;
 
     fn plugin(json: &str) -> Mask {
-        serde_json::from_str::<Config>(json)
-            .expect("config parses")
-            .build()
-            .expect("config is valid")
+        testing::valid(json, Config::build)
     }
 
     fn complete(text: &str) -> Body {

@@ -601,13 +601,16 @@ fn valid_name(name: &str) -> bool {
 mod tests {
     use super::*;
 
+    use portcullis_plugin_kit::testing;
+
+    /// What `Config::build` makes of the config `json`.
     fn build(json: &str) -> Result<Settings, String> {
-        let config: Config = serde_json::from_str(json).expect("valid JSON config");
-        config.build()
+        testing::build(json, Config::build)
     }
 
+    /// The problems of the bad config `json`.
     fn problems(json: &str) -> String {
-        build(json).expect_err("the config must be rejected")
+        testing::problems(json, Config::build)
     }
 
     #[test]
@@ -923,17 +926,10 @@ mod tests {
             r#"{"limits":[{"rate":1,"per":"second","window":"day"}]}"#,
             r#"{"limits":[],"overrides":[{"role":"a","limits":[],"roles":[]}]}"#,
         ] {
-            let err = serde_json::from_str::<Config>(json)
-                .err()
-                .expect("unknown field");
-            assert!(err.to_string().starts_with("unknown field"), "{err}");
+            let err = problems(json);
+            assert!(err.starts_with("unknown field"), "{err}");
         }
-        let err = serde_json::from_str::<Config>(r#"{"limits":[],"on_store_error":"open"}"#)
-            .err()
-            .expect("unknown variant");
-        assert!(
-            err.to_string().contains("expected `allow` or `deny`"),
-            "{err}"
-        );
+        let err = problems(r#"{"limits":[],"on_store_error":"open"}"#);
+        assert!(err.contains("expected `allow` or `deny`"), "{err}");
     }
 }

@@ -5,6 +5,7 @@
 
 use std::fmt::Write as _;
 
+use portcullis_plugin_kit::http::quoted_string;
 use serde::{Deserialize, Serialize};
 
 use crate::algo::seconds_until;
@@ -28,19 +29,6 @@ pub(crate) struct Carried {
     pub(crate) statuses: Vec<Status>,
 }
 
-/// Appends `value` as an sf-string (RFC 9651 §3.3.3): quoted, with `"` and
-/// `\` escaped. Policy names are printable ASCII (checked at load).
-fn push_sf_string(out: &mut String, value: &str) {
-    out.push('"');
-    for c in value.chars() {
-        if c == '"' || c == '\\' {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out.push('"');
-}
-
 /// The `RateLimit-Policy` value for `limits` at `now_ms`: one quota policy
 /// item per limit, `"name";q=<quota or rate>;w=<window or period in s>`.
 pub(crate) fn policy_field<'a>(limits: impl IntoIterator<Item = &'a Limit>, now_ms: u64) -> String {
@@ -49,7 +37,7 @@ pub(crate) fn policy_field<'a>(limits: impl IntoIterator<Item = &'a Limit>, now_
         if !out.is_empty() {
             out.push_str(", ");
         }
-        push_sf_string(&mut out, &limit.name);
+        out.push_str(&quoted_string(&limit.name));
         let _ = write!(out, ";q={};w={}", limit.q(), limit.w(now_ms));
     }
     out
@@ -76,7 +64,7 @@ pub(crate) fn rate_limit_field(statuses: &[Status], now_ms: u64, report: Report)
         if !out.is_empty() {
             out.push_str(", ");
         }
-        push_sf_string(&mut out, &status.name);
+        out.push_str(&quoted_string(&status.name));
         let _ = write!(out, ";r={}", status.r);
         if let Some(at) = status.reset_at_ms {
             let _ = write!(out, ";t={}", seconds_until(at, now_ms));

@@ -298,11 +298,11 @@ impl RateLimit {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use portcullis_plugin_kit::testing;
     use portcullis_sdk::store::MemoryStore;
 
     fn plugin(json: &str) -> RateLimit {
-        let config: Config = serde_json::from_str(json).expect("valid JSON");
-        RateLimit::with(config.build().expect("valid config"))
+        RateLimit::with(testing::valid(json, Config::build))
     }
 
     fn keyed(plugin: &RateLimit) -> Vec<(&Limit, String)> {
@@ -328,9 +328,7 @@ mod tests {
         let keyed = keyed(&plugin);
         let store = MemoryStore::at(NOW);
         let evaluation = evaluate(&store, &keyed, NOW, OnStoreError::Allow);
-        let Action::Continue(changes) = plugin.decide(&keyed, evaluation.outcome, NOW) else {
-            panic!("admitted");
-        };
+        let changes = testing::continued(plugin.decide(&keyed, evaluation.outcome, NOW));
         let [(name, json)] = &changes.attributes[..] else {
             panic!("one attribute: {:?}", changes.attributes);
         };
@@ -375,9 +373,7 @@ mod tests {
         let first = evaluate(&store, &keyed, NOW, OnStoreError::Allow);
         assert!(matches!(first.outcome, Outcome::Allowed(_)));
         let second = evaluate(&store, &keyed, NOW + 1500, OnStoreError::Allow);
-        let Action::Respond(reply) = plugin.decide(&keyed, second.outcome, NOW + 1500) else {
-            panic!("refused");
-        };
+        let reply = testing::replied(plugin.decide(&keyed, second.outcome, NOW + 1500));
         assert_eq!(reply.status, 429);
         assert_eq!(reply.header_value("retry-after"), Some("59"));
         assert_eq!(
@@ -395,7 +391,7 @@ mod tests {
         );
         assert_eq!(reply.header_value("x-ratelimit-remaining"), Some("0"));
         assert_eq!(reply.header_value("x-ratelimit-reset"), Some("59"));
-        let body: serde_json::Value = serde_json::from_slice(&reply.body).expect("JSON");
+        let body = testing::json_body(&reply);
         assert_eq!(
             body,
             serde_json::json!({
@@ -416,9 +412,7 @@ mod tests {
         let first = evaluate(&store, &keyed, NOW, OnStoreError::Allow);
         assert_eq!(plugin.decide(&keyed, first.outcome, NOW), Action::next());
         let second = evaluate(&store, &keyed, NOW, OnStoreError::Allow);
-        let Action::Respond(reply) = plugin.decide(&keyed, second.outcome, NOW) else {
-            panic!("refused");
-        };
+        let reply = testing::replied(plugin.decide(&keyed, second.outcome, NOW));
         assert_eq!(reply.header_value("retry-after"), Some("3600"));
         assert_eq!(reply.header_value("ratelimit"), None);
         assert_eq!(reply.header_value("x-ratelimit-limit"), None);
@@ -428,11 +422,9 @@ mod tests {
     fn a_store_failure_closed_is_a_503() {
         let plugin = plugin(r#"{"on_store_error":"deny","limits":[{"rate":1,"per":"hour"}]}"#);
         let keyed = keyed(&plugin);
-        let Action::Respond(reply) = plugin.decide(&keyed, Outcome::Failed, NOW) else {
-            panic!("refused");
-        };
+        let reply = testing::replied(plugin.decide(&keyed, Outcome::Failed, NOW));
         assert_eq!(reply.status, 503);
-        let body: serde_json::Value = serde_json::from_slice(&reply.body).expect("JSON");
+        let body = testing::json_body(&reply);
         assert_eq!(body["status"], 503);
         assert!(body.get("violated-policies").is_none());
     }

@@ -207,14 +207,16 @@ fn build_methods(key: &str, methods: &[String], problems: &mut Vec<String>) -> M
 mod tests {
     use super::*;
 
+    use portcullis_plugin_kit::testing;
+
+    /// What `Config::build` makes of the config `json`.
     fn build(json: &str) -> Result<Rbac, String> {
-        serde_json::from_str::<Config>(json)
-            .expect("valid JSON config")
-            .build()
+        testing::build(json, Config::build)
     }
 
+    /// The problems of the bad config `json`.
     fn problems(json: &str) -> String {
-        build(json).expect_err("the config must be rejected")
+        testing::problems(json, Config::build)
     }
 
     #[test]
@@ -332,17 +334,11 @@ mod tests {
 
     #[test]
     fn unknown_fields_and_effects_are_rejected() {
-        let err =
-            serde_json::from_str::<Config>(r#"{"rules":[],"rule":[]}"#).expect_err("unknown field");
-        assert!(err.to_string().starts_with("unknown field `rule`"), "{err}");
-        let err = serde_json::from_str::<Config>(r#"{"rules":[{"roles":["a"],"path":["/"]}]}"#)
-            .expect_err("unknown field");
-        assert!(err.to_string().starts_with("unknown field `path`"), "{err}");
-        let err = serde_json::from_str::<Config>(r#"{"rules":[{"effect":"block"}]}"#)
-            .expect_err("unknown effect");
-        assert!(
-            err.to_string().starts_with("unknown variant `block`"),
-            "{err}"
-        );
+        let err = problems(r#"{"rules":[],"rule":[]}"#);
+        assert!(err.starts_with("unknown field `rule`"), "{err}");
+        let err = problems(r#"{"rules":[{"roles":["a"],"path":["/"]}]}"#);
+        assert!(err.starts_with("unknown field `path`"), "{err}");
+        let err = problems(r#"{"rules":[{"effect":"block"}]}"#);
+        assert!(err.starts_with("unknown variant `block`"), "{err}");
     }
 }

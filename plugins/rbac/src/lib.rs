@@ -207,13 +207,12 @@ impl Rbac {
 
 #[cfg(test)]
 mod tests {
+    use portcullis_plugin_kit::testing;
+
     use super::*;
 
     fn rbac(rules: &str) -> Rbac {
-        serde_json::from_str::<Config>(&format!(r#"{{"rules":{rules}}}"#))
-            .expect("config parses")
-            .build()
-            .expect("config is valid")
+        testing::valid(&format!(r#"{{"rules":{rules}}}"#), Config::build)
     }
 
     fn alice() -> Identity {
@@ -440,15 +439,10 @@ mod tests {
         }
     }
 
-    fn body(action: &Action) -> (u16, serde_json::Value, Vec<(String, String)>) {
-        match action {
-            Action::Respond(reply) => (
-                reply.status,
-                serde_json::from_slice(&reply.body).expect("JSON body"),
-                reply.headers.clone(),
-            ),
-            Action::Continue(changes) => panic!("expected a reply, got {changes:?}"),
-        }
+    /// The status, JSON body and headers of the reply `action`.
+    fn body(action: Action) -> (u16, serde_json::Value, Vec<(String, String)>) {
+        let reply = testing::replied(action);
+        (reply.status, testing::json_body(&reply), reply.headers)
     }
 
     #[test]
@@ -456,7 +450,7 @@ mod tests {
         let plain = rbac(TENANT_RULES);
         assert_eq!(plain.respond(Decision::Allow), Action::next());
 
-        let (status, json, headers) = body(&plain.respond(Decision::Forbidden));
+        let (status, json, headers) = body(plain.respond(Decision::Forbidden));
         assert_eq!(status, 403);
         assert_eq!(json, serde_json::json!({ "message": "forbidden" }));
         assert_eq!(
@@ -464,7 +458,7 @@ mod tests {
             [("content-type".to_owned(), "application/json".to_owned())]
         );
 
-        let (status, json, headers) = body(&plain.respond(Decision::Unauthenticated));
+        let (status, json, headers) = body(plain.respond(Decision::Unauthenticated));
         assert_eq!(status, 401);
         assert_eq!(
             json,
@@ -472,25 +466,23 @@ mod tests {
         );
         assert!(!headers.iter().any(|(n, _)| n == "www-authenticate"));
 
-        let (status, json, _) = body(&plain.respond(Decision::BadPath(PathError::DotSegment)));
+        let (status, json, _) = body(plain.respond(Decision::BadPath(PathError::DotSegment)));
         assert_eq!(status, 400);
         assert_eq!(
             json,
             serde_json::json!({ "message": "invalid request path" })
         );
 
-        let challenged: Rbac = serde_json::from_str::<Config>(
+        let challenged = testing::valid(
             r#"{"www_authenticate":"ApiKey realm=\"api\"","rules":[{"roles":["a"],"paths":["/"]}]}"#,
-        )
-        .expect("parses")
-        .build()
-        .expect("valid");
-        let (_, _, headers) = body(&challenged.respond(Decision::Unauthenticated));
+            Config::build,
+        );
+        let (_, _, headers) = body(challenged.respond(Decision::Unauthenticated));
         assert!(headers.contains(&(
             "www-authenticate".to_owned(),
             r#"ApiKey realm="api""#.to_owned()
         )));
-        let (_, _, headers) = body(&challenged.respond(Decision::Forbidden));
+        let (_, _, headers) = body(challenged.respond(Decision::Forbidden));
         assert!(
             !headers.iter().any(|(n, _)| n == "www-authenticate"),
             "403 has no challenge"

@@ -1,11 +1,12 @@
 //! Turning a request path into the decoded segments that patterns match.
 //!
-//! The gateway forwards the path to the upstream as the client sent it, and
-//! the upstream may well resolve `..`, decode `%2F` into `/` or treat `\` as
-//! `/`. Any path the upstream could read as a different path than the
-//! plugin does is refused rather than guessed at, so a caller cannot step
-//! out of a pattern (`/tenants/acme/../globex/...`,
-//! `/tenants/acme%2F..%2Fglobex/...`).
+//! The gateway normalises the path before routing (dot segments and `%2e`
+//! resolved, `//` merged) and refuses encoded slashes, so this mostly sees
+//! clean paths. It still refuses any path an upstream could read as a
+//! different path than the plugin does, rather than guessing: what the
+//! gateway leaves alone (`..;x` segments) and what an earlier plugin (a
+//! rewrite) may have produced, so a caller cannot step out of a pattern
+//! (`/tenants/acme/../globex/...`, `/tenants/acme%2F..%2Fglobex/...`).
 
 use std::fmt;
 

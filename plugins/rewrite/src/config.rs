@@ -395,14 +395,16 @@ impl BodyConfig {
 mod tests {
     use super::*;
 
+    use portcullis_plugin_kit::testing;
+
+    /// What `Config::build` makes of the config `json`.
     fn build(json: &str) -> Result<Rewrite, String> {
-        serde_json::from_str::<Config>(json)
-            .expect("config parses")
-            .build()
+        testing::build(json, Config::build)
     }
 
+    /// The problems of the bad config `json`.
     fn problems(json: &str) -> String {
-        build(json).expect_err("the config must be rejected")
+        testing::problems(json, Config::build)
     }
 
     #[test]
@@ -533,8 +535,8 @@ mod tests {
             ),
             (r#"{"query":{"delete":["a"]}}"#, "unknown field `delete`"),
         ] {
-            let err = serde_json::from_str::<Config>(json).expect_err(json);
-            assert!(err.to_string().contains(expected), "{json}: {err}");
+            let err = problems(json);
+            assert!(err.contains(expected), "{json}: {err}");
         }
     }
 }

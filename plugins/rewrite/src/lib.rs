@@ -193,15 +193,13 @@ fn is_json(content_type: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use portcullis_plugin_kit::testing;
     use serde_json::{Value, json};
 
     use super::*;
 
     fn plugin(json: &str) -> Rewrite {
-        serde_json::from_str::<Config>(json)
-            .expect("config parses")
-            .build()
-            .expect("config is valid")
+        testing::valid(json, Config::build)
     }
 
     fn body_plugin(extra: &str) -> Rewrite {
@@ -294,7 +292,7 @@ mod tests {
             match p.rewrite_body(ct, body) {
                 BodyOutcome::Refuse(reply) => {
                     assert_eq!(reply.status, status);
-                    let message: Value = serde_json::from_slice(&reply.body).expect("JSON");
+                    let message = testing::json_body(&reply);
                     assert!(message["message"].is_string());
                 }
                 other => panic!("{status}: expected a refusal, got {other:?}"),
