@@ -276,6 +276,22 @@ impl Reply {
         Reply::json(status, &Message { message })
     }
 
+    /// `401 Unauthorized` with the `WWW-Authenticate` challenge (RFC 9110
+    /// §11.6.1 requires one on every 401) and the JSON body
+    /// `{"message": message}`: what an authentication plugin answers.
+    ///
+    /// ```
+    /// use portcullis_sdk::Reply;
+    ///
+    /// let reply = Reply::unauthorized(r#"Basic realm="api""#, "invalid user name or password");
+    /// assert_eq!(reply.status, 401);
+    /// assert_eq!(reply.header_value("www-authenticate"), Some(r#"Basic realm="api""#));
+    /// assert_eq!(reply.body, br#"{"message":"invalid user name or password"}"#);
+    /// ```
+    pub fn unauthorized(challenge: impl Into<String>, message: &str) -> Self {
+        Reply::message(401, message).header("www-authenticate", challenge)
+    }
+
     /// The first value of the header `name` (matched case-insensitively),
     /// if the reply has it.
     ///

@@ -103,6 +103,62 @@ pub fn problems<C: DeserializeOwned, T>(
     }
 }
 
+/// Asserts that each configuration of `cases` is refused with problems
+/// that contain the text given with it.
+///
+/// # Panics
+/// On the first configuration accepted, or refused for something else.
+#[track_caller]
+pub fn assert_problems<'a, J, C, T>(
+    cases: impl IntoIterator<Item = (J, &'a str)>,
+    build: impl Fn(C) -> Result<T, String>,
+) where
+    J: ConfigJson + Clone + std::fmt::Debug,
+    C: DeserializeOwned,
+{
+    for (json, expected) in cases {
+        let problems = problems(json.clone(), &build);
+        assert!(
+            problems.contains(expected),
+            "{json:?}: expected `{expected}` in `{problems}`"
+        );
+    }
+}
+
+/// Defines, in a plugin's config test module, `build(json)` and
+/// `problems(json)` for its `Config::build` (see [`build`] and
+/// [`problems`]; `json` is anything [`ConfigJson`]).
+///
+/// ```ignore
+/// #[cfg(test)]
+/// mod tests {
+///     use super::*;
+///
+///     portcullis_plugin_kit::config_test_helpers!(Config => Settings);
+///
+///     #[test]
+///     fn a_zero_limit_is_refused() {
+///         assert_eq!(problems(r#"{"limit":0}"#), "limit: must be at least 1");
+///     }
+/// }
+/// ```
+#[macro_export]
+macro_rules! config_test_helpers {
+    ($config:ty => $built:ty) => {
+        /// What `Config::build` makes of the config `json`.
+        #[allow(dead_code)]
+        fn build(json: impl $crate::testing::ConfigJson) -> Result<$built, String> {
+            $crate::testing::build(json, <$config>::build)
+        }
+
+        /// The problems of the bad config `json`.
+        #[allow(dead_code)]
+        fn problems(json: impl $crate::testing::ConfigJson) -> String {
+            $crate::testing::problems(json, <$config>::build)
+        }
+    };
+}
+
 /// The changes of an action that lets the request go on.
 ///
 /// # Panics

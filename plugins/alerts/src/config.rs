@@ -536,17 +536,7 @@ fn spike_rule(problems: &mut Problems, config: SpikeConfig) -> Option<SpikeRule>
 mod tests {
     use super::*;
 
-    use portcullis_plugin_kit::testing;
-
-    /// What `Config::build` makes of the config `json`.
-    fn build(json: &str) -> Result<Settings, String> {
-        testing::build(json, Config::build)
-    }
-
-    /// The problems of the bad config `json`.
-    fn problems(json: &str) -> String {
-        testing::problems(json, Config::build)
-    }
+    portcullis_plugin_kit::config_test_helpers!(Config => Settings);
 
     #[test]
     fn an_empty_config_turns_every_detector_on_with_defaults() {

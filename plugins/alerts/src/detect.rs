@@ -610,6 +610,17 @@ mod tests {
         }
     }
 
+    /// An anonymous request from 10.0.0.1 on the route `api`.
+    fn api_request(now: u64, status: u16) -> Observation<'static> {
+        Observation {
+            route: "api",
+            status,
+            client_ip: "10.0.0.1",
+            consumer: None,
+            now,
+        }
+    }
+
     const AUTH: &str = r#""auth_failures":{"threshold":20,"window_s":10,"cooldown_s":300}"#;
 
     #[test]
@@ -929,13 +940,7 @@ mod tests {
     fn an_incident_of_a_detector_turned_off_resolves_on_the_next_sweep() {
         let store = MemoryStore::at(0);
         let on = settings(&[r#""rate_limited":{"threshold":1}"#]);
-        let obs = |now, status| Observation {
-            route: "api",
-            status,
-            client_ip: "10.0.0.1",
-            consumer: None,
-            now,
-        };
+        let obs = api_request;
         assert_eq!(observe(&on, &store, &obs(0, 429), true).notices.len(), 1);
         let off = settings(&[]);
         store.set_now(5000);
@@ -955,13 +960,7 @@ mod tests {
     fn one_sweep_per_interval_across_instances() {
         let store = MemoryStore::at(0);
         let settings = settings(&[r#""rate_limited":{"threshold":1,"window_s":1}"#]);
-        let obs = |now, status| Observation {
-            route: "api",
-            status,
-            client_ip: "10.0.0.1",
-            consumer: None,
-            now,
-        };
+        let obs = api_request;
         assert_eq!(
             observe(&settings, &store, &obs(0, 429), true).notices.len(),
             1

@@ -333,17 +333,7 @@ fn is_link_target(link: &str) -> bool {
 mod tests {
     use super::*;
 
-    use portcullis_plugin_kit::testing;
-
-    /// What `Config::build` makes of the config `json`.
-    fn build(json: &str) -> Result<ApiVersion, String> {
-        testing::build(json, Config::build)
-    }
-
-    /// The problems of the bad config `json`.
-    fn problems(json: &str) -> String {
-        testing::problems(json, Config::build)
-    }
+    portcullis_plugin_kit::config_test_helpers!(Config => ApiVersion);
 
     #[test]
     fn defaults_apply() {

@@ -265,18 +265,10 @@ fn challenge(realm: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use portcullis_plugin_kit::testing;
-
     use super::*;
     use crate::hash::tests::{ARGON2_HUNTER2, BCRYPT_SECRET};
 
-    fn build(json: &serde_json::Value) -> Result<Built, String> {
-        testing::build(json, Config::build)
-    }
-
-    fn problems(json: serde_json::Value) -> String {
-        testing::problems(json, Config::build)
-    }
+    portcullis_plugin_kit::config_test_helpers!(Config => Built);
 
     fn user<'a>(plugin: &'a BasicAuth, name: &str) -> &'a User {
         &plugin.users[plugin.index[name]]
@@ -284,7 +276,7 @@ mod tests {
 
     #[test]
     fn defaults_apply() {
-        let built = build(&serde_json::json!({
+        let built = build(serde_json::json!({
             "users": [{ "username": "alice", "password_hash": BCRYPT_SECRET }]
         }))
         .expect("valid");
@@ -302,7 +294,7 @@ mod tests {
 
     #[test]
     fn every_field_is_read() {
-        let built = build(&serde_json::json!({
+        let built = build(serde_json::json!({
             "realm": "the \"zoo\"",
             "hide_credentials": false,
             "cache_ttl_seconds": 0,
@@ -346,7 +338,7 @@ mod tests {
 
     #[test]
     fn htpasswd_alone_is_enough() {
-        let built = build(&serde_json::json!({
+        let built = build(serde_json::json!({
             "htpasswd": format!("# ops\nalice:{BCRYPT_SECRET}\n"),
         }))
         .expect("valid");
@@ -427,13 +419,7 @@ mod tests {
                 "identity_headers.roles: `x roles` is not a valid header name",
             ),
         ];
-        for (json, expected) in cases {
-            let err = problems(json.clone());
-            assert!(
-                err.contains(expected),
-                "{json}: expected `{expected}` in `{err}`"
-            );
-        }
+        portcullis_plugin_kit::testing::assert_problems(cases, Config::build);
     }
 
     #[test]
@@ -448,7 +434,7 @@ mod tests {
     #[test]
     fn expensive_hashes_are_accepted_with_a_warning() {
         let slow = BCRYPT_SECRET.replacen("$04$", "$13$", 1);
-        let built = build(&serde_json::json!({
+        let built = build(serde_json::json!({
             "users": [{ "username": "a", "password_hash": slow }],
             "htpasswd": format!("b:{}", ARGON2_HUNTER2.replacen("m=64,", "m=40000,", 1)),
         }))

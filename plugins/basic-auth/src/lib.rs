@@ -168,9 +168,7 @@ impl BasicAuth {
 
     /// A 401 with the challenge and a JSON message.
     fn reject(&self, message: &str) -> Action {
-        Reply::message(401, message)
-            .header("www-authenticate", self.challenge.as_str())
-            .into()
+        Reply::unauthorized(self.challenge.as_str(), message).into()
     }
 }
 

@@ -371,8 +371,6 @@ impl Config {
 
 #[cfg(test)]
 mod tests {
-    use portcullis_plugin_kit::testing;
-
     use super::*;
 
     const DATA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/tests/data/jwt/");
@@ -381,13 +379,7 @@ mod tests {
         std::fs::read_to_string(format!("{DATA}{name}")).expect("test key")
     }
 
-    fn build(json: serde_json::Value) -> Result<Built, String> {
-        testing::build(json, Config::build)
-    }
-
-    fn problems(json: serde_json::Value) -> String {
-        testing::problems(json, Config::build)
-    }
+    portcullis_plugin_kit::config_test_helpers!(Config => Built);
 
     const SECRET: &str = "0123456789abcdef0123456789abcdef";
 
@@ -600,13 +592,7 @@ mod tests {
                 "unknown field `nope`",
             ),
         ];
-        for (json, expected) in cases {
-            let err = problems(json.clone());
-            assert!(
-                err.contains(expected),
-                "{json}: expected `{expected}` in `{err}`"
-            );
-        }
+        portcullis_plugin_kit::testing::assert_problems(cases, Config::build);
     }
 
     #[test]

@@ -328,9 +328,7 @@ impl JwtAuth {
             challenge.push_str(description);
             challenge.push('"');
         }
-        Reply::message(401, message)
-            .header("www-authenticate", challenge)
-            .into()
+        Reply::unauthorized(challenge, message).into()
     }
 }
 

@@ -212,19 +212,11 @@ fn challenge(realm: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use portcullis_plugin_kit::testing;
-
     use super::*;
 
     const ALICE_SHA: &str = "8d3f0a3e0bc1c9e8a1e5a3e2f5a51f0a7b1f9cb2b0ccf1e1ef3c3c8b5c2b0b9a";
 
-    fn build(json: &str) -> Result<Built, String> {
-        testing::build(json, Config::build)
-    }
-
-    fn problems(json: &str) -> String {
-        testing::problems(json, Config::build)
-    }
+    portcullis_plugin_kit::config_test_helpers!(Config => Built);
 
     #[test]
     fn defaults_apply() {

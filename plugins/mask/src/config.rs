@@ -241,17 +241,7 @@ impl Config {
 mod tests {
     use super::*;
 
-    use portcullis_plugin_kit::testing;
-
-    /// What `Config::build` makes of the config `json`.
-    fn build(json: &str) -> Result<Mask, String> {
-        testing::build(json, Config::build)
-    }
-
-    /// The problems of the bad config `json`.
-    fn problems(json: &str) -> String {
-        testing::problems(json, Config::build)
-    }
+    portcullis_plugin_kit::config_test_helpers!(Config => Mask);
 
     #[test]
     fn defaults_mask_response_bodies() {

@@ -601,17 +601,7 @@ fn valid_name(name: &str) -> bool {
 mod tests {
     use super::*;
 
-    use portcullis_plugin_kit::testing;
-
-    /// What `Config::build` makes of the config `json`.
-    fn build(json: &str) -> Result<Settings, String> {
-        testing::build(json, Config::build)
-    }
-
-    /// The problems of the bad config `json`.
-    fn problems(json: &str) -> String {
-        testing::problems(json, Config::build)
-    }
+    portcullis_plugin_kit::config_test_helpers!(Config => Settings);
 
     #[test]
     fn defaults_apply() {

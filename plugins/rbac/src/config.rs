@@ -207,17 +207,7 @@ fn build_methods(key: &str, methods: &[String], problems: &mut Vec<String>) -> M
 mod tests {
     use super::*;
 
-    use portcullis_plugin_kit::testing;
-
-    /// What `Config::build` makes of the config `json`.
-    fn build(json: &str) -> Result<Rbac, String> {
-        testing::build(json, Config::build)
-    }
-
-    /// The problems of the bad config `json`.
-    fn problems(json: &str) -> String {
-        testing::problems(json, Config::build)
-    }
+    portcullis_plugin_kit::config_test_helpers!(Config => Rbac);
 
     #[test]
     fn defaults_apply_and_rules_are_split_by_effect() {

@@ -191,14 +191,15 @@ impl Rbac {
     fn respond(&self, decision: Decision) -> Action {
         match decision {
             Decision::Allow => Action::next(),
-            Decision::Unauthenticated => {
-                let reply = Reply::message(401, "authentication required");
-                match &self.www_authenticate {
-                    Some(challenge) => reply.header("www-authenticate", challenge.as_str()),
-                    None => reply,
+            // RFC 9110 §15.5.2: a 401 MUST carry a challenge; without one
+            // configured there is no scheme to offer, so the refusal is a
+            // 403 with the same message.
+            Decision::Unauthenticated => match &self.www_authenticate {
+                Some(challenge) => {
+                    Reply::unauthorized(challenge.as_str(), "authentication required").into()
                 }
-                .into()
-            }
+                None => Reply::message(403, "authentication required").into(),
+            },
             Decision::Forbidden => Reply::message(403, "forbidden").into(),
             Decision::BadPath(_) => Reply::message(400, "invalid request path").into(),
         }
@@ -458,8 +459,9 @@ mod tests {
             [("content-type".to_owned(), "application/json".to_owned())]
         );
 
+        // No challenge to offer: not a 401 (RFC 9110 §15.5.2), a 403.
         let (status, json, headers) = body(plain.respond(Decision::Unauthenticated));
-        assert_eq!(status, 401);
+        assert_eq!(status, 403);
         assert_eq!(
             json,
             serde_json::json!({ "message": "authentication required" })
@@ -477,7 +479,8 @@ mod tests {
             r#"{"www_authenticate":"ApiKey realm=\"api\"","rules":[{"roles":["a"],"paths":["/"]}]}"#,
             Config::build,
         );
-        let (_, _, headers) = body(challenged.respond(Decision::Unauthenticated));
+        let (status, _, headers) = body(challenged.respond(Decision::Unauthenticated));
+        assert_eq!(status, 401);
         assert!(headers.contains(&(
             "www-authenticate".to_owned(),
             r#"ApiKey realm="api""#.to_owned()

@@ -395,17 +395,7 @@ impl BodyConfig {
 mod tests {
     use super::*;
 
-    use portcullis_plugin_kit::testing;
-
-    /// What `Config::build` makes of the config `json`.
-    fn build(json: &str) -> Result<Rewrite, String> {
-        testing::build(json, Config::build)
-    }
-
-    /// The problems of the bad config `json`.
-    fn problems(json: &str) -> String {
-        testing::problems(json, Config::build)
-    }
+    portcullis_plugin_kit::config_test_helpers!(Config => Rewrite);
 
     #[test]
     fn an_empty_config_does_nothing() {
