@@ -317,8 +317,10 @@ warmup_windows = 2"#,
     for part in ["count=20", "baseline=5", "threshold=20", "window_s=10"] {
         assert!(spike.contains(part), "`{part}` missing in {spike}");
     }
-    // The 429 route's own alert is the only one there.
-    assert_eq!(alerts("burst", &[]).len(), 1);
+    // The 429 route's own alert is the only one that fired there (the
+    // clock moved 30 s, so a tick may already have resolved it).
+    assert_eq!(alerts("burst", &["state=firing"]).len(), 1);
+    assert!(alerts("burst", &[]).len() <= 2);
     gw.stop().await;
 }
 

@@ -187,11 +187,17 @@ async fn a_failing_webhook_is_retried_until_it_accepts() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_webhook_costs_requests_nothing_and_its_alerts_are_counted() {
-    // A port that nobody listens on any more.
-    let dead = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        listener.local_addr().expect("addr")
-    };
+    // A webhook that closes every connection without answering. The port
+    // stays bound by this test (a port merely freed could be taken by
+    // another test's receiver running in parallel and answer 200).
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let dead = listener.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        // At most one connection per attempt (max_retries = 2), bounded.
+        for stream in listener.incoming().take(16) {
+            drop(stream);
+        }
+    });
     let clock = Arc::new(ManualClock::new(START_MS));
     let gw = gateway(
         &clock,
