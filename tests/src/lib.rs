@@ -108,6 +108,9 @@ impl std::fmt::Debug for TestGateway {
 pub fn base_config(upstream: SocketAddr) -> String {
     format!(
         r#"
+# Each test gateway has its own state (compiled-module cache and key).
+state_directory = "state"
+
 [[listeners]]
 address = "127.0.0.1:0"
 

@@ -305,7 +305,7 @@ async fn compiled_modules_are_cached_for_the_next_start() {
     let gw = TestGateway::start_in(dir).await.expect("first start");
     assert!(!from_cache(&gw), "first start compiles");
     // The compiled module is written in the background, after it serves.
-    let cache = gw.plugin_dir().join(".cache");
+    let cache = gw.dir().join("state").join("modules");
     let deadline = Instant::now() + RELOAD_BOUND;
     let cached = loop {
         let entries: Vec<_> = std::fs::read_dir(&cache)

@@ -41,6 +41,13 @@ pub use alerts::{AlertsConfig, Severity, WebhookConfig};
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
+    /// The gateway's own state (the compiled-module cache and its key).
+    /// Relative to the config file. Default: `$STATE_DIRECTORY` (set by
+    /// systemd's `StateDirectory=`), else `$XDG_STATE_HOME/portcullis`,
+    /// else `$HOME/.local/state/portcullis`, else `.portcullis-state`
+    /// beside the config file.
+    #[serde(default)]
+    pub state_directory: Option<PathBuf>,
     /// Where the gateway accepts connections.
     #[serde(default)]
     pub listeners: Vec<ListenerConfig>,
@@ -61,6 +68,10 @@ pub struct Config {
     /// Where alerts raised by plugins are delivered.
     #[serde(default)]
     pub alerts: AlertsConfig,
+    /// The directory of the config file, which relative paths start from
+    /// (not a key).
+    #[serde(skip)]
+    pub base_directory: PathBuf,
 }
 
 /// A listening socket.
@@ -81,7 +92,7 @@ pub struct ListenerConfig {
 /// ```toml
 /// [plugins]
 /// directory = "plugins"          # relative to the config file
-/// cache_directory = ".cache"     # compiled modules; default <directory>/.cache
+/// cache_directory = "/var/lib/portcullis/modules"   # default <state_directory>/modules
 /// watch = true                   # hot-load changed modules
 /// tick_interval_ms = 1000        # how often `on-tick` runs
 /// ```
@@ -90,8 +101,9 @@ pub struct ListenerConfig {
 pub struct PluginsConfig {
     /// Directory holding `<name>.wasm` files; the file name is the plugin name.
     pub directory: PathBuf,
-    /// Directory for compiled modules, keyed by content hash and engine.
-    /// Defaults to `<directory>/.cache`.
+    /// Directory for compiled modules, keyed by content hash and engine,
+    /// each authenticated with the state directory's key. Defaults to
+    /// `<state_directory>/modules`.
     #[serde(default)]
     pub cache_directory: Option<PathBuf>,
     /// Whether to watch the directory and the config file and reload on change.
@@ -442,12 +454,34 @@ impl Config {
         toml::from_str(text).map_err(|e| e.to_string().trim_end().to_owned())
     }
 
+    /// The directory of the gateway's own state (resolved: see
+    /// [`Config::state_directory`](Config#structfield.state_directory)).
+    pub fn state_directory(&self) -> PathBuf {
+        if let Some(dir) = &self.state_directory {
+            return dir.clone();
+        }
+        let env = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
+        if let Some(dirs) = env("STATE_DIRECTORY") {
+            // systemd passes a `:`-separated list; the first is ours.
+            if let Some(first) = std::env::split_paths(&dirs).next() {
+                return first;
+            }
+        }
+        if let Some(xdg) = env("XDG_STATE_HOME") {
+            return PathBuf::from(xdg).join("portcullis");
+        }
+        if let Some(home) = env("HOME") {
+            return PathBuf::from(home).join(".local/state/portcullis");
+        }
+        self.base_directory.join(".portcullis-state")
+    }
+
     /// The cache directory for compiled modules.
     pub fn cache_directory(&self) -> PathBuf {
         self.plugins
             .cache_directory
             .clone()
-            .unwrap_or_else(|| self.plugins.directory.join(".cache"))
+            .unwrap_or_else(|| self.state_directory().join("modules"))
     }
 
     fn resolve_paths(&mut self, base: &Path) {
@@ -456,9 +490,13 @@ impl Config {
                 *p = base.join(&*p);
             }
         };
+        self.base_directory = base.to_owned();
         resolve(&mut self.plugins.directory);
         if let Some(cache) = self.plugins.cache_directory.as_mut() {
             resolve(cache);
+        }
+        if let Some(state) = self.state_directory.as_mut() {
+            resolve(state);
         }
         for route in &mut self.routes {
             for plugin in &mut route.plugins {

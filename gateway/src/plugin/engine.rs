@@ -1,9 +1,9 @@
 //! The one wasmtime [`Engine`] of the gateway, its linker, the epoch ticker
-//! that enforces CPU deadlines, and compilation with an on-disk cache.
+//! that enforces CPU deadlines, and compilation with an authenticated
+//! on-disk cache ([`ModuleCache`]).
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
@@ -15,6 +15,7 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 
 use super::PluginError;
 use super::bindings::{Policy, PolicyPre};
+use super::cache::ModuleCache;
 use super::host::StoreState;
 
 /// How often the epoch advances; CPU deadlines are enforced in these steps.
@@ -192,21 +193,26 @@ impl PluginEngine {
         timeout_ms.div_ceil(tick) + 1
     }
 
+    /// The engine's compatibility hash: compiled code from another engine
+    /// configuration never loads into this one.
+    pub fn compatibility_hash(&self) -> &str {
+        &self.compat
+    }
+
     /// Compiles `bytes` as the plugin `name` and checks it against the
-    /// `policy` world. With a cache directory, a module compiled before by a
-    /// compatible engine is loaded from there instead, and a new one is
-    /// stored there.
+    /// `policy` world. With a cache, a module compiled before by a
+    /// compatible engine is loaded from there instead (if its entry
+    /// verifies), and a new one is stored there.
     pub fn compile(
         &self,
         name: &str,
         bytes: &[u8],
-        cache_dir: Option<&Path>,
+        cache: Option<&Arc<ModuleCache>>,
     ) -> Result<CompiledPlugin, PluginError> {
         let started = Instant::now();
         let hash = content_hash(bytes);
-        let cached = cache_dir.map(|dir| dir.join(format!("{hash}-{}.cwasm", self.compat)));
         let mut from_cache = false;
-        let component = match cached.as_deref().and_then(|p| self.load_cached(p)) {
+        let component = match cache.and_then(|c| c.load(&self.engine, &hash, &self.compat)) {
             Some(component) => {
                 from_cache = true;
                 component
@@ -214,11 +220,12 @@ impl PluginEngine {
             None => {
                 let component = Component::new(&self.engine, bytes)
                     .map_err(|e| PluginError::Compile(format!("{e:#}")))?;
-                if let Some(path) = cached.clone() {
+                if let Some(cache) = cache {
                     // Off the reload's critical path: the module serves
                     // before its compiled form reaches the disk.
-                    let component = component.clone();
-                    std::thread::spawn(move || store_cached(&path, &component));
+                    let (cache, component) = (cache.clone(), component.clone());
+                    let (hash, compat) = (hash.clone(), self.compat.clone());
+                    std::thread::spawn(move || cache.store(&hash, &compat, &component));
                 }
                 component
             }
@@ -237,53 +244,6 @@ impl PluginEngine {
             load_time: started.elapsed(),
             pre,
         })
-    }
-
-    fn load_cached(&self, path: &Path) -> Option<Component> {
-        if !path.is_file() {
-            return None;
-        }
-        // SAFETY: the cache directory belongs to the gateway: every file in it
-        // was written by `store_cached` below (to a temporary name, then
-        // renamed), named by the SHA-256 of the module it was compiled from
-        // and by this engine's compatibility hash. `deserialize_file` also
-        // checks the artifact's header against this engine's configuration.
-        // Operators must keep the directory writable only by the gateway.
-        #[allow(unsafe_code)]
-        let loaded = unsafe { Component::deserialize_file(&self.engine, path) };
-        match loaded {
-            Ok(component) => Some(component),
-            Err(e) => {
-                tracing::warn!(path = %path.display(), error = %e, "ignoring unusable compiled-module cache entry");
-                let _ = std::fs::remove_file(path);
-                None
-            }
-        }
-    }
-}
-
-/// Writes a compiled module to the cache: to a temporary name, then renamed.
-fn store_cached(path: &Path, component: &Component) {
-    let result = (|| -> anyhow::Result<()> {
-        let bytes = component.serialize()?;
-        let dir = path
-            .parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_else(|| PathBuf::from("."));
-        std::fs::create_dir_all(&dir)?;
-        let tmp = dir.join(format!(
-            ".{}.{}.tmp",
-            path.file_name()
-                .and_then(|n| n.to_str())
-                .unwrap_or("module"),
-            std::process::id()
-        ));
-        std::fs::write(&tmp, bytes)?;
-        std::fs::rename(&tmp, path)?;
-        Ok(())
-    })();
-    if let Err(e) = result {
-        tracing::warn!(path = %path.display(), error = %e, "could not write compiled-module cache entry");
     }
 }
 

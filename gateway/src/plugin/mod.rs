@@ -14,11 +14,13 @@
 //! pool): wasmtime-wasi's synchronous bindings block on a tokio runtime,
 //! which panics on a runtime thread, while its async bindings simply await.
 
+pub mod cache;
 pub mod engine;
 mod host;
 pub mod pool;
 pub mod view;
 
+pub use cache::ModuleCache;
 pub use engine::{CompiledPlugin, PluginEngine};
 pub use host::HostServices;
 pub use pool::{Lease, PluginPool};

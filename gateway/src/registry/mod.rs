@@ -20,7 +20,9 @@ use tokio::runtime::Handle;
 use tokio::sync::broadcast;
 
 use crate::config::{Config, OnError};
-use crate::plugin::{CompiledPlugin, Hooks, HostServices, PluginEngine, PluginError, PluginPool};
+use crate::plugin::{
+    CompiledPlugin, Hooks, HostServices, ModuleCache, PluginEngine, PluginError, PluginPool,
+};
 use crate::router::Router;
 use crate::upstream::Upstream;
 
@@ -121,6 +123,8 @@ pub struct Registry {
     runtime: Handle,
     config_path: PathBuf,
     events: broadcast::Sender<ReloadEvent>,
+    /// The compiled-module cache, if it could be opened.
+    cache: Option<Arc<ModuleCache>>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -166,14 +170,14 @@ impl Registry {
     ) -> anyhow::Result<Self> {
         let started = Instant::now();
         let dir = config.plugins.directory.clone();
-        let cache = config.cache_directory();
+        let cache = open_cache(&config);
         let files = module_files(&dir)
             .map_err(|e| anyhow::anyhow!("cannot read plugin directory {}: {e}", dir.display()))?;
         let used = used_plugins(&config);
         let mut modules = HashMap::new();
         let mut problems = Vec::new();
         for (name, path) in files {
-            match load_module(&engine, &name, &path, &cache) {
+            match load_module(&engine, &name, &path, cache.as_ref()) {
                 Ok(module) => {
                     log_module(&module, "loaded");
                     modules.insert(name, Arc::new(module));
@@ -210,6 +214,7 @@ impl Registry {
             runtime,
             config_path,
             events,
+            cache,
         };
         registry.emit(ReloadEvent {
             trigger: Trigger::Startup,
@@ -342,10 +347,7 @@ impl Registry {
                 outcome: Outcome::Unchanged,
             });
         }
-        let module = match self
-            .engine
-            .compile(name, &bytes, Some(&config.cache_directory()))
-        {
+        let module = match self.engine.compile(name, &bytes, self.cache.as_ref()) {
             Ok(m) => Arc::new(m),
             Err(e) => return self.reject(trigger, e.to_string()),
         };
@@ -404,13 +406,12 @@ impl Registry {
         // Modules the new config uses that are not loaded yet (new files, or
         // files that failed before) are loaded now.
         let mut modules = loaded.modules.clone();
-        let cache = config.cache_directory();
         for name in used_plugins(&config) {
             if modules.contains_key(&name) {
                 continue;
             }
             let path = config.plugins.directory.join(format!("{name}.wasm"));
-            match load_module(&self.engine, &name, &path, &cache) {
+            match load_module(&self.engine, &name, &path, self.cache.as_ref()) {
                 Ok(m) => {
                     modules.insert(name, Arc::new(m));
                 }
@@ -433,6 +434,10 @@ fn keep_static_settings(old: &Config, new: &mut Config) {
     if new.listeners != old.listeners {
         tracing::warn!("config reload: `listeners` changed; listeners change only with a restart");
         new.listeners = old.listeners.clone();
+    }
+    if new.state_directory != old.state_directory {
+        tracing::warn!("config reload: `state_directory` changes only with a restart");
+        new.state_directory = old.state_directory.clone();
     }
     if new.plugins != old.plugins {
         tracing::warn!(
@@ -472,11 +477,27 @@ fn used_plugins(config: &Config) -> Vec<String> {
     names
 }
 
+/// Opens the compiled-module cache of `config`; without one (a state
+/// directory that cannot be made, a key others can read) every start
+/// compiles every module, which is logged.
+fn open_cache(config: &Config) -> Option<Arc<ModuleCache>> {
+    let (state, dir) = (config.state_directory(), config.cache_directory());
+    match ModuleCache::open(&state, &dir) {
+        Ok(cache) => Some(Arc::new(cache)),
+        Err(e) => {
+            tracing::warn!(
+                "the compiled-module cache is off ({e}); every start compiles every module"
+            );
+            None
+        }
+    }
+}
+
 fn load_module(
     engine: &PluginEngine,
     name: &str,
     path: &Path,
-    cache: &Path,
+    cache: Option<&Arc<ModuleCache>>,
 ) -> Result<CompiledPlugin, String> {
     let bytes = std::fs::read(path).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => {
@@ -485,7 +506,7 @@ fn load_module(
         _ => format!("cannot read {}: {e}", path.display()),
     })?;
     engine
-        .compile(name, &bytes, Some(cache))
+        .compile(name, &bytes, cache)
         .map_err(|e| e.to_string())
 }
 
