@@ -19,6 +19,7 @@ const FIXTURES: &[(&str, &str, &str)] = &[
     ("misbehave", "misbehave", "MISBEHAVE"),
     ("wrong-world", "wrong-world", "WRONG_WORLD"),
     ("shape-probe", "shape_probe", "SHAPE_PROBE"),
+    ("contract-0-2-0", "contract_0_2_0", "CONTRACT_0_2_0"),
 ];
 
 fn main() {

@@ -162,6 +162,10 @@ impl ProxyError {
         {
             headers.insert(header::ALLOW, value);
         }
+        if let ProxyError::Overloaded { .. } = &self {
+            // The turns of a busy plugin free up within a call or two.
+            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
         response
     }
 }
@@ -184,6 +188,13 @@ mod tests {
         };
         assert_eq!(plugin.status(), StatusCode::INTERNAL_SERVER_ERROR);
         assert!(!plugin.public_message().contains("unreachable"));
+    }
+
+    #[test]
+    fn overload_is_a_503_to_retry() {
+        let response = ProxyError::Overloaded { plugin: "p".into() }.into_response();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "1");
     }
 
     #[test]

@@ -13,8 +13,10 @@
 //!   response. A plugin that answers the request itself (`respond`) stops the
 //!   request phase; the plugins that already ran still see that reply in
 //!   their `on-response`, as they would an upstream response.
-//! * A plugin that implements `on-response` keeps its instance from its
-//!   request hook to its response hook; others give it back at once.
+//! * A plugin holds an instance for one hook call only: its `on-response`
+//!   may run on another instance than its `on-request` (what it carries
+//!   between them rides in the request's attributes), and no instance is
+//!   held across the upstream call.
 //! * A failed plugin (trap, deadline, memory, invalid result) fails this
 //!   request only: 500 if it is configured `on_error = "deny"` (the default),
 //!   or the request goes on without it with `on_error = "allow"`.
@@ -35,9 +37,7 @@ use crate::body::{self, Buffered, ProxyBody};
 use crate::config::OnError;
 use crate::error::ProxyError;
 use crate::plugin::view::{BodyView, RequestView, ResponseView};
-use crate::plugin::{
-    Hooks, Lease, PluginError, Reply, RequestAction, RequestChanges, ResponseChanges,
-};
+use crate::plugin::{Hooks, PluginError, Reply, RequestAction, RequestChanges, ResponseChanges};
 use crate::registry::{ChainLink, Generation, Registry, RouteRuntime};
 use crate::router::Match;
 
@@ -134,12 +134,6 @@ fn normalize_path(request: &mut Request<Incoming>) -> Result<(), ProxyError> {
     Ok(())
 }
 
-/// A plugin lease kept for the response phase.
-struct Held<'g> {
-    link: &'g ChainLink,
-    lease: Lease,
-}
-
 async fn proxy(
     generation: &Generation,
     mut request: Request<Incoming>,
@@ -180,17 +174,38 @@ async fn proxy(
         body: body_view,
     };
 
-    // Request phase.
-    let mut held: Vec<Held<'_>> = Vec::new();
+    // Request phase. `responders` are the plugins whose `on-response` runs
+    // later: those the request phase reached and that did not fail.
+    let mut responders: Vec<&ChainLink> = Vec::new();
     let mut reply: Option<Response<ProxyBody>> = None;
     for link in &route.chain {
-        let on_request = link.hooks.contains(Hooks::ON_REQUEST);
         let on_response = link.hooks.contains(Hooks::ON_RESPONSE);
-        if !on_request && !on_response {
+        if !link.hooks.contains(Hooks::ON_REQUEST) {
+            if on_response {
+                responders.push(link);
+            }
             continue;
         }
-        let mut lease = match link.pool.lease().await {
-            Ok(lease) => lease,
+        let (returned, result) = link.pool.on_request(request).await;
+        request = returned;
+        let step = result.and_then(|action| apply_action(&mut request, &mut body, action));
+        match step {
+            Ok(answer) => {
+                if on_response {
+                    responders.push(link);
+                }
+                match answer {
+                    None => record.decide(link, "continue"),
+                    Some(response) => {
+                        record.decide(
+                            link,
+                            format_args!("respond({})", response.status().as_u16()),
+                        );
+                        reply = Some(response);
+                        break;
+                    }
+                }
+            }
             Err(e) => match plugin_failed(route, link, e, record) {
                 Some(response) => {
                     reply = Some(response);
@@ -198,35 +213,6 @@ async fn proxy(
                 }
                 None => continue,
             },
-        };
-        if on_request {
-            let (returned, result) = lease.on_request(request).await;
-            request = returned;
-            let step = result.and_then(|action| apply_action(&mut request, &mut body, action));
-            match step {
-                Ok(None) => record.decide(link, "continue"),
-                Ok(Some(response)) => {
-                    record.decide(
-                        link,
-                        format_args!("respond({})", response.status().as_u16()),
-                    );
-                    reply = Some(response);
-                    if on_response {
-                        held.push(Held { link, lease });
-                    }
-                    break;
-                }
-                Err(e) => match plugin_failed(route, link, e, record) {
-                    Some(response) => {
-                        reply = Some(response);
-                        break;
-                    }
-                    None => continue,
-                },
-            }
-        }
-        if on_response {
-            held.push(Held { link, lease });
         }
     }
     record.consumer = request.identity.as_ref().map(|i| i.consumer.clone());
@@ -235,7 +221,7 @@ async fn proxy(
     let response = match reply {
         Some(response) => response,
         None => {
-            let head = if held.is_empty() {
+            let head = if responders.is_empty() {
                 std::mem::replace(&mut request.head, Request::new(()).into_parts().0)
             } else {
                 request.head.clone()
@@ -255,16 +241,17 @@ async fn proxy(
             }
         }
     };
-    if held.is_empty() {
+    if responders.is_empty() {
         return Ok(response);
     }
-    response_phase(route, held, request, response, max_body, record).await
+    response_phase(route, &responders, request, response, max_body, record).await
 }
 
-/// Runs `on-response` of the held plugins, last to first.
+/// Runs `on-response` of the plugins the request phase reached, last to
+/// first.
 async fn response_phase(
     route: &RouteRuntime,
-    mut held: Vec<Held<'_>>,
+    responders: &[&ChainLink],
     mut request: RequestView,
     response: Response<ProxyBody>,
     max_body: usize,
@@ -285,8 +272,8 @@ async fn response_phase(
         head,
         body: body_view,
     };
-    for Held { link, lease } in held.iter_mut().rev() {
-        let (req, resp, result) = lease.on_response(request, response).await;
+    for link in responders.iter().rev() {
+        let (req, resp, result) = link.pool.on_response(request, response).await;
         request = req;
         response = resp;
         let applied = result.and_then(|changes| apply_response(&mut response, &mut body, changes));
@@ -301,7 +288,6 @@ async fn response_phase(
             body = error_body;
         }
     }
-    drop(held);
     Ok(Response::from_parts(response.head, body))
 }
 

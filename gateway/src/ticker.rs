@@ -38,10 +38,7 @@ async fn round(registry: &Registry) {
     let generation = registry.current();
     for route in &generation.routes {
         for link in route.chain.iter().filter(|l| l.hooks.contains(Hooks::TICK)) {
-            let result = match link.pool.lease().await {
-                Ok(mut lease) => lease.on_tick(&route.name).await,
-                Err(e) => Err(e),
-            };
+            let result = link.pool.on_tick(&route.name).await;
             if let Err(e) = result {
                 tracing::warn!(
                     target: "portcullis::plugin",

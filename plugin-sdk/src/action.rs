@@ -160,6 +160,33 @@ impl RequestChanges {
         self
     }
 
+    /// Carries `value` to this request's later hooks, the plugin's own
+    /// `on_response` included, as the attribute `key` holding its JSON:
+    /// read it back with [`Request::carried`](crate::Request::carried).
+    ///
+    /// The request and response hooks of one request may run on different
+    /// instances, so what `on_response` needs from `on_request` travels
+    /// with the request, not in instance memory. Attributes are shared by
+    /// every plugin of the route: use the plugin's name as `key`. A value
+    /// that cannot be serialized carries nothing.
+    ///
+    /// ```
+    /// use portcullis_sdk::RequestChanges;
+    /// use serde::Serialize;
+    ///
+    /// #[derive(Serialize)]
+    /// struct Seen { remaining: u64 }
+    ///
+    /// let changes = RequestChanges::new().carry("my_plugin", &Seen { remaining: 4 });
+    /// assert_eq!(changes.attributes, [("my_plugin".to_owned(), r#"{"remaining":4}"#.to_owned())]);
+    /// ```
+    pub fn carry<T: Serialize>(self, key: impl Into<String>, value: &T) -> Self {
+        match serde_json::to_string(value) {
+            Ok(json) => self.attribute(key, json),
+            Err(_) => self,
+        }
+    }
+
     /// Attaches the caller's identity, replacing any earlier one.
     pub fn identity(mut self, identity: Identity) -> Self {
         self.identity = Some(identity);

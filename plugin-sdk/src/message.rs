@@ -1,6 +1,7 @@
 //! The request and response a hook sees, and the caller's identity.
 
 use ref_cast::{RefCastCustom, ref_cast_custom};
+use serde::de::DeserializeOwned;
 
 use crate::__private::bindings::portcullis::policy::types as wit;
 
@@ -83,6 +84,19 @@ impl Request {
     /// An attribute set by an earlier plugin, if any.
     pub fn attribute(&self, key: &str) -> Option<String> {
         self.0.attribute(key)
+    }
+
+    /// What an earlier hook of this request carried under `key` with
+    /// [`RequestChanges::carry`](crate::RequestChanges::carry): `Ok(None)`
+    /// if nothing was, an error if the attribute does not hold a `T`
+    /// (another plugin used the same key).
+    pub fn carried<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, String> {
+        match self.attribute(key) {
+            None => Ok(None),
+            Some(json) => serde_json::from_str(&json)
+                .map(Some)
+                .map_err(|e| format!("the attribute `{key}` does not hold what was carried: {e}")),
+        }
     }
 
     /// The request body: [`Body::NotRequested`] unless a plugin on the

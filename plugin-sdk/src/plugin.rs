@@ -48,10 +48,15 @@ impl Needs {
 ///
 /// The gateway calls [`new`](Self::new) once per instance, with the route's
 /// `config` table; an error refuses the configuration before it serves. Each
-/// instance then serves many requests of that route, one at a time, so
+/// instance then serves many hook calls of that route, one at a time, so
 /// `self` may hold data derived from the config (hash tables, compiled
-/// patterns). State that every instance must agree on (counters, windows)
-/// belongs in the [`store`](crate::store).
+/// patterns) and caches. The `on_request` and `on_response` of one request
+/// may run on different instances: what the second needs from the first
+/// travels with the request
+/// ([`RequestChanges::carry`](crate::RequestChanges::carry),
+/// [`Request::carried`](crate::Request::carried)). State that every
+/// instance must agree on (counters, windows) belongs in the
+/// [`store`](crate::store).
 ///
 /// Hooks default to "go on unchanged", and a hook the impl does not define
 /// is never called: a plugin implements only what it needs.
@@ -113,7 +118,7 @@ pub trait Policy: Sized + 'static {
     /// What this instance needs, given its configuration. The gateway asks
     /// once, after [`new`](Self::new): a plugin whose configuration leaves a
     /// hook or a body unused says so here, and its routes skip the cost
-    /// (buffering bodies, keeping an instance through the upstream call).
+    /// (buffering bodies, a hook call per request).
     /// It can only turn off what the impl defines and the `*_BODY`
     /// constants ask for. The default, [`Needs::ALL`], turns off nothing.
     ///

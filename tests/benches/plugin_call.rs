@@ -1,5 +1,5 @@
 //! Per-call cost of plugins, measured on a pooled, initialised instance the
-//! way the pipeline calls them: lease, `on-request` with a request of 12
+//! way the pipeline calls them: take an instance, `on-request` with a request of 12
 //! headers, apply nothing, give back.
 //!
 //! Run: `cargo bench -p portcullis-tests --bench plugin_call`.
@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use criterion::{Criterion, criterion_group, criterion_main};
 use portcullis::plugin::engine::EngineLimits;
 use portcullis::plugin::view::{BodyView, RequestView};
-use portcullis::plugin::{HostServices, PluginEngine, PluginPool, RequestAction};
+use portcullis::plugin::{CallLimits, HostServices, PluginEngine, PluginPool, RequestAction};
 use portcullis_tests::bench::{api_request, engine};
 use portcullis_tests::fixtures;
 use sha2::{Digest, Sha256};
@@ -32,13 +32,15 @@ async fn pool(
         "bench".into(),
         config.into(),
         services.clone(),
+        CallLimits::with_timeout(engine.limits().timeout_ms),
     )
     .await
     .expect("init")
 }
 
 /// Times `iters` calls of `on-request` with `view`, the way the pipeline
-/// makes them (lease, call, give back), inside one runtime entry.
+/// makes them (take an instance, call, give it back), inside one runtime
+/// entry.
 fn run(
     rt: &Runtime,
     pool: &Arc<PluginPool>,
@@ -49,8 +51,7 @@ fn run(
     rt.block_on(async {
         let started = Instant::now();
         for _ in 0..iters {
-            let mut lease = pool.lease().await.expect("lease");
-            let (v, result) = lease.on_request(view.take().expect("view")).await;
+            let (v, result) = pool.on_request(view.take().expect("view")).await;
             if let Some(reply) = expect_reply {
                 assert_eq!(matches!(result, Ok(RequestAction::Respond(_))), reply);
             }

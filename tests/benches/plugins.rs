@@ -1,5 +1,5 @@
 //! Per-call cost of each policy plugin in `plugins/`, on a pooled,
-//! initialised instance the way the pipeline calls it (lease, call with a
+//! initialised instance the way the pipeline calls it (take an instance, call with a
 //! typical 12-header API request, give back), with a realistic config.
 //! Each case is the plugin's common path: a request that passes.
 //!
@@ -13,7 +13,7 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use http::Response;
 use portcullis::plugin::engine::EngineLimits;
 use portcullis::plugin::view::{BodyView, RequestView, ResponseView};
-use portcullis::plugin::{Identity, PluginPool, RequestAction};
+use portcullis::plugin::{CallLimits, Identity, PluginPool, RequestAction};
 use portcullis_tests::bench::{api_request, engine};
 use portcullis_tests::fixtures;
 use sha2::{Digest, Sha256};
@@ -246,10 +246,9 @@ fn run(rt: &Runtime, pool: &Arc<PluginPool>, case: &Case, iters: u64) -> Duratio
         let mut response = case.response.as_ref().map(|r| r());
         let started = Instant::now();
         for _ in 0..iters {
-            let mut lease = pool.lease().await.expect("lease");
             match response.take() {
                 None => {
-                    let (view, result) = lease.on_request(request.take().expect("view")).await;
+                    let (view, result) = pool.on_request(request.take().expect("view")).await;
                     assert!(
                         matches!(result, Ok(RequestAction::Continue(_))),
                         "{}: {result:?}",
@@ -259,7 +258,7 @@ fn run(rt: &Runtime, pool: &Arc<PluginPool>, case: &Case, iters: u64) -> Duratio
                 }
                 Some(resp) => {
                     let (view, resp, result) =
-                        lease.on_response(request.take().expect("view"), resp).await;
+                        pool.on_response(request.take().expect("view"), resp).await;
                     assert!(result.is_ok(), "{}: {result:?}", case.name);
                     request = Some(view);
                     response = Some(resp);
@@ -301,6 +300,7 @@ fn bench(c: &mut Criterion) {
                 "bench".into(),
                 case.config.clone(),
                 services.clone(),
+                CallLimits::with_timeout(1000),
             ))
             .unwrap_or_else(|e| panic!("{}: init: {e}", case.name));
         group.bench_function(case.name, |b| {

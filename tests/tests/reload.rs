@@ -141,7 +141,7 @@ async fn bad_modules_are_refused_and_the_old_version_keeps_serving() {
         (
             "wrong world",
             wrong_world,
-            "does not implement the portcullis:policy@0.2.0 world",
+            "does not implement the portcullis:policy@0.2 world",
         ),
     ];
     for (what, bytes, reason) in cases {

@@ -153,57 +153,6 @@ async fn concurrent_failures_leave_the_gateway_serving() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn when_every_instance_slot_is_busy_the_request_gets_503() {
-    let echo = Echo::start_local().await.expect("echo starts");
-    // Two slots in all; `stamp` keeps its instance from its request hook to
-    // its response hook, so slow requests hold a slot each.
-    let config = format!(
-        r#"{}
-[[routes]]
-name = "held"
-path_prefix = "/delay"
-upstream = "echo"
-[[routes.plugins]]
-name = "stamp"
-"#,
-        base_config(echo.addr).replace("max_instances = 64", "max_instances = 2")
-    );
-    let gw = TestGateway::start(&config, &[("stamp", fixtures::STAMP_V1)])
-        .await
-        .expect("gateway starts");
-    let client = Client::new();
-    let mut tasks = Vec::new();
-    for _ in 0..4 {
-        let client = client.clone();
-        let url = gw.url("/delay/400");
-        tasks.push(tokio::spawn(async move { client.get(&url, &[]).await }));
-    }
-    let mut statuses = Vec::new();
-    for task in tasks {
-        statuses.push(task.await.expect("task").expect("response").status);
-    }
-    statuses.sort();
-    assert_eq!(
-        statuses,
-        [
-            StatusCode::OK,
-            StatusCode::OK,
-            StatusCode::SERVICE_UNAVAILABLE,
-            StatusCode::SERVICE_UNAVAILABLE
-        ],
-        "two slots serve, the others are told to retry"
-    );
-    assert!(logged(&["plugin failed", "held", "no free instance slot"]));
-    // Once the slots are free again, requests are served.
-    let after = client
-        .get(&gw.url("/delay/0"), &[])
-        .await
-        .expect("response");
-    assert_eq!(after.status, StatusCode::OK);
-    gw.stop().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_route_can_give_one_plugin_its_own_deadline() {
     let echo = Echo::start_local().await.expect("echo starts");
     let config = format!(

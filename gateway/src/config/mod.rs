@@ -337,6 +337,14 @@ pub struct RoutePlugin {
     /// design, such as password hashing.
     #[serde(default)]
     pub timeout_ms: Option<u64>,
+    /// Calls of this plugin on this route in flight at once; a call past
+    /// it waits for a turn (up to `queue_timeout_ms`, then 503).
+    #[serde(default = "RoutePlugin::default_max_concurrent_calls")]
+    pub max_concurrent_calls: u32,
+    /// How long a call may wait for a turn, in ms, before its request is
+    /// answered 503 with `Retry-After`.
+    #[serde(default = "RoutePlugin::default_queue_timeout")]
+    pub queue_timeout_ms: u64,
     /// The plugin's own configuration, handed to its `init` as JSON.
     #[serde(default)]
     pub config: toml::Table,
@@ -345,6 +353,16 @@ pub struct RoutePlugin {
     /// file). Read when the config is loaded or reloaded.
     #[serde(default)]
     pub files: BTreeMap<String, PathBuf>,
+}
+
+impl RoutePlugin {
+    fn default_max_concurrent_calls() -> u32 {
+        crate::plugin::CallLimits::DEFAULT_MAX_CONCURRENT
+    }
+
+    fn default_queue_timeout() -> u64 {
+        crate::plugin::CallLimits::DEFAULT_QUEUE_TIMEOUT_MS
+    }
 }
 
 /// What to do with a request when a plugin fails.
@@ -680,6 +698,21 @@ impl Config {
                     bad(
                         format!("routes[{i}].plugins[{j}].timeout_ms"),
                         format!("must be between 1 and 60000, got {ms}"),
+                    );
+                }
+                if !(1..=100_000).contains(&plugin.max_concurrent_calls) {
+                    bad(
+                        format!("routes[{i}].plugins[{j}].max_concurrent_calls"),
+                        format!(
+                            "must be between 1 and 100000, got {}",
+                            plugin.max_concurrent_calls
+                        ),
+                    );
+                }
+                if plugin.queue_timeout_ms > 60_000 {
+                    bad(
+                        format!("routes[{i}].plugins[{j}].queue_timeout_ms"),
+                        format!("must be at most 60000, got {}", plugin.queue_timeout_ms),
                     );
                 }
                 for key in plugin.files.keys() {

@@ -4,8 +4,8 @@
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -17,9 +17,12 @@ use super::PluginError;
 use super::bindings::{Policy, PolicyPre};
 use super::cache::ModuleCache;
 use super::host::StoreState;
+use super::pool::{PluginPool, SlotWaiters};
 
-/// How often the epoch advances; CPU deadlines are enforced in these steps.
-pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+/// How often the epoch advances. A plugin call yields at every tick (so a
+/// long call holds a runtime worker for one tick at most) and its budget is
+/// counted in ticks.
+pub const EPOCH_TICK: Duration = Duration::from_millis(1);
 
 /// SHA-256 of a module's bytes, hex: its identity in logs and in the cache.
 pub fn content_hash(bytes: &[u8]) -> String {
@@ -96,7 +99,8 @@ impl wasmtime::CacheStore for FunctionCache {
     }
 }
 
-/// The engine, its linker and its epoch ticker.
+/// The engine, its linker, its epoch ticker, and the threads long plugin
+/// calls run on.
 pub struct PluginEngine {
     engine: Engine,
     linker: Linker<StoreState>,
@@ -104,6 +108,15 @@ pub struct PluginEngine {
     compat: String,
     stop: Arc<AtomicBool>,
     ticker: Option<JoinHandle<()>>,
+    /// The plugin threads: calls still running after their first tick
+    /// continue here, off the runtime workers (see `pool::drive`).
+    plugin_threads: Option<tokio::runtime::Runtime>,
+    /// Every pool made with this engine, for evicting idle instances when
+    /// the instance allocator is full. Only touched when a pool is made and
+    /// when the allocator is full: never on a call's path.
+    pools: Mutex<Vec<Weak<PluginPool>>>,
+    /// Calls waiting for an instance slot.
+    slot_waiters: Arc<SlotWaiters>,
 }
 
 impl std::fmt::Debug for PluginEngine {
@@ -167,6 +180,13 @@ impl PluginEngine {
                     }
                 })?
         };
+        let threads = std::thread::available_parallelism().map_or(2, usize::from);
+        let plugin_threads = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .thread_name("portcullis-plugin")
+            .on_thread_start(lower_thread_priority)
+            .enable_all()
+            .build()?;
         Ok(Self {
             engine,
             linker,
@@ -174,7 +194,47 @@ impl PluginEngine {
             compat,
             stop,
             ticker: Some(ticker),
+            plugin_threads: Some(plugin_threads),
+            pools: Mutex::new(Vec::new()),
+            slot_waiters: Arc::new(SlotWaiters::default()),
         })
+    }
+
+    /// Where long plugin calls continue (see `pool::drive`).
+    pub(super) fn plugin_threads(&self) -> &tokio::runtime::Handle {
+        match &self.plugin_threads {
+            Some(runtime) => runtime.handle(),
+            // Only `drop` takes the runtime.
+            None => unreachable!("the plugin threads live as long as the engine"),
+        }
+    }
+
+    /// Calls waiting for an instance slot, woken when one is given back
+    /// or dropped.
+    pub(super) fn slot_waiters(&self) -> &Arc<SlotWaiters> {
+        &self.slot_waiters
+    }
+
+    /// Remembers `pool`, so that its idle instances can be evicted when
+    /// another pool needs a slot.
+    pub(super) fn register_pool(&self, pool: &Arc<PluginPool>) {
+        let mut pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
+        pools.retain(|p| p.strong_count() > 0);
+        pools.push(Arc::downgrade(pool));
+    }
+
+    /// Drops one idle instance of the pool that holds the most, freeing an
+    /// instance slot; false if no pool has one.
+    pub(super) fn evict_idle_instance(&self) -> bool {
+        let pools: Vec<Arc<PluginPool>> = {
+            let mut pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
+            pools.retain(|p| p.strong_count() > 0);
+            pools.iter().filter_map(Weak::upgrade).collect()
+        };
+        pools
+            .iter()
+            .max_by_key(|p| p.idle_count())
+            .is_some_and(|p| p.evict_idle())
     }
 
     /// The limits the engine was built with.
@@ -247,8 +307,34 @@ impl PluginEngine {
     }
 }
 
+/// Lowers the priority of a plugin thread (Linux `nice` 10), so that when
+/// long plugin calls keep every core busy the runtime workers, which
+/// accept connections and run the short calls, still get a core as soon
+/// as they have work.
+fn lower_thread_priority() {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: setpriority only changes the scheduling priority of the
+        // calling thread (`who = 0` names the caller: on Linux, priorities
+        // are per thread); it takes no pointers.
+        #[allow(unsafe_code)]
+        let result = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, PLUGIN_THREAD_NICE) };
+        if result != 0 {
+            tracing::debug!("could not lower the priority of a plugin thread");
+        }
+    }
+}
+
+/// The `nice` value of the plugin threads.
+#[cfg(target_os = "linux")]
+const PLUGIN_THREAD_NICE: libc::c_int = 10;
+
 impl Drop for PluginEngine {
     fn drop(&mut self) {
+        if let Some(threads) = self.plugin_threads.take() {
+            // Never blocks, so the engine may be dropped inside a runtime.
+            threads.shutdown_background();
+        }
         self.stop.store(true, Ordering::Relaxed);
         if let Some(ticker) = self.ticker.take() {
             let _ = ticker.join();

@@ -85,6 +85,8 @@ pub(crate) struct StoreState {
     pub(super) response: Option<ResponseView>,
     /// The last bytes the plugin wrote to stdout or stderr.
     pub(super) output: Arc<Mutex<String>>,
+    /// Epoch ticks the call in progress may still run in; at 0 it traps.
+    pub(super) ticks_left: u64,
 }
 
 impl StoreState {
@@ -121,6 +123,7 @@ impl StoreState {
             request: None,
             response: None,
             output,
+            ticks_left: 0,
         }
     }
 

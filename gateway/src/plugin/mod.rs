@@ -13,6 +13,9 @@
 //! Calls are async (wasm runs on a fiber from the pooling allocator's stack
 //! pool): wasmtime-wasi's synchronous bindings block on a tokio runtime,
 //! which panics on a runtime thread, while its async bindings simply await.
+//! A call yields at every epoch tick, and one still running after its
+//! first tick moves to the engine's plugin threads (see [`pool`]), so no
+//! plugin holds a runtime worker for more than a tick.
 
 pub mod cache;
 pub mod engine;
@@ -23,7 +26,7 @@ pub mod view;
 pub use cache::ModuleCache;
 pub use engine::{CompiledPlugin, PluginEngine};
 pub use host::HostServices;
-pub use pool::{Lease, PluginPool};
+pub use pool::{CallLimits, PluginPool};
 
 /// Bindings generated from `wit/policy.wit`.
 #[allow(missing_docs, unreachable_pub, clippy::all)]
@@ -53,7 +56,7 @@ pub enum PluginError {
     Compile(String),
     /// The component does not implement the `portcullis:policy` world, or
     /// imports something the gateway does not provide.
-    #[error("does not implement the portcullis:policy@0.2.0 world: {0}")]
+    #[error("does not implement the portcullis:policy@0.2 world: {0}")]
     WrongWorld(String),
     /// Creating an instance failed.
     #[error("instantiation failed: {0}")]
@@ -70,9 +73,13 @@ pub enum PluginError {
     /// The instance tried to grow past its memory cap.
     #[error("exceeded its memory limit of {0} MiB")]
     Memory(u32),
-    /// Every instance slot is in use.
+    /// Every instance slot is in use, even after dropping idle instances
+    /// of other pools.
     #[error("no free instance slot (limits.max_instances reached)")]
     Exhausted,
+    /// Every turn of the pool stayed taken for the whole queue timeout.
+    #[error("{0} calls already in flight and no turn came free in time (max_concurrent_calls)")]
+    Busy(u32),
     /// The plugin returned something the gateway cannot apply.
     #[error("returned an invalid result: {0}")]
     BadResult(String),
@@ -82,6 +89,6 @@ impl PluginError {
     /// Whether the error means the gateway is out of capacity rather than
     /// that the plugin misbehaved.
     pub fn is_overload(&self) -> bool {
-        matches!(self, PluginError::Exhausted)
+        matches!(self, PluginError::Exhausted | PluginError::Busy(_))
     }
 }

@@ -21,7 +21,8 @@ use tokio::sync::broadcast;
 
 use crate::config::{Config, OnError};
 use crate::plugin::{
-    CompiledPlugin, Hooks, HostServices, ModuleCache, PluginEngine, PluginError, PluginPool,
+    CallLimits, CompiledPlugin, Hooks, HostServices, ModuleCache, PluginEngine, PluginError,
+    PluginPool,
 };
 use crate::router::Router;
 use crate::upstream::Upstream;
@@ -575,7 +576,11 @@ fn build(
                 ));
                 continue;
             };
-            let timeout_ms = link.timeout_ms.unwrap_or(config.limits.plugin_timeout_ms);
+            let limits = CallLimits {
+                timeout_ms: link.timeout_ms.unwrap_or(config.limits.plugin_timeout_ms),
+                max_concurrent: link.max_concurrent_calls,
+                queue_timeout_ms: link.queue_timeout_ms,
+            };
             let config_json = match serde_json::to_string(&link.config) {
                 Ok(json) => json,
                 Err(e) => {
@@ -592,18 +597,18 @@ fn build(
                 .filter(|l| {
                     Arc::ptr_eq(l.pool.plugin(), module)
                         && l.pool.config_json() == config_json
-                        && l.pool.timeout_ms() == timeout_ms
+                        && l.pool.limits() == limits
                 })
                 .map(|l| l.pool.clone());
             let pool = match reused {
                 Some(pool) => pool,
-                None => match runtime.block_on(PluginPool::with_timeout(
+                None => match runtime.block_on(PluginPool::new(
                     engine.clone(),
                     module.clone(),
                     name.clone(),
                     config_json,
                     services.clone(),
-                    timeout_ms,
+                    limits,
                 )) {
                     Ok(pool) => pool,
                     Err(e) => {

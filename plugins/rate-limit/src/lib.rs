@@ -96,13 +96,12 @@ impl Policy for RateLimit {
     }
 
     fn on_response(&self, req: &Request, _resp: &Response) -> ResponseChanges {
-        let Some(text) = req.attribute(ATTRIBUTE) else {
-            return ResponseChanges::none();
-        };
-        match serde_json::from_str::<Carried>(&text) {
-            Ok(carried) => self.response_changes(&carried, time::now_ms()),
+        // Carried from `on_request`, which may have run on another instance.
+        match req.carried::<Carried>(ATTRIBUTE) {
+            Ok(Some(carried)) => self.response_changes(&carried, time::now_ms()),
+            Ok(None) => ResponseChanges::none(),
             Err(error) => {
-                portcullis_sdk::warn!("the `{ATTRIBUTE}` attribute is not this plugin's: {error}");
+                portcullis_sdk::warn!("{error}");
                 ResponseChanges::none()
             }
         }
@@ -206,10 +205,7 @@ impl RateLimit {
                     policy: headers::policy_field(applied, now_ms),
                     statuses,
                 };
-                match serde_json::to_string(&carried) {
-                    Ok(json) => RequestChanges::new().attribute(ATTRIBUTE, json).into(),
-                    Err(_) => Action::next(),
-                }
+                RequestChanges::new().carry(ATTRIBUTE, &carried).into()
             }
             Outcome::Denied {
                 statuses,
