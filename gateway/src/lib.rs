@@ -44,7 +44,7 @@ use crate::config::Config;
 use crate::plugin::engine::EngineLimits;
 use crate::plugin::{HostServices, PluginEngine};
 use crate::registry::{Registry, ReloadEvent};
-use crate::state::SharedStore;
+use crate::state::{Budget, InMemoryStore, StoreBackend};
 
 /// How often expired entries are swept from the shared store.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
@@ -104,8 +104,11 @@ impl GatewayBuilder {
             })
             .context("cannot create the WebAssembly engine")?,
         );
-        let store = Arc::new(SharedStore::new(
-            limits.state_max_entries,
+        let store: Arc<dyn StoreBackend> = Arc::new(InMemoryStore::new(
+            Budget {
+                max_entries: limits.state_max_entries,
+                max_bytes: limits.state_max_bytes,
+            },
             self.clock.clone(),
         ));
         let (alerts, alert_rx) = alerts::queue(limits.alert_queue);
@@ -193,12 +196,12 @@ impl GatewayBuilder {
 
 struct Loaded {
     registry: Arc<Registry>,
-    store: Arc<SharedStore>,
+    store: Arc<dyn StoreBackend>,
     alerts: AlertSender,
     alert_rx: alerts::AlertReceiver,
 }
 
-async fn sweep(store: Arc<SharedStore>, mut shutdown: watch::Receiver<bool>) {
+async fn sweep(store: Arc<dyn StoreBackend>, mut shutdown: watch::Receiver<bool>) {
     let mut interval = tokio::time::interval(SWEEP_INTERVAL);
     loop {
         tokio::select! {
@@ -212,7 +215,7 @@ async fn sweep(store: Arc<SharedStore>, mut shutdown: watch::Receiver<bool>) {
 pub struct GatewayHandle {
     addrs: Vec<SocketAddr>,
     registry: Arc<Registry>,
-    store: Arc<SharedStore>,
+    store: Arc<dyn StoreBackend>,
     alerts: AlertSender,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
@@ -250,7 +253,7 @@ impl GatewayHandle {
     }
 
     /// The shared plugin store.
-    pub fn store(&self) -> &Arc<SharedStore> {
+    pub fn store(&self) -> &Arc<dyn StoreBackend> {
         &self.store
     }
 

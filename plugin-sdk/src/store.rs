@@ -59,7 +59,8 @@ use crate::__private::bindings::portcullis::policy::store as wit;
 pub enum StoreError {
     /// [`increment`] on a value that is not a whole number.
     NotANumber,
-    /// The store holds its maximum number of entries.
+    /// The plugin's namespace holds its budget of entries or bytes (each
+    /// plugin has its own).
     Full,
     /// The key or value exceeds the size limit (key 512 bytes, value 64 KiB).
     TooLarge,

@@ -9,10 +9,11 @@ use portcullis::clock::{Clock, SystemClock};
 use portcullis::plugin::engine::EngineLimits;
 use portcullis::plugin::view::{BodyView, RequestView};
 use portcullis::plugin::{HostServices, Identity, PluginEngine};
-use portcullis::state::SharedStore;
+use portcullis::state::{Budget, InMemoryStore};
 
 /// A plugin engine with `limits`, and the host services its plugins call:
-/// the system clock, a shared store of at most `store_entries` entries, and
+/// the system clock, a shared store of at most `store_entries` entries per
+/// plugin, and
 /// an alert queue nobody reads (alerts are dropped once 16 are queued).
 pub fn engine(
     limits: EngineLimits,
@@ -23,7 +24,13 @@ pub fn engine(
     let (alerts, rx) = alerts::queue(16);
     std::mem::forget(rx);
     let services = HostServices {
-        store: Arc::new(SharedStore::new(store_entries, clock.clone())),
+        store: Arc::new(InMemoryStore::new(
+            Budget {
+                max_entries: store_entries,
+                max_bytes: usize::MAX,
+            },
+            clock.clone(),
+        )),
         alerts,
         clock,
     };

@@ -220,3 +220,57 @@ async fn a_module_built_against_contract_0_2_0_loads_and_serves() {
     assert!(logged(&["contract 0.2.0 plugin saw /old/x"]));
     gw.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_plugin_filling_its_namespace_does_not_refuse_anothers_writes() {
+    let echo = Echo::start_local().await.expect("echo starts");
+    // Two entries per plugin namespace.
+    let base = base_config(echo.addr).replace(
+        "plugin_timeout_ms = 100",
+        "plugin_timeout_ms = 100\nstate_max_entries = 2",
+    );
+    assert!(base.contains("state_max_entries = 2"));
+    let limited = r#"by = ["header:x-user"]
+limits = [{ quota = 100, per = "day" }]"#;
+    let config = base
+        + &route("limited", "/limited", &[("rate_limit", limited)])
+        + &route("old", "/old", &[("contract_0_2_0", "")]);
+    let plugins = [
+        ("rate_limit", fixtures::RATE_LIMIT),
+        ("contract_0_2_0", fixtures::CONTRACT_0_2_0),
+    ];
+    let gw = TestGateway::start(&config, &plugins)
+        .await
+        .expect("gateway starts");
+    let client = Client::new();
+    // rate_limit fills its two entries, then fails open (its default).
+    let mut counted = 0;
+    for user in ["a", "b", "c", "d", "e"] {
+        let reply = client
+            .get(&gw.url("/limited/x"), &[("x-user", user)])
+            .await
+            .expect("response");
+        assert_eq!(reply.status, StatusCode::OK);
+        if reply.header("ratelimit").is_some() {
+            counted += 1;
+        }
+    }
+    assert_eq!(counted, 2, "its namespace holds two counters");
+    // Another plugin's namespace still takes writes.
+    for n in 1..=2 {
+        let (reply, _) = send(&gw, "/old/x").await.expect("task");
+        let seen: Seen = reply.json().expect("echo body");
+        let count = n.to_string();
+        assert_eq!(seen.header("x-contract-count"), Some(count.as_str()));
+    }
+    let usage = gw.handle.store().usage();
+    let entries = |name: &str| {
+        usage
+            .iter()
+            .find(|u| u.namespace == name)
+            .map(|u| u.entries)
+    };
+    assert_eq!(entries("rate_limit"), Some(2));
+    assert_eq!(entries("contract_0_2_0"), Some(1));
+    gw.stop().await;
+}

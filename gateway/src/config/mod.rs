@@ -147,9 +147,13 @@ pub struct Limits {
     /// stream through untouched.
     #[serde(default = "Limits::default_body")]
     pub max_body_bytes: usize,
-    /// Most entries in the shared plugin store, across all plugins.
+    /// Most entries in each plugin's namespace of the shared store.
     #[serde(default = "Limits::default_state_entries")]
     pub state_max_entries: usize,
+    /// Most bytes (keys, values and 64 bytes an entry) in each plugin's
+    /// namespace of the shared store.
+    #[serde(default = "Limits::default_state_bytes")]
+    pub state_max_bytes: usize,
     /// Most alerts waiting for delivery; more are dropped and counted.
     #[serde(default = "Limits::default_alert_queue")]
     pub alert_queue: usize,
@@ -171,6 +175,9 @@ impl Limits {
     fn default_state_entries() -> usize {
         1_000_000
     }
+    fn default_state_bytes() -> usize {
+        256 * 1024 * 1024
+    }
     fn default_alert_queue() -> usize {
         1024
     }
@@ -184,6 +191,7 @@ impl Default for Limits {
             max_instances: Self::default_instances(),
             max_body_bytes: Self::default_body(),
             state_max_entries: Self::default_state_entries(),
+            state_max_bytes: Self::default_state_bytes(),
             alert_queue: Self::default_alert_queue(),
         }
     }

@@ -14,12 +14,12 @@ use super::bindings::portcullis::policy::{host, store, types};
 use super::view::{self, RequestHandle, RequestView, ResponseHandle, ResponseView};
 use crate::alerts::{Alert, AlertSender, Severity};
 use crate::clock::Clock;
-use crate::state::{SharedStore, StoreError};
+use crate::state::{Namespace, StoreBackend, StoreError};
 
 /// What the host provides to every instance; shared by all of them.
 pub struct HostServices {
-    /// The shared key-value store.
-    pub store: Arc<SharedStore>,
+    /// The shared key-value store (a namespace per plugin).
+    pub store: Arc<dyn StoreBackend>,
     /// The alert queue.
     pub alerts: AlertSender,
     /// The clock behind `now-ms`.
@@ -79,6 +79,8 @@ pub(crate) struct StoreState {
     plugin: Arc<str>,
     route: Arc<str>,
     services: Arc<HostServices>,
+    /// The plugin's namespace of the shared store.
+    namespace: Arc<dyn Namespace>,
     /// The request of the call in progress.
     pub(super) request: Option<RequestView>,
     /// The response of the call in progress (response phase only).
@@ -110,7 +112,9 @@ impl StoreState {
             .allow_udp(false)
             .allow_ip_name_lookup(false)
             .build();
+        let namespace = services.store.namespace(&plugin);
         Self {
+            namespace,
             wasi,
             table: ResourceTable::new(),
             memory: MemoryCap {
@@ -326,7 +330,7 @@ fn store_error(e: StoreError) -> store::StoreError {
 
 impl store::Host for StoreState {
     fn get(&mut self, key: String) -> Option<String> {
-        self.services.store.get(&self.plugin, &key)
+        self.namespace.get(&key)
     }
 
     fn set(
@@ -335,14 +339,11 @@ impl store::Host for StoreState {
         value: String,
         ttl_ms: Option<u64>,
     ) -> Result<(), store::StoreError> {
-        self.services
-            .store
-            .set(&self.plugin, &key, value, ttl_ms)
-            .map_err(store_error)
+        self.namespace.set(&key, value, ttl_ms).map_err(store_error)
     }
 
     fn delete(&mut self, key: String) -> bool {
-        self.services.store.delete(&self.plugin, &key)
+        self.namespace.delete(&key)
     }
 
     fn increment(
@@ -351,9 +352,8 @@ impl store::Host for StoreState {
         delta: i64,
         ttl_ms: Option<u64>,
     ) -> Result<i64, store::StoreError> {
-        self.services
-            .store
-            .increment(&self.plugin, &key, delta, ttl_ms)
+        self.namespace
+            .increment(&key, delta, ttl_ms)
             .map_err(store_error)
     }
 
@@ -364,9 +364,8 @@ impl store::Host for StoreState {
         new: String,
         ttl_ms: Option<u64>,
     ) -> Result<bool, store::StoreError> {
-        self.services
-            .store
-            .compare_and_swap(&self.plugin, &key, expected.as_deref(), new, ttl_ms)
+        self.namespace
+            .compare_and_swap(&key, expected.as_deref(), new, ttl_ms)
             .map_err(store_error)
     }
 }
