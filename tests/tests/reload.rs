@@ -338,3 +338,66 @@ async fn compiled_modules_are_cached_for_the_next_start() {
     );
     second.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_module_no_route_uses_is_validated_and_compiled_only_once_a_route_uses_it() {
+    let echo = Echo::start_local().await.expect("echo starts");
+    let plugins = [
+        ("stamp", fixtures::STAMP_V1),
+        ("key_auth", fixtures::KEY_AUTH),
+    ];
+    let dir = TestGateway::prepare(&stamp_config(&echo), &plugins).expect("prepare");
+    // Not a component at all, and unused: skipped with a warning.
+    std::fs::write(dir.path().join("plugins/junk.wasm"), b"\0asm junk").expect("write");
+    let gw = TestGateway::start_in(dir).await.expect("gateway starts");
+    let registry = gw.handle.registry().clone();
+    assert_eq!(
+        registry.modules(),
+        (vec!["stamp".to_owned()], vec!["key_auth".to_owned()]),
+        "key_auth is only validated; junk is not loaded"
+    );
+    assert!(logged(&["skipping unused plugin module", "junk"]));
+
+    // A new version of the unused module is validated, not compiled.
+    let mut events = gw.events();
+    let bytes = std::fs::read(fixtures::RATE_LIMIT).expect("fixture");
+    gw.install("key_auth", &bytes).expect("install");
+    let event = next_event(
+        &mut events,
+        &Trigger::Plugin("key_auth".into()),
+        RELOAD_BOUND,
+    )
+    .await
+    .expect("the watcher sees it");
+    assert_eq!(event.outcome, Outcome::Validated);
+
+    // A route starts using it: compiled then.
+    let config_path = gw.dir().join("portcullis.toml");
+    let config = std::fs::read_to_string(&config_path).expect("config")
+        + r#"
+[[routes]]
+name = "limited"
+path_prefix = "/limited"
+upstream = "echo"
+[[routes.plugins]]
+name = "key_auth"
+config = { by = ["ip"], limits = [{ rate = 100, per = "second" }] }
+"#;
+    std::fs::write(&config_path, config).expect("write config");
+    let event = gw.handle.reload_config().await.expect("reload runs");
+    assert!(
+        matches!(event.outcome, Outcome::Applied { .. }),
+        "{event:?}"
+    );
+    assert_eq!(
+        registry.modules(),
+        (vec!["key_auth".to_owned(), "stamp".to_owned()], Vec::new())
+    );
+    let reply = Client::new()
+        .get(&gw.url("/limited/x"), &[])
+        .await
+        .expect("response");
+    assert_eq!(reply.status, StatusCode::OK);
+    assert!(reply.header("ratelimit").is_some(), "the module serves");
+    gw.stop().await;
+}

@@ -253,6 +253,23 @@ impl PluginEngine {
         timeout_ms.div_ceil(tick) + 1
     }
 
+    /// Checks that `bytes` are a valid WebAssembly component, without
+    /// compiling them (milliseconds, and no memory kept): for modules no
+    /// route uses yet. Whether it implements the `policy` world is checked
+    /// when it is compiled.
+    pub fn validate(&self, bytes: &[u8]) -> Result<(), PluginError> {
+        use wasmtime::wasmparser::{Parser, Validator, WasmFeatures};
+        if !Parser::is_component(bytes) {
+            return Err(PluginError::Compile(
+                "not a WebAssembly component (a core module, or not WebAssembly)".into(),
+            ));
+        }
+        Validator::new_with_features(WasmFeatures::all())
+            .validate_all(bytes)
+            .map(|_| ())
+            .map_err(|e| PluginError::Compile(e.to_string()))
+    }
+
     /// The engine's compatibility hash: compiled code from another engine
     /// configuration never loads into this one.
     pub fn compatibility_hash(&self) -> &str {

@@ -93,6 +93,9 @@ pub enum Outcome {
     Unchanged,
     /// An unused module was removed.
     Removed,
+    /// A module no route uses was checked (a valid component) and is
+    /// compiled when a route uses it; no generation changed.
+    Validated,
     /// Refused; the current generation keeps serving.
     Rejected {
         /// Why, in words for the log.
@@ -111,7 +114,12 @@ pub struct ReloadEvent {
 
 struct Loaded {
     config: Arc<Config>,
+    /// The compiled modules of the plugins routes use.
     modules: HashMap<String, Arc<CompiledPlugin>>,
+    /// Modules no route uses: validated, not compiled (SHA-256 by name).
+    /// Compiling costs memory (megabytes of code and compiler state) that
+    /// an unused module should not.
+    validated: HashMap<String, String>,
     next_id: u64,
 }
 
@@ -176,19 +184,27 @@ impl Registry {
             .map_err(|e| anyhow::anyhow!("cannot read plugin directory {}: {e}", dir.display()))?;
         let used = used_plugins(&config);
         let mut modules = HashMap::new();
+        let mut validated = HashMap::new();
         let mut problems = Vec::new();
         for (name, path) in files {
+            if !used.contains(&name) {
+                match validate_module(&engine, &path) {
+                    Ok(hash) => {
+                        log_validated(&name, &hash);
+                        validated.insert(name, hash);
+                    }
+                    Err(reason) => {
+                        tracing::warn!(plugin = %name, "skipping unused plugin module: {reason}")
+                    }
+                }
+                continue;
+            }
             match load_module(&engine, &name, &path, cache.as_ref()) {
                 Ok(module) => {
                     log_module(&module, "loaded");
                     modules.insert(name, Arc::new(module));
                 }
-                Err(reason) if used.contains(&name) => {
-                    problems.push(format!("plugin `{name}`: {reason}"))
-                }
-                Err(reason) => {
-                    tracing::warn!(plugin = %name, "skipping unused plugin module: {reason}")
-                }
+                Err(reason) => problems.push(format!("plugin `{name}`: {reason}")),
             }
         }
         if !problems.is_empty() {
@@ -208,6 +224,7 @@ impl Registry {
             loaded: Mutex::new(Loaded {
                 config,
                 modules,
+                validated,
                 next_id: 2,
             }),
             engine,
@@ -225,6 +242,17 @@ impl Registry {
             },
         });
         Ok(registry)
+    }
+
+    /// The modules loaded now: those compiled (routes use them) and those
+    /// only validated (no route uses them yet), each sorted by name.
+    pub fn modules(&self) -> (Vec<String>, Vec<String>) {
+        let loaded = self.lock();
+        let mut compiled: Vec<String> = loaded.modules.keys().cloned().collect();
+        let mut validated: Vec<String> = loaded.validated.keys().cloned().collect();
+        compiled.sort();
+        validated.sort();
+        (compiled, validated)
     }
 
     /// The generation serving now.
@@ -271,6 +299,9 @@ impl Registry {
             ),
             Outcome::Unchanged => tracing::debug!("{what}: unchanged"),
             Outcome::Removed => tracing::info!("{what}: removed (no route used it)"),
+            Outcome::Validated => {
+                tracing::info!("{what}: valid; no route uses it, so it is compiled when one does")
+            }
             Outcome::Rejected { reason } => tracing::error!(
                 generation = self.current.load().id,
                 "{what} rejected, the current generation keeps serving: {reason}"
@@ -303,6 +334,19 @@ impl Registry {
         match built {
             Ok(generation) => {
                 let id = generation.id;
+                // Modules no route uses any more are dropped (their memory
+                // with them, once the old generation is gone) and kept as
+                // validated.
+                let used = used_plugins(&config);
+                let (modules, unused): (HashMap<_, _>, HashMap<_, _>) = modules
+                    .into_iter()
+                    .partition(|(name, _)| used.contains(name));
+                for (name, module) in unused {
+                    loaded.validated.insert(name, module.hash.clone());
+                }
+                for name in modules.keys() {
+                    loaded.validated.remove(name);
+                }
                 loaded.config = config;
                 loaded.modules = modules;
                 loaded.next_id = id + 1;
@@ -342,11 +386,27 @@ impl Registry {
             Err(e) => return self.reject(trigger, format!("cannot read {}: {e}", path.display())),
         };
         let hash = crate::plugin::engine::content_hash(&bytes);
-        if loaded.modules.get(name).is_some_and(|m| m.hash == hash) {
+        if loaded.modules.get(name).is_some_and(|m| m.hash == hash)
+            || loaded.validated.get(name).is_some_and(|h| *h == hash)
+        {
             return self.emit(ReloadEvent {
                 trigger,
                 outcome: Outcome::Unchanged,
             });
+        }
+        if !used_plugins(&config).iter().any(|u| u == name) {
+            // No route uses it: checked, not compiled.
+            return match self.engine.validate(&bytes) {
+                Ok(()) => {
+                    loaded.modules.remove(name);
+                    loaded.validated.insert(name.to_owned(), hash);
+                    self.emit(ReloadEvent {
+                        trigger,
+                        outcome: Outcome::Validated,
+                    })
+                }
+                Err(e) => self.reject(trigger, e.to_string()),
+            };
         }
         let module = match self.engine.compile(name, &bytes, self.cache.as_ref()) {
             Ok(m) => Arc::new(m),
@@ -380,7 +440,8 @@ impl Registry {
             );
             return self.reject(trigger, reason);
         }
-        if loaded.modules.remove(name).is_none() {
+        let validated = loaded.validated.remove(name).is_some();
+        if loaded.modules.remove(name).is_none() && !validated {
             return self.emit(ReloadEvent {
                 trigger,
                 outcome: Outcome::Unchanged,
@@ -509,6 +570,22 @@ fn load_module(
     engine
         .compile(name, &bytes, cache)
         .map_err(|e| e.to_string())
+}
+
+/// Reads and validates the module at `path` without compiling it; its
+/// SHA-256.
+fn validate_module(engine: &PluginEngine, path: &Path) -> Result<String, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    engine.validate(&bytes).map_err(|e| e.to_string())?;
+    Ok(crate::plugin::engine::content_hash(&bytes))
+}
+
+fn log_validated(name: &str, hash: &str) {
+    tracing::info!(
+        plugin = %name,
+        sha256 = %&hash[..12],
+        "plugin module valid; no route uses it, so it is compiled when one does"
+    );
 }
 
 fn log_module(module: &CompiledPlugin, what: &str) {
