@@ -324,6 +324,21 @@ impl PluginEngine {
     }
 }
 
+/// Gives the memory the allocator holds free back to the system: compiling
+/// a module allocates tens of MiB that glibc otherwise keeps after they are
+/// freed. Called after a load or reload that compiled something.
+pub fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: malloc_trim takes no pointers and only returns free heap
+        // pages to the system.
+        #[allow(unsafe_code)]
+        unsafe {
+            libc::malloc_trim(0);
+        }
+    }
+}
+
 /// Lowers the priority of a plugin thread (Linux `nice` 10), so that when
 /// long plugin calls keep every core busy the runtime workers, which
 /// accept connections and run the short calls, still get a core as soon

@@ -307,6 +307,10 @@ impl Registry {
                 "{what} rejected, the current generation keeps serving: {reason}"
             ),
         }
+        if event.outcome != Outcome::Unchanged {
+            // A load may have compiled: give the compiler's freed memory back.
+            crate::plugin::engine::release_freed_memory();
+        }
         let _ = self.events.send(event.clone());
         event
     }
