@@ -20,7 +20,7 @@ use super::host::StoreState;
 use super::pool::{PluginPool, SlotWaiters};
 
 /// How often the epoch advances. A plugin call yields at every tick (so a
-/// long call holds a runtime worker for one tick at most) and its budget is
+/// long call holds a runtime worker for two ticks at most) and its budget is
 /// counted in ticks.
 pub const EPOCH_TICK: Duration = Duration::from_millis(1);
 

@@ -15,7 +15,7 @@
 //! which panics on a runtime thread, while its async bindings simply await.
 //! A call yields at every epoch tick, and one still running after its
 //! first tick moves to the engine's plugin threads (see [`pool`]), so no
-//! plugin holds a runtime worker for more than a tick.
+//! plugin holds a runtime worker for more than two ticks.
 
 pub mod cache;
 pub mod engine;

@@ -12,7 +12,7 @@
 //! A call starts on the runtime worker that serves the request. At every
 //! epoch tick ([`EPOCH_TICK`](super::engine::EPOCH_TICK)) it yields; a call
 //! still running then is moved to the engine's plugin threads, so a plugin
-//! that computes for its whole budget holds an I/O worker for one tick at
+//! that computes for its whole budget holds an I/O worker for two ticks at
 //! most, and a pool whose recent calls were long starts its calls there
 //! directly (see [`drive`]). Past its budget of ticks a call traps.
 //!
@@ -323,11 +323,18 @@ impl PluginPool {
         ))
     }
 
-    /// Gives `store` a fresh budget for one call: a deadline at the next
-    /// tick, and the ticks it may run in.
+    /// Gives `store` a fresh budget for one call: its first deadline, and
+    /// the ticks it may run in.
+    ///
+    /// The first deadline is two ticks away, so that a call of microseconds
+    /// that happens to start just before a tick never yields (with one, one
+    /// call in a few hundred would, and move threads for nothing); a long
+    /// call first yields after one to two ticks. The budget counts that
+    /// first stretch as one of its ticks.
     fn arm(&self, store: &mut Store<StoreState>) {
-        store.data_mut().ticks_left = self.engine.deadline_ticks(self.limits.timeout_ms);
-        store.set_epoch_deadline(1);
+        let ticks = self.engine.deadline_ticks(self.limits.timeout_ms);
+        store.data_mut().ticks_left = ticks.saturating_sub(1).max(1);
+        store.set_epoch_deadline(2);
     }
 
     /// Runs one hook call: waits for a turn, takes an instance, lends it
@@ -555,12 +562,13 @@ fn unreachable_view() -> ! {
     panic!("a view lent to a plugin call was not handed back")
 }
 
-/// Runs a call to the end; also says whether it ran past an epoch tick.
+/// Runs a call to the end; also says whether it was long (ran a whole epoch
+/// tick).
 ///
 /// The first poll happens here, on the runtime worker serving the request:
 /// most calls (microseconds) finish in it. A call still running then has
 /// reached an epoch tick and yielded: it is moved to `threads`, the
-/// engine's plugin threads, so that it holds this worker for one tick at
+/// engine's plugin threads, so that it holds this worker for two ticks at
 /// most, and this task waits for it there. With `start_off_worker` (the
 /// pool's recent calls were long) the call starts on the plugin threads
 /// and never takes a worker's time.
@@ -590,7 +598,9 @@ async fn drive<R: Send + 'static>(
     let Some(running) = call.take() else {
         unreachable_call()
     };
-    let went_long = Arc::new(std::sync::atomic::AtomicBool::new(!start_off_worker));
+    // Long: it yielded again here, after a whole tick of its own. A short
+    // call that merely started just before a tick (one yield) is not.
+    let went_long = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let task = threads.spawn({
         let went_long = went_long.clone();
         async move {
