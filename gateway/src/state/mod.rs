@@ -284,12 +284,182 @@ impl InMemoryNamespace {
             .map_err(|_| StoreError::Full)
     }
 
-    /// Reserves room for a new entry; when there is none, sweeps what has
-    /// expired and tries once more.
-    fn reserve_or_sweep(&self, size: usize) -> Result<(), StoreError> {
-        match self.reserve(size) {
-            Err(StoreError::Full) if self.sweep() > 0 => self.reserve(size),
-            other => other,
+    /// After a write found no room: releases the shard lock `guard` holds
+    /// (the sweep takes shard locks of its own, and one may be this one),
+    /// then sweeps what has expired; true if that made room worth a retry.
+    fn sweep_for_room<G>(&self, guard: G) -> bool {
+        drop(guard);
+        self.sweep() > 0
+    }
+
+    /// `set`, once the value is checked. `may_sweep`: when there is no
+    /// room, sweep and try once more.
+    fn set_value(
+        &self,
+        key: &str,
+        value: Value,
+        expires_at: Option<u64>,
+        may_sweep: bool,
+    ) -> Result<(), StoreError> {
+        let size = Self::size(key, &value);
+        match self.map.entry(Arc::from(key)) {
+            MapEntry::Occupied(mut o) => {
+                let old = Self::size(key, &o.get().value);
+                self.grow(old, size)?;
+                let entry = o.get_mut();
+                entry.value = value;
+                entry.expires_at = expires_at;
+                let key = o.key().clone();
+                self.index(&key, o.get_mut());
+            }
+            MapEntry::Vacant(v) => {
+                if let Err(full) = self.reserve(size) {
+                    if may_sweep && self.sweep_for_room(v) {
+                        return self.set_value(key, value, expires_at, false);
+                    }
+                    return Err(full);
+                }
+                let key = v.key().clone();
+                let mut entry = Entry {
+                    value,
+                    expires_at,
+                    indexed_at: None,
+                };
+                self.index(&key, &mut entry);
+                v.insert(entry);
+            }
+        }
+        Ok(())
+    }
+
+    /// `increment`, once the key is checked. `may_sweep`: when there is no
+    /// room, sweep and try once more.
+    fn increment_with(
+        &self,
+        key: &str,
+        delta: i64,
+        ttl_ms: Option<u64>,
+        may_sweep: bool,
+    ) -> Result<i64, StoreError> {
+        let now = self.clock.now_ms();
+        // The fast path: a live counter, no new key to allocate.
+        if let Some(mut entry) = self.map.get_mut(key)
+            && entry.live(now)
+        {
+            return match &mut entry.value {
+                Value::Int(n) => {
+                    *n = n.saturating_add(delta);
+                    Ok(*n)
+                }
+                Value::Text(_) => Err(StoreError::NotANumber),
+            };
+        }
+        let fresh = |expires_at| Entry {
+            value: Value::Int(delta),
+            expires_at,
+            indexed_at: None,
+        };
+        match self.map.entry(Arc::from(key)) {
+            MapEntry::Occupied(mut o) => {
+                let entry = o.get_mut();
+                if entry.live(now) {
+                    // Made live by another request in between.
+                    return match &mut entry.value {
+                        Value::Int(n) => {
+                            *n = n.saturating_add(delta);
+                            Ok(*n)
+                        }
+                        Value::Text(_) => Err(StoreError::NotANumber),
+                    };
+                }
+                let old = Self::size(key, &entry.value);
+                let new = fresh(expiry(now, ttl_ms));
+                self.grow(old, Self::size(key, &new.value))?;
+                let indexed_at = entry.indexed_at;
+                *entry = Entry { indexed_at, ..new };
+                let key = o.key().clone();
+                self.index(&key, o.get_mut());
+                Ok(delta)
+            }
+            MapEntry::Vacant(v) => {
+                let mut entry = fresh(expiry(now, ttl_ms));
+                if let Err(full) = self.reserve(Self::size(key, &entry.value)) {
+                    if may_sweep && self.sweep_for_room(v) {
+                        return self.increment_with(key, delta, ttl_ms, false);
+                    }
+                    return Err(full);
+                }
+                let key = v.key().clone();
+                self.index(&key, &mut entry);
+                v.insert(entry);
+                Ok(delta)
+            }
+        }
+    }
+
+    /// `compare_and_swap`, once the value is checked. `may_sweep`: when
+    /// there is no room, sweep and try once more.
+    fn compare_and_swap_with(
+        &self,
+        key: &str,
+        expected: Option<&str>,
+        value: Value,
+        expires_at: Option<u64>,
+        may_sweep: bool,
+    ) -> Result<bool, StoreError> {
+        let now = self.clock.now_ms();
+        let size = Self::size(key, &value);
+        // Existing keys (the common case: a bucket updated on every
+        // request) without allocating a key.
+        if let Some(mut entry) = self.map.get_mut(key) {
+            let matches = match (entry.live(now), expected) {
+                (false, None) => true,
+                (true, Some(e)) => entry.value.matches(e),
+                _ => false,
+            };
+            if matches {
+                self.grow(Self::size(key, &entry.value), size)?;
+                entry.value = value;
+                entry.expires_at = expires_at;
+                let key = entry.key().clone();
+                self.index(&key, entry.value_mut());
+            }
+            return Ok(matches);
+        }
+        if expected.is_some() {
+            return Ok(false);
+        }
+        match self.map.entry(Arc::from(key)) {
+            // Made by another request in between: compare with it.
+            MapEntry::Occupied(mut o) => {
+                let matches = !o.get().live(now);
+                if matches {
+                    self.grow(Self::size(key, &o.get().value), size)?;
+                    let entry = o.get_mut();
+                    entry.value = value;
+                    entry.expires_at = expires_at;
+                    let key = o.key().clone();
+                    self.index(&key, o.get_mut());
+                }
+                Ok(matches)
+            }
+            MapEntry::Vacant(v) => {
+                if let Err(full) = self.reserve(size) {
+                    if may_sweep && self.sweep_for_room(v) {
+                        return self.compare_and_swap_with(key, expected, value, expires_at, false);
+                    }
+                    return Err(full);
+                }
+                let key = v.key().clone();
+                let mut entry = Entry {
+                    value,
+                    expires_at,
+                    indexed_at: None,
+                };
+                self.index(&key, &mut entry);
+                v.insert(entry);
+                Ok(true)
+            }
         }
     }
 
@@ -368,33 +538,8 @@ impl Namespace for InMemoryNamespace {
         if value.len() > MAX_VALUE_BYTES {
             return Err(StoreError::TooLarge);
         }
-        let now = self.clock.now_ms();
-        let value = Value::from_text(value);
-        let size = Self::size(key, &value);
-        let expires_at = expiry(now, ttl_ms);
-        match self.map.entry(Arc::from(key)) {
-            MapEntry::Occupied(mut o) => {
-                let old = Self::size(key, &o.get().value);
-                self.grow(old, size)?;
-                let entry = o.get_mut();
-                entry.value = value;
-                entry.expires_at = expires_at;
-                let key = o.key().clone();
-                self.index(&key, o.get_mut());
-            }
-            MapEntry::Vacant(v) => {
-                self.reserve_or_sweep(size)?;
-                let key = v.key().clone();
-                let mut entry = Entry {
-                    value,
-                    expires_at,
-                    indexed_at: None,
-                };
-                self.index(&key, &mut entry);
-                v.insert(entry);
-            }
-        }
-        Ok(())
+        let expires_at = expiry(self.clock.now_ms(), ttl_ms);
+        self.set_value(key, Value::from_text(value), expires_at, true)
     }
 
     fn delete(&self, key: &str) -> bool {
@@ -412,55 +557,7 @@ impl Namespace for InMemoryNamespace {
 
     fn increment(&self, key: &str, delta: i64, ttl_ms: Option<u64>) -> Result<i64, StoreError> {
         check_key(key)?;
-        let now = self.clock.now_ms();
-        // The fast path: a live counter, no new key to allocate.
-        if let Some(mut entry) = self.map.get_mut(key)
-            && entry.live(now)
-        {
-            return match &mut entry.value {
-                Value::Int(n) => {
-                    *n = n.saturating_add(delta);
-                    Ok(*n)
-                }
-                Value::Text(_) => Err(StoreError::NotANumber),
-            };
-        }
-        let fresh = |expires_at| Entry {
-            value: Value::Int(delta),
-            expires_at,
-            indexed_at: None,
-        };
-        match self.map.entry(Arc::from(key)) {
-            MapEntry::Occupied(mut o) => {
-                let entry = o.get_mut();
-                if entry.live(now) {
-                    // Made live by another request in between.
-                    return match &mut entry.value {
-                        Value::Int(n) => {
-                            *n = n.saturating_add(delta);
-                            Ok(*n)
-                        }
-                        Value::Text(_) => Err(StoreError::NotANumber),
-                    };
-                }
-                let old = Self::size(key, &entry.value);
-                let new = fresh(expiry(now, ttl_ms));
-                self.grow(old, Self::size(key, &new.value))?;
-                let indexed_at = entry.indexed_at;
-                *entry = Entry { indexed_at, ..new };
-                let key = o.key().clone();
-                self.index(&key, o.get_mut());
-                Ok(delta)
-            }
-            MapEntry::Vacant(v) => {
-                let mut entry = fresh(expiry(now, ttl_ms));
-                self.reserve_or_sweep(Self::size(key, &entry.value))?;
-                let key = v.key().clone();
-                self.index(&key, &mut entry);
-                v.insert(entry);
-                Ok(delta)
-            }
-        }
+        self.increment_with(key, delta, ttl_ms, true)
     }
 
     fn compare_and_swap(
@@ -474,57 +571,8 @@ impl Namespace for InMemoryNamespace {
         if new.len() > MAX_VALUE_BYTES {
             return Err(StoreError::TooLarge);
         }
-        let now = self.clock.now_ms();
-        let value = Value::from_text(new);
-        let size = Self::size(key, &value);
-        let expires_at = expiry(now, ttl_ms);
-        // Existing keys (the common case: a bucket updated on every
-        // request) without allocating a key.
-        if let Some(mut entry) = self.map.get_mut(key) {
-            let matches = match (entry.live(now), expected) {
-                (false, None) => true,
-                (true, Some(e)) => entry.value.matches(e),
-                _ => false,
-            };
-            if matches {
-                self.grow(Self::size(key, &entry.value), size)?;
-                entry.value = value;
-                entry.expires_at = expires_at;
-                let key = entry.key().clone();
-                self.index(&key, entry.value_mut());
-            }
-            return Ok(matches);
-        }
-        if expected.is_some() {
-            return Ok(false);
-        }
-        match self.map.entry(Arc::from(key)) {
-            // Made by another request in between: compare with it.
-            MapEntry::Occupied(mut o) => {
-                let matches = !o.get().live(now);
-                if matches {
-                    self.grow(Self::size(key, &o.get().value), size)?;
-                    let entry = o.get_mut();
-                    entry.value = value;
-                    entry.expires_at = expires_at;
-                    let key = o.key().clone();
-                    self.index(&key, o.get_mut());
-                }
-                Ok(matches)
-            }
-            MapEntry::Vacant(v) => {
-                self.reserve_or_sweep(size)?;
-                let key = v.key().clone();
-                let mut entry = Entry {
-                    value,
-                    expires_at,
-                    indexed_at: None,
-                };
-                self.index(&key, &mut entry);
-                v.insert(entry);
-                Ok(true)
-            }
-        }
+        let expires_at = expiry(self.clock.now_ms(), ttl_ms);
+        self.compare_and_swap_with(key, expected, Value::from_text(new), expires_at, true)
     }
 
     fn usage(&self) -> NamespaceUsage {
@@ -622,6 +670,42 @@ mod tests {
         p.set("c", "1".into(), None).expect("room after the sweep");
         assert!(p.delete("c"));
         assert_eq!(p.usage().entries, 1);
+    }
+
+    #[test]
+    fn a_write_that_sweeps_never_waits_on_its_own_shard() {
+        // Each write below finds the namespace full of expired entries, in
+        // every shard, its own among them: the sweep must not need the lock
+        // the write holds. Run on a thread, so a deadlock fails the test
+        // instead of hanging the run.
+        const KEYS: usize = 1_024;
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let (s, clock) = store(Budget {
+                max_entries: KEYS,
+                max_bytes: 1 << 20,
+            });
+            let p = s.namespace("p");
+            // Fills the namespace to its budget with entries that expire.
+            let fill = |round: &str| {
+                for i in 0..KEYS - p.usage().entries {
+                    p.set(&format!("{round}{i}"), "1".into(), Some(1_000))
+                        .expect("room");
+                }
+                clock.advance(1_000);
+            };
+            fill("a");
+            let set = p.set("set", "1".into(), None);
+            fill("b");
+            let increment = p.increment("increment", 1, None);
+            fill("c");
+            let cas = p.compare_and_swap("cas", None, "1".into(), None);
+            let _ = done_tx.send((set, increment, cas, p.usage().entries));
+        });
+        let outcome = done_rx
+            .recv_timeout(std::time::Duration::from_secs(120))
+            .expect("a write that sweeps deadlocked");
+        assert_eq!(outcome, (Ok(()), Ok(1), Ok(true), 3));
     }
 
     #[test]
