@@ -16,4 +16,15 @@ for plugin in plugins/*/Cargo.toml; do
     guests+=(-p "$(basename "$(dirname "$plugin")")")
 done
 cargo clippy --target wasm32-wasip2 --target-dir target/wasm "${guests[@]}" -- -D warnings
-cargo test --workspace
+# Build first, then run under a bound: a test that hangs (it happened once,
+# a deadlock in the shared store) fails the run with a message instead of
+# holding CI until its own limit. The whole suite runs in minutes.
+cargo test --workspace --no-run
+limit=${PORTCULLIS_TEST_TIMEOUT:-30m}
+status=0
+timeout --kill-after=30s "$limit" cargo test --workspace || status=$?
+if [ "$status" -eq 124 ] || [ "$status" -eq 137 ]; then
+    echo "error: the tests did not finish within $limit (a hang?); the test named" \
+        "'has been running for over 60 seconds' above is the one to look at" >&2
+fi
+exit "$status"
