@@ -123,7 +123,7 @@ impl GatewayBuilder {
         .await
         .context("plugin loading task failed")??;
         Ok(Loaded {
-            registry: Arc::new(registry),
+            registry,
             store,
             alerts,
             alert_rx,

@@ -4,13 +4,19 @@
 //!
 //! Two cases, side by side:
 //! * `new build`: content never seen before (a unique custom section is
-//!   appended), so it is compiled, but its functions are those of the build
-//!   it replaces, which Cranelift's incremental cache already holds: the
-//!   common case of a policy update;
+//!   appended), so it is compiled: its baseline (Winch) build goes live,
+//!   then its optimized build, which mostly hits Cranelift's incremental
+//!   cache (the functions of the build it replaces), replaces it; the
+//!   common case of a policy update. Each round waits for the optimized
+//!   build before the next;
 //! * `cached module`: content compiled before, loaded from the on-disk cache.
 //!
-//! It also times a cold compile (a fresh engine, nothing cached) of each
-//! fixture: what the first load of a module never seen before costs.
+//! It also times a module never seen before going live through the watcher
+//! (`key_auth`, 270 KB, and `jwt_auth`, 1.6 MB): file renamed into place to
+//! its baseline (Winch) build serving, and to its optimized (Cranelift)
+//! build replacing it; and a cold Cranelift compile (a fresh engine,
+//! nothing cached) of each fixture, what the first load cost before the
+//! baseline compiler.
 //!
 //! Run: `cargo bench -p portcullis-tests --bench reload`.
 
@@ -18,8 +24,9 @@ use std::time::{Duration, Instant};
 
 use portcullis::plugin::PluginEngine;
 use portcullis::plugin::engine::EngineLimits;
+use portcullis::registry::{Outcome, ReloadEvent, Trigger};
 use portcullis_tests::echo::Echo;
-use portcullis_tests::{Client, TestGateway, base_config, fixtures};
+use portcullis_tests::{Client, TestGateway, base_config, fixtures, next_event, route};
 
 const ROUNDS: usize = 15;
 
@@ -66,6 +73,14 @@ fn summary(name: &str, mut samples: Vec<Duration>) {
     );
 }
 
+/// Waits for the optimized build of `name` to go live.
+async fn optimized_build(events: &mut tokio::sync::broadcast::Receiver<ReloadEvent>, name: &str) {
+    let trigger = Trigger::Optimized(name.to_owned());
+    next_event(events, &trigger, Duration::from_secs(60))
+        .await
+        .expect("the optimized build follows");
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let echo = Echo::start_local().await.expect("echo starts");
@@ -89,14 +104,20 @@ async fn main() {
         } else {
             (&v1, "v1")
         };
+        let mut events = gw.events();
         gw.install("stamp", &unique(bytes, round)).expect("install");
         fresh.push(wait_for_stamp(&client, &gw, want).await);
+        // Its optimized build compiles in the background: wait for it, so
+        // that rounds measure one update each, not the one before too.
+        optimized_build(&mut events, "stamp").await;
     }
     // Alternate two modules already compiled: cache hits.
     let known = [unique(&v1, 1000), unique(&v2, 1001)];
     for (bytes, want) in known.iter().zip(["v1", "v2"]) {
+        let mut events = gw.events();
         gw.install("stamp", bytes).expect("install");
         wait_for_stamp(&client, &gw, want).await;
+        optimized_build(&mut events, "stamp").await;
     }
     for round in 0..ROUNDS {
         let (bytes, want) = if round % 2 == 0 {
@@ -106,6 +127,56 @@ async fn main() {
         };
         gw.install("stamp", bytes).expect("install");
         cached.push(wait_for_stamp(&client, &gw, want).await);
+    }
+    gw.stop().await;
+
+    // Never-seen modules through the watcher: the baseline build, then the
+    // optimized one.
+    let jwks = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../examples/keys/jwks.json"
+    ))
+    .expect("example JWKS");
+    let jwt_config = format!("algorithms = [\"RS256\"]\njwks = '''{jwks}'''");
+    let routes = route(
+        "keys",
+        "/keys",
+        &[("key_auth", r#"keys = [{ consumer = "c", key = "k" }]"#)],
+    ) + &route("tokens", "/tokens", &[("jwt_auth", &jwt_config)]);
+    let gw = TestGateway::start(
+        &format!("{}{routes}", base_config(echo.addr)),
+        &[
+            ("key_auth", fixtures::KEY_AUTH),
+            ("jwt_auth", fixtures::JWT_AUTH),
+        ],
+    )
+    .await
+    .expect("gateway starts");
+    let mut never_seen = Vec::new();
+    for (name, path) in [
+        ("key_auth", fixtures::KEY_AUTH),
+        ("jwt_auth", fixtures::JWT_AUTH),
+    ] {
+        let bytes = std::fs::read(path).expect("fixture");
+        let (mut live, mut optimized) = (Vec::new(), Vec::new());
+        for round in 0..5 {
+            let mut events = gw.events();
+            let started = Instant::now();
+            gw.install(name, &unique(&bytes, 2000 + round))
+                .expect("install");
+            let trigger = Trigger::Plugin(name.to_owned());
+            let event = next_event(&mut events, &trigger, Duration::from_secs(30))
+                .await
+                .expect("it goes live");
+            assert!(
+                matches!(event.outcome, Outcome::Applied { .. }),
+                "{event:?}"
+            );
+            live.push(started.elapsed());
+            optimized_build(&mut events, name).await;
+            optimized.push(started.elapsed());
+        }
+        never_seen.push((name, bytes.len(), live, optimized));
     }
     gw.stop().await;
 
@@ -134,7 +205,12 @@ async fn main() {
     println!("reload latency, file renamed into place -> first response from the new version");
     summary("new build", fresh);
     summary("cached module", cached);
-    println!("cold compile of a module never seen (fresh engine, no cache)");
+    println!("a module never seen, renamed into place -> its generation is live");
+    for (name, size, live, optimized) in never_seen {
+        summary(&format!("{name} {}K", size / 1024), live);
+        summary("  optimized", optimized);
+    }
+    println!("cold Cranelift compile of a module never seen (fresh engine, no cache)");
     for (name, size, samples) in cold {
         summary(&format!("{name} {}K", size / 1024), samples);
     }

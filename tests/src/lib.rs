@@ -298,7 +298,33 @@ impl TestGateway {
         }
         let handle = builder.start().await?;
         let addr = handle.local_addrs()[0];
-        Ok(Self { handle, addr, dir })
+        let gateway = Self { handle, addr, dir };
+        gateway.wait_optimized().await;
+        Ok(gateway)
+    }
+
+    /// Waits (at most two minutes, a bound for loaded CI machines) until
+    /// every module the routes use serves its optimized build: a module
+    /// compiled at start serves a baseline build first, and the swap makes
+    /// a new generation with new pools, which tests that look at pools or
+    /// generations should not race with.
+    pub async fn wait_optimized(&self) {
+        let optimized = || {
+            self.handle.registry().current().routes.iter().all(|route| {
+                route
+                    .chain
+                    .iter()
+                    .all(|link| link.pool.plugin().tier == portcullis::plugin::Tier::Optimized)
+            })
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        while !optimized() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the optimized builds never replaced the baseline ones"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     /// `http://127.0.0.1:<port><path>`.

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use http::StatusCode;
+use portcullis::plugin::Tier;
 use portcullis::registry::{Outcome, Trigger};
 use portcullis_tests::echo::Echo;
 use portcullis_tests::{Client, TestGateway, base_config, fixtures, logged, next_event};
@@ -36,6 +37,14 @@ async fn stamp_gateway() -> (TestGateway, Echo) {
         .await
         .expect("gateway starts");
     (gw, echo)
+}
+
+/// The module serving the first plugin of the first route.
+fn serving(handle: &portcullis::GatewayHandle) -> Arc<portcullis::plugin::CompiledPlugin> {
+    handle.registry().current().routes[0].chain[0]
+        .pool
+        .plugin()
+        .clone()
 }
 
 async fn stamp_of(client: &Client, gw: &TestGateway) -> Option<String> {
@@ -295,12 +304,7 @@ async fn compiled_modules_are_cached_for_the_next_start() {
     let echo = Echo::start_local().await.expect("echo starts");
     let dir = TestGateway::prepare(&stamp_config(&echo), &[("stamp", fixtures::STAMP_V1)])
         .expect("prepare");
-    let from_cache = |gw: &TestGateway| {
-        gw.handle.registry().current().routes[0].chain[0]
-            .pool
-            .plugin()
-            .from_cache
-    };
+    let from_cache = |gw: &TestGateway| serving(&gw.handle).from_cache;
 
     let gw = TestGateway::start_in(dir).await.expect("first start");
     assert!(!from_cache(&gw), "first start compiles");
@@ -330,10 +334,7 @@ async fn compiled_modules_are_cached_for_the_next_start() {
         .await
         .expect("second start");
     assert!(
-        second.registry().current().routes[0].chain[0]
-            .pool
-            .plugin()
-            .from_cache,
+        serving(&second).from_cache,
         "second start loads from the cache"
     );
     second.shutdown().await;
@@ -399,5 +400,67 @@ config = { by = ["ip"], limits = [{ rate = 100, per = "second" }] }
         .expect("response");
     assert_eq!(reply.status, StatusCode::OK);
     assert!(reply.header("ratelimit").is_some(), "the module serves");
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_module_never_compiled_serves_its_baseline_build_then_its_optimized_one() {
+    let (gw, _echo) = stamp_gateway().await;
+    let client = Client::new();
+    let mut events = gw.events();
+    let v2 = std::fs::read(fixtures::STAMP_V2).expect("fixture");
+    gw.install("stamp", &v2).expect("install");
+
+    // First the baseline (Winch) build goes live, never seen before...
+    let first = next_event(&mut events, &Trigger::Plugin("stamp".into()), RELOAD_BOUND)
+        .await
+        .expect("the watcher loads it");
+    let Outcome::Applied { generation: g1, .. } = first.outcome else {
+        panic!("{first:?}");
+    };
+    assert!(logged(&["plugin module loaded", "stamp", "tier=Baseline"]));
+    // ...then the optimized (Cranelift) build takes its place.
+    let second = next_event(
+        &mut events,
+        &Trigger::Optimized("stamp".into()),
+        RELOAD_BOUND,
+    )
+    .await
+    .expect("the optimized build arrives");
+    let Outcome::Applied { generation: g2, .. } = second.outcome else {
+        panic!("{second:?}");
+    };
+    assert!(g2 > g1);
+    assert_eq!(serving(&gw.handle).tier, Tier::Optimized);
+    assert_eq!(stamp_of(&client, &gw).await.as_deref(), Some("v2"));
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_baseline_compiler_off_a_new_module_goes_live_optimized() {
+    let echo = Echo::start_local().await.expect("echo starts");
+    let config = stamp_config(&echo).replace(
+        "tick_interval_ms = 20\n",
+        "tick_interval_ms = 20\nbaseline_compiler = false\n",
+    );
+    assert!(config.contains("baseline_compiler = false"));
+    let gw = TestGateway::start(&config, &[("stamp", fixtures::STAMP_V1)])
+        .await
+        .expect("gateway starts");
+    assert_eq!(serving(&gw.handle).tier, Tier::Optimized);
+    let client = Client::new();
+    let mut events = gw.events();
+    let v2 = std::fs::read(fixtures::STAMP_V2).expect("fixture");
+    gw.install("stamp", &v2).expect("install");
+    let event = next_event(&mut events, &Trigger::Plugin("stamp".into()), RELOAD_BOUND)
+        .await
+        .expect("the watcher loads it");
+    assert!(
+        matches!(event.outcome, Outcome::Applied { .. }),
+        "{event:?}"
+    );
+    // The first generation with v2 already has its optimized build.
+    assert_eq!(serving(&gw.handle).tier, Tier::Optimized);
+    assert_eq!(stamp_of(&client, &gw).await.as_deref(), Some("v2"));
     gw.stop().await;
 }

@@ -95,6 +95,7 @@ pub struct ListenerConfig {
 /// cache_directory = "/var/lib/portcullis/modules"   # default <state_directory>/modules
 /// watch = true                   # hot-load changed modules
 /// tick_interval_ms = 1000        # how often `on-tick` runs
+/// baseline_compiler = true       # new modules serve a Winch build first
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -112,6 +113,11 @@ pub struct PluginsConfig {
     /// How often plugins that implement `on-tick` are called, in ms.
     #[serde(default = "PluginsConfig::default_tick_interval")]
     pub tick_interval_ms: u64,
+    /// Whether a module never compiled before serves a baseline (Winch)
+    /// build at once while its optimized build compiles in the background;
+    /// `false` waits for the optimized build.
+    #[serde(default = "yes")]
+    pub baseline_compiler: bool,
 }
 
 impl PluginsConfig {

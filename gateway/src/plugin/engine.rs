@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, HasSelf, Linker};
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Strategy};
 
 use super::PluginError;
 use super::bindings::{Policy, PolicyPre};
@@ -40,6 +40,17 @@ pub struct EngineLimits {
     pub max_instances: u32,
 }
 
+/// Which compiler made a module's code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tier {
+    /// Winch, wasmtime's baseline compiler: compiles several times faster,
+    /// runs slower. A module never seen before serves this build while the
+    /// optimized one compiles in the background.
+    Baseline,
+    /// Cranelift: what serves for good, and what the module cache holds.
+    Optimized,
+}
+
 /// A module that compiled and implements the `policy` world, ready to be
 /// instantiated cheaply any number of times.
 pub struct CompiledPlugin {
@@ -53,6 +64,10 @@ pub struct CompiledPlugin {
     pub from_cache: bool,
     /// How long compiling (or loading from the cache) took.
     pub load_time: Duration,
+    /// Which compiler made its code.
+    pub tier: Tier,
+    /// The engine it was compiled for: its instances' stores use it.
+    pub(super) engine: Engine,
     pub(super) pre: PolicyPre<StoreState>,
 }
 
@@ -63,6 +78,7 @@ impl std::fmt::Debug for CompiledPlugin {
             .field("hash", &self.hash)
             .field("size", &self.size)
             .field("from_cache", &self.from_cache)
+            .field("tier", &self.tier)
             .finish()
     }
 }
@@ -104,6 +120,11 @@ impl wasmtime::CacheStore for FunctionCache {
 pub struct PluginEngine {
     engine: Engine,
     linker: Linker<StoreState>,
+    /// Winch, for a first build of modules never seen before: its
+    /// instances are allocated on demand (they serve for the time the
+    /// optimized build takes), with the same memory cap. `None` where
+    /// Winch does not run (it supports x86_64 only).
+    baseline: Option<(Engine, Linker<StoreState>)>,
     limits: EngineLimits,
     compat: String,
     stop: Arc<AtomicBool>,
@@ -156,12 +177,24 @@ impl PluginEngine {
             .wasm_component_model(true)
             .epoch_interruption(true)
             .memory_init_cow(true)
+            // Optimized builds compile on one low-priority thread each, in
+            // the background: on the shared parallel-compilation pool they
+            // would hold up the baseline builds that make modules live.
+            .parallel_compilation(false)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         let engine = Engine::new(&config)?;
+        let linker = policy_linker(&engine)?;
 
-        let mut linker = Linker::<StoreState>::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
-        Policy::add_to_linker::<_, HasSelf<StoreState>>(&mut linker, |s| s)?;
+        let baseline = match baseline_engine() {
+            Ok(baseline) => Some(baseline),
+            Err(e) => {
+                tracing::warn!(
+                    "no baseline compiler on this platform, new modules wait for \
+                     their optimized build: {e:#}"
+                );
+                None
+            }
+        };
 
         let mut hasher = DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut hasher);
@@ -169,14 +202,18 @@ impl PluginEngine {
 
         let stop = Arc::new(AtomicBool::new(false));
         let ticker = {
-            let engine = engine.clone();
+            let engines: Vec<Engine> = std::iter::once(engine.clone())
+                .chain(baseline.as_ref().map(|(engine, _)| engine.clone()))
+                .collect();
             let stop = stop.clone();
             std::thread::Builder::new()
                 .name("portcullis-epoch".into())
                 .spawn(move || {
                     while !stop.load(Ordering::Relaxed) {
                         std::thread::sleep(EPOCH_TICK);
-                        engine.increment_epoch();
+                        for engine in &engines {
+                            engine.increment_epoch();
+                        }
                     }
                 })?
         };
@@ -190,6 +227,7 @@ impl PluginEngine {
         Ok(Self {
             engine,
             linker,
+            baseline,
             limits,
             compat,
             stop,
@@ -240,10 +278,6 @@ impl PluginEngine {
     /// The limits the engine was built with.
     pub fn limits(&self) -> EngineLimits {
         self.limits
-    }
-
-    pub(super) fn engine(&self) -> &Engine {
-        &self.engine
     }
 
     /// Epoch ticks that make up a CPU deadline of `timeout_ms`. One tick is
@@ -307,8 +341,75 @@ impl PluginEngine {
                 component
             }
         };
-        let instance_pre = self
-            .linker
+        self.finish(
+            name,
+            bytes,
+            hash,
+            component,
+            Tier::Optimized,
+            from_cache,
+            started,
+        )
+    }
+
+    /// The optimized build of `bytes` if the cache holds one that verifies;
+    /// `None` otherwise (nothing is compiled).
+    pub fn from_cache(
+        &self,
+        name: &str,
+        bytes: &[u8],
+        cache: Option<&Arc<ModuleCache>>,
+    ) -> Option<Result<CompiledPlugin, PluginError>> {
+        let started = Instant::now();
+        let hash = content_hash(bytes);
+        let component = cache?.load(&self.engine, &hash, &self.compat)?;
+        Some(self.finish(name, bytes, hash, component, Tier::Optimized, true, started))
+    }
+
+    /// Whether this platform has the baseline compiler.
+    pub fn has_baseline(&self) -> bool {
+        self.baseline.is_some()
+    }
+
+    /// Compiles `bytes` with the baseline compiler (Winch): several times
+    /// faster than [`compile`](Self::compile), for a module never seen
+    /// before to serve while its optimized build compiles. Nothing goes to
+    /// the cache. `None` where there is no baseline compiler.
+    pub fn compile_baseline(
+        &self,
+        name: &str,
+        bytes: &[u8],
+    ) -> Option<Result<CompiledPlugin, PluginError>> {
+        let (engine, _) = self.baseline.as_ref()?;
+        let started = Instant::now();
+        let hash = content_hash(bytes);
+        Some(
+            Component::new(engine, bytes)
+                .map_err(|e| PluginError::Compile(format!("{e:#}")))
+                .and_then(|component| {
+                    self.finish(name, bytes, hash, component, Tier::Baseline, false, started)
+                }),
+        )
+    }
+
+    /// Checks `component` against the `policy` world with the linker of its
+    /// tier.
+    #[allow(clippy::too_many_arguments)]
+    fn finish(
+        &self,
+        name: &str,
+        bytes: &[u8],
+        hash: String,
+        component: Component,
+        tier: Tier,
+        from_cache: bool,
+        started: Instant,
+    ) -> Result<CompiledPlugin, PluginError> {
+        let (engine, linker) = match (tier, &self.baseline) {
+            (Tier::Baseline, Some((engine, linker))) => (engine, linker),
+            _ => (&self.engine, &self.linker),
+        };
+        let instance_pre = linker
             .instantiate_pre(&component)
             .map_err(|e| PluginError::WrongWorld(format!("{e:#}")))?;
         let pre =
@@ -319,9 +420,33 @@ impl PluginEngine {
             size: bytes.len(),
             from_cache,
             load_time: started.elapsed(),
+            tier,
+            engine: engine.clone(),
             pre,
         })
     }
+}
+
+/// The baseline (Winch) engine and its linker: same features as the
+/// optimized engine, instances allocated on demand.
+fn baseline_engine() -> anyhow::Result<(Engine, Linker<StoreState>)> {
+    let mut config = Config::new();
+    config
+        .strategy(Strategy::Winch)
+        .wasm_component_model(true)
+        .epoch_interruption(true)
+        .memory_init_cow(true);
+    let engine = Engine::new(&config)?;
+    let linker = policy_linker(&engine)?;
+    Ok((engine, linker))
+}
+
+/// A linker with WASI and the `policy` world's host side, for `engine`.
+fn policy_linker(engine: &Engine) -> anyhow::Result<Linker<StoreState>> {
+    let mut linker = Linker::<StoreState>::new(engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+    Policy::add_to_linker::<_, HasSelf<StoreState>>(&mut linker, |s| s)?;
+    Ok(linker)
 }
 
 /// Gives the memory the allocator holds free back to the system: compiling
@@ -339,11 +464,12 @@ pub fn release_freed_memory() {
     }
 }
 
-/// Lowers the priority of a plugin thread (Linux `nice` 10), so that when
+/// Lowers the priority of the calling thread (Linux `nice` 10): the plugin
+/// threads, and the threads compiling optimized builds, so that when
 /// long plugin calls keep every core busy the runtime workers, which
 /// accept connections and run the short calls, still get a core as soon
 /// as they have work.
-fn lower_thread_priority() {
+pub fn lower_thread_priority() {
     #[cfg(target_os = "linux")]
     {
         // SAFETY: setpriority only changes the scheduling priority of the

@@ -24,7 +24,7 @@ pub mod pool;
 pub mod view;
 
 pub use cache::ModuleCache;
-pub use engine::{CompiledPlugin, PluginEngine};
+pub use engine::{CompiledPlugin, PluginEngine, Tier};
 pub use host::HostServices;
 pub use pool::{CallLimits, PluginPool};
 

@@ -276,7 +276,7 @@ impl PluginPool {
             self.services.clone(),
             limits.memory_mib as usize * 1024 * 1024,
         );
-        let mut store = Store::new(self.engine.engine(), state);
+        let mut store = Store::new(&self.plugin.engine, state);
         store.limiter(|s| &mut s.memory);
         // At every tick a call in progress yields to the scheduler, while
         // within its budget; past it, it traps (`Trap::Interrupt`).

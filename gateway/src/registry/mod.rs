@@ -12,7 +12,7 @@ pub mod watch;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak, mpsc};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -22,7 +22,7 @@ use tokio::sync::broadcast;
 use crate::config::{Config, OnError};
 use crate::plugin::{
     CallLimits, CompiledPlugin, Hooks, HostServices, ModuleCache, PluginEngine, PluginError,
-    PluginPool,
+    PluginPool, Tier,
 };
 use crate::router::Router;
 use crate::upstream::Upstream;
@@ -77,6 +77,9 @@ pub enum Trigger {
     Plugin(String),
     /// A change of the config file (or SIGHUP).
     Config,
+    /// The optimized build of `<name>.wasm`, compiled in the background,
+    /// taking the place of the baseline build that served first.
+    Optimized(String),
 }
 
 /// How a reload ended.
@@ -134,6 +137,64 @@ pub struct Registry {
     events: broadcast::Sender<ReloadEvent>,
     /// The compiled-module cache, if it could be opened.
     cache: Option<Arc<ModuleCache>>,
+    /// This registry, for the optimizer thread's jobs.
+    me: Weak<Registry>,
+    /// The queue of the thread that compiles optimized builds, one at a
+    /// time at a low priority (compiling takes tens of MiB; a burst of new
+    /// modules should not take them all at once).
+    optimizer: mpsc::Sender<OptimizeJob>,
+}
+
+/// An optimized build to make: `bytes`, whose baseline build serves as
+/// `name` in `registry`.
+struct OptimizeJob {
+    registry: Weak<Registry>,
+    name: String,
+    bytes: Vec<u8>,
+}
+
+/// Starts the thread that compiles optimized builds; it ends when the
+/// registry, which holds the queue, is dropped.
+fn spawn_optimizer() -> std::io::Result<mpsc::Sender<OptimizeJob>> {
+    let (queue, jobs) = mpsc::channel::<OptimizeJob>();
+    std::thread::Builder::new()
+        .name("portcullis-compile".into())
+        .spawn(move || {
+            crate::plugin::engine::lower_thread_priority();
+            for job in jobs {
+                run_optimize_job(job);
+            }
+        })?;
+    Ok(queue)
+}
+
+/// Compiles the optimized build of a job, unless its baseline build no
+/// longer serves (replaced or removed meanwhile), and hands it to the
+/// registry. The registry is not held while compiling.
+fn run_optimize_job(job: OptimizeJob) {
+    let Some(registry) = job.registry.upgrade() else {
+        return;
+    };
+    let hash = crate::plugin::engine::content_hash(&job.bytes);
+    if !registry.serves_baseline(&job.name, &hash) {
+        return;
+    }
+    let (engine, cache) = (registry.engine.clone(), registry.cache.clone());
+    drop(registry);
+    let compiled = engine.compile(&job.name, &job.bytes, cache.as_ref());
+    drop(engine);
+    let Some(registry) = job.registry.upgrade() else {
+        return;
+    };
+    match compiled {
+        Ok(module) => {
+            registry.take_optimized(&job.name, module);
+        }
+        Err(e) => tracing::error!(
+            plugin = %job.name,
+            "the optimized build failed, the baseline build keeps serving: {e}"
+        ),
+    }
 }
 
 impl std::fmt::Debug for Registry {
@@ -176,15 +237,19 @@ impl Registry {
         config_path: PathBuf,
         engine: Arc<PluginEngine>,
         services: Arc<HostServices>,
-    ) -> anyhow::Result<Self> {
+    ) -> anyhow::Result<Arc<Self>> {
         let started = Instant::now();
         let dir = config.plugins.directory.clone();
         let cache = open_cache(&config);
+        let tiering = tiering(&config, &engine);
+        let optimizer = spawn_optimizer()
+            .map_err(|e| anyhow::anyhow!("cannot start the optimizer thread: {e}"))?;
         let files = module_files(&dir)
             .map_err(|e| anyhow::anyhow!("cannot read plugin directory {}: {e}", dir.display()))?;
         let used = used_plugins(&config);
         let mut modules = HashMap::new();
         let mut validated = HashMap::new();
+        let mut to_optimize = Vec::new();
         let mut problems = Vec::new();
         for (name, path) in files {
             if !used.contains(&name) {
@@ -199,9 +264,12 @@ impl Registry {
                 }
                 continue;
             }
-            match load_module(&engine, &name, &path, cache.as_ref()) {
-                Ok(module) => {
+            match load_module(&engine, &name, &path, cache.as_ref(), tiering) {
+                Ok((module, optimize)) => {
                     log_module(&module, "loaded");
+                    if let Some(bytes) = optimize {
+                        to_optimize.push((name.clone(), bytes));
+                    }
                     modules.insert(name, Arc::new(module));
                 }
                 Err(reason) => problems.push(format!("plugin `{name}`: {reason}")),
@@ -219,7 +287,8 @@ impl Registry {
         let generation = build(&config, &modules, None, &engine, &services, &runtime, 1)
             .map_err(|problems| anyhow::anyhow!("{}", problems.join("\n")))?;
         let (events, _) = broadcast::channel(256);
-        let registry = Self {
+        let registry = Arc::new_cyclic(|me| Self {
+            me: me.clone(),
             current: ArcSwap::from_pointee(generation),
             loaded: Mutex::new(Loaded {
                 config,
@@ -233,7 +302,8 @@ impl Registry {
             config_path,
             events,
             cache,
-        };
+            optimizer,
+        });
         registry.emit(ReloadEvent {
             trigger: Trigger::Startup,
             outcome: Outcome::Applied {
@@ -241,6 +311,9 @@ impl Registry {
                 elapsed: started.elapsed(),
             },
         });
+        for (name, bytes) in to_optimize {
+            registry.optimize(name, bytes);
+        }
         Ok(registry)
     }
 
@@ -287,6 +360,7 @@ impl Registry {
             Trigger::Startup => "startup".to_owned(),
             Trigger::Plugin(name) => format!("plugin `{name}`"),
             Trigger::Config => format!("config {}", self.config_path.display()),
+            Trigger::Optimized(name) => format!("plugin `{name}` (optimized build)"),
         };
         match &event.outcome {
             Outcome::Applied {
@@ -374,6 +448,50 @@ impl Registry {
         })
     }
 
+    /// Queues the optimized build of `name`, whose baseline build serves
+    /// now; when it is ready, and the baseline build of the same content
+    /// still serves, it takes its place in a new generation. It also goes
+    /// to the module cache.
+    fn optimize(&self, name: String, bytes: Vec<u8>) {
+        let job = OptimizeJob {
+            registry: self.me.clone(),
+            name,
+            bytes,
+        };
+        if self.optimizer.send(job).is_err() {
+            tracing::error!("the optimizer thread is gone: baseline builds keep serving");
+        }
+    }
+
+    /// Whether the baseline build of the content `hash` serves as `name`.
+    fn serves_baseline(&self, name: &str, hash: &str) -> bool {
+        self.lock()
+            .modules
+            .get(name)
+            .is_some_and(|m| m.tier == Tier::Baseline && m.hash == hash)
+    }
+
+    /// Puts the optimized build `module` in the place of the baseline build
+    /// of the same content, if that still serves.
+    fn take_optimized(&self, name: &str, module: CompiledPlugin) -> Option<ReloadEvent> {
+        let started = Instant::now();
+        let mut loaded = self.lock();
+        let serving = loaded.modules.get(name)?;
+        if serving.tier != Tier::Baseline || serving.hash != module.hash {
+            return None;
+        }
+        let config = loaded.config.clone();
+        let mut modules = loaded.modules.clone();
+        let module = Arc::new(module);
+        modules.insert(name.to_owned(), module.clone());
+        let trigger = Trigger::Optimized(name.to_owned());
+        let event = self.rebuild(&mut loaded, config, modules, started, trigger);
+        if matches!(event.outcome, Outcome::Applied { .. }) {
+            log_module(&module, "optimized build loaded");
+        }
+        Some(event)
+    }
+
     /// Reacts to a change of `<name>.wasm` in the plugin directory: loads
     /// the new content, or handles its removal. Blocking (compiles).
     pub fn reload_plugin(&self, name: &str) -> ReloadEvent {
@@ -412,8 +530,14 @@ impl Registry {
                 Err(e) => self.reject(trigger, e.to_string()),
             };
         }
-        let module = match self.engine.compile(name, &bytes, self.cache.as_ref()) {
-            Ok(m) => Arc::new(m),
+        let (module, optimize) = match tiered_compile(
+            &self.engine,
+            name,
+            bytes,
+            self.cache.as_ref(),
+            tiering(&config, &self.engine),
+        ) {
+            Ok((module, optimize)) => (Arc::new(module), optimize),
             Err(e) => return self.reject(trigger, e.to_string()),
         };
         let mut modules = loaded.modules.clone();
@@ -421,6 +545,9 @@ impl Registry {
         let event = self.rebuild(&mut loaded, config, modules, started, trigger);
         if matches!(event.outcome, Outcome::Applied { .. }) {
             log_module(&module, "loaded");
+            if let Some(bytes) = optimize {
+                self.optimize(name.to_owned(), bytes);
+            }
         }
         event
     }
@@ -472,13 +599,18 @@ impl Registry {
         // Modules the new config uses that are not loaded yet (new files, or
         // files that failed before) are loaded now.
         let mut modules = loaded.modules.clone();
+        let mut to_optimize = Vec::new();
         for name in used_plugins(&config) {
             if modules.contains_key(&name) {
                 continue;
             }
             let path = config.plugins.directory.join(format!("{name}.wasm"));
-            match load_module(&self.engine, &name, &path, self.cache.as_ref()) {
-                Ok(m) => {
+            let tiering = tiering(&config, &self.engine);
+            match load_module(&self.engine, &name, &path, self.cache.as_ref(), tiering) {
+                Ok((m, optimize)) => {
+                    if let Some(bytes) = optimize {
+                        to_optimize.push((name.clone(), bytes));
+                    }
                     modules.insert(name, Arc::new(m));
                 }
                 Err(reason) => {
@@ -486,13 +618,19 @@ impl Registry {
                 }
             }
         }
-        self.rebuild(
+        let event = self.rebuild(
             &mut loaded,
             Arc::new(config),
             modules,
             started,
             Trigger::Config,
-        )
+        );
+        if matches!(event.outcome, Outcome::Applied { .. }) {
+            for (name, bytes) in to_optimize {
+                self.optimize(name, bytes);
+            }
+        }
+        event
     }
 }
 
@@ -559,21 +697,49 @@ fn open_cache(config: &Config) -> Option<Arc<ModuleCache>> {
     }
 }
 
+/// Whether modules never compiled before serve a baseline build first.
+fn tiering(config: &Config, engine: &PluginEngine) -> bool {
+    config.plugins.baseline_compiler && engine.has_baseline()
+}
+
+/// Reads and compiles the module at `path` (see [`tiered_compile`]).
 fn load_module(
     engine: &PluginEngine,
     name: &str,
     path: &Path,
     cache: Option<&Arc<ModuleCache>>,
-) -> Result<CompiledPlugin, String> {
+    tiering: bool,
+) -> Result<(CompiledPlugin, Option<Vec<u8>>), String> {
     let bytes = std::fs::read(path).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => {
             format!("no module {} in the plugin directory", path.display())
         }
         _ => format!("cannot read {}: {e}", path.display()),
     })?;
+    tiered_compile(engine, name, bytes, cache, tiering).map_err(|e| e.to_string())
+}
+
+/// A module ready to serve: its optimized build from the cache if there is
+/// one; else, with `tiering`, a baseline (Winch) build, several times
+/// faster to make, returned with the bytes from which the optimized build
+/// is to be made in the background; else the optimized build. A module the
+/// baseline compiler refuses gets the optimized compiler's verdict.
+fn tiered_compile(
+    engine: &PluginEngine,
+    name: &str,
+    bytes: Vec<u8>,
+    cache: Option<&Arc<ModuleCache>>,
+    tiering: bool,
+) -> Result<(CompiledPlugin, Option<Vec<u8>>), PluginError> {
+    if let Some(cached) = engine.from_cache(name, &bytes, cache) {
+        return cached.map(|module| (module, None));
+    }
+    if tiering && let Some(Ok(module)) = engine.compile_baseline(name, &bytes) {
+        return Ok((module, Some(bytes)));
+    }
     engine
         .compile(name, &bytes, cache)
-        .map_err(|e| e.to_string())
+        .map(|module| (module, None))
 }
 
 /// Reads and validates the module at `path` without compiling it; its
@@ -598,6 +764,7 @@ fn log_module(module: &CompiledPlugin, what: &str) {
         sha256 = %&module.hash[..12],
         bytes = module.size,
         from_cache = module.from_cache,
+        tier = ?module.tier,
         load_ms = module.load_time.as_secs_f64() * 1000.0,
         "plugin module {what}"
     );
