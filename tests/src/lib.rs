@@ -28,6 +28,20 @@ pub mod fixtures {
     include!(concat!(env!("OUT_DIR"), "/fixtures.rs"));
 }
 
+/// The nine policy plugins of `plugins/`, named as the example config
+/// (`examples/portcullis.toml`) uses them.
+pub const POLICY_PLUGINS: [(&str, &str); 9] = [
+    ("alerts", fixtures::ALERTS),
+    ("key_auth", fixtures::KEY_AUTH),
+    ("basic_auth", fixtures::BASIC_AUTH),
+    ("jwt_auth", fixtures::JWT_AUTH),
+    ("rbac", fixtures::RBAC),
+    ("rate_limit", fixtures::RATE_LIMIT),
+    ("rewrite", fixtures::REWRITE),
+    ("mask", fixtures::MASK),
+    ("api_version", fixtures::API_VERSION),
+];
+
 static LOGS: Mutex<String> = Mutex::new(String::new());
 
 /// Log lines go to the test's output (shown for failing tests) and to a

@@ -9,7 +9,7 @@ use base64::Engine as _;
 use http::{Method, StatusCode};
 use portcullis::clock::ManualClock;
 use portcullis_tests::echo::Echo;
-use portcullis_tests::{Client, Reply, TestGateway, fixtures, logged_lines};
+use portcullis_tests::{Client, POLICY_PLUGINS, Reply, TestGateway, logged_lines};
 
 /// 2026-12-01T10:00:00Z: the demo tokens are valid (but `expired.jwt`), v1
 /// of the catalog is deprecated and not yet sunset.
@@ -38,21 +38,7 @@ fn token(name: &str) -> String {
 }
 
 async fn start(echo: &Echo, clock: &Arc<ManualClock>) -> TestGateway {
-    let dir = TestGateway::prepare(
-        &example_config(echo),
-        &[
-            ("alerts", fixtures::ALERTS),
-            ("key_auth", fixtures::KEY_AUTH),
-            ("basic_auth", fixtures::BASIC_AUTH),
-            ("jwt_auth", fixtures::JWT_AUTH),
-            ("rbac", fixtures::RBAC),
-            ("rate_limit", fixtures::RATE_LIMIT),
-            ("rewrite", fixtures::REWRITE),
-            ("mask", fixtures::MASK),
-            ("api_version", fixtures::API_VERSION),
-        ],
-    )
-    .expect("prepare");
+    let dir = TestGateway::prepare(&example_config(echo), &POLICY_PLUGINS).expect("prepare");
     std::fs::create_dir(dir.path().join("keys")).expect("keys dir");
     for file in ["jwks.json", "users.htpasswd"] {
         std::fs::copy(

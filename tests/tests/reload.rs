@@ -419,6 +419,7 @@ async fn a_module_never_compiled_serves_its_baseline_build_then_its_optimized_on
         panic!("{first:?}");
     };
     assert!(logged(&["plugin module loaded", "stamp", "tier=Baseline"]));
+    let baseline = Arc::downgrade(&serving(&gw.handle));
     // ...then the optimized (Cranelift) build takes its place.
     let second = next_event(
         &mut events,
@@ -433,6 +434,16 @@ async fn a_module_never_compiled_serves_its_baseline_build_then_its_optimized_on
     assert!(g2 > g1);
     assert_eq!(serving(&gw.handle).tier, Tier::Optimized);
     assert_eq!(stamp_of(&client, &gw).await.as_deref(), Some("v2"));
+    // The baseline build, its code and its instances are freed once the
+    // requests that started on it are done.
+    let deadline = Instant::now() + RELOAD_BOUND;
+    while baseline.strong_count() > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the baseline build is never freed"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     gw.stop().await;
 }
 

@@ -83,38 +83,6 @@ impl std::fmt::Debug for CompiledPlugin {
     }
 }
 
-/// Most bytes of compiled functions kept for incremental compilation.
-const FUNCTION_CACHE_BYTES: usize = 64 * 1024 * 1024;
-
-/// Cranelift's incremental compilation cache, in memory: compiled functions
-/// keyed by their body and context. A new build of a plugin shares most of
-/// its functions (the standard library, serde, the SDK) with the build it
-/// replaces, so only what changed is compiled again. When the cache holds
-/// [`FUNCTION_CACHE_BYTES`] it starts over, keeping memory bounded.
-#[derive(Debug, Default)]
-struct FunctionCache {
-    entries: dashmap::DashMap<Vec<u8>, Vec<u8>>,
-    bytes: std::sync::atomic::AtomicUsize,
-}
-
-impl wasmtime::CacheStore for FunctionCache {
-    fn get(&self, key: &[u8]) -> Option<std::borrow::Cow<'_, [u8]>> {
-        self.entries
-            .get(key)
-            .map(|v| std::borrow::Cow::Owned(v.clone()))
-    }
-
-    fn insert(&self, key: &[u8], value: Vec<u8>) -> bool {
-        let size = key.len() + value.len();
-        if self.bytes.fetch_add(size, Ordering::Relaxed) + size > FUNCTION_CACHE_BYTES {
-            self.entries.clear();
-            self.bytes.store(size, Ordering::Relaxed);
-        }
-        self.entries.insert(key.to_vec(), value);
-        true
-    }
-}
-
 /// The engine, its linker, its epoch ticker, and the threads long plugin
 /// calls run on.
 pub struct PluginEngine {
@@ -172,14 +140,16 @@ impl PluginEngine {
             .max_memory_size(limits.memory_mib as usize * 1024 * 1024);
 
         let mut config = Config::new();
-        config.enable_incremental_compilation(Arc::new(FunctionCache::default()))?;
         config
             .wasm_component_model(true)
             .epoch_interruption(true)
             .memory_init_cow(true)
-            // Optimized builds compile on one low-priority thread each, in
-            // the background: on the shared parallel-compilation pool they
-            // would hold up the baseline builds that make modules live.
+            // Optimized builds compile on one low-priority thread, in the
+            // background: on the shared parallel-compilation pool they would
+            // hold up the baseline builds that make modules live. No
+            // incremental-compilation cache: it made a new build of a loaded
+            // plugin compile 3 times faster, but the baseline build now
+            // makes it live, and the cache kept 30 MiB (9 plugins).
             .parallel_compilation(false)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         let engine = Engine::new(&config)?;
