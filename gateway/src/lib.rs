@@ -156,12 +156,14 @@ impl GatewayBuilder {
         let (shutdown, shutdown_rx) = watch::channel(false);
         let mut tasks = Vec::new();
         let mut addrs = Vec::new();
-        for listener in listeners {
+        for (index, listener) in listeners.into_iter().enumerate() {
             let addr = listener.local_addr()?;
-            tracing::info!(%addr, "listening");
+            let tls = listeners_config[index].tls.is_some();
+            tracing::info!(%addr, tls, "listening");
             addrs.push(addr);
             tasks.push(tokio::spawn(server::serve(
                 listener,
+                index,
                 registry.clone(),
                 shutdown_rx.clone(),
             )));

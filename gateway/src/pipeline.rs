@@ -41,12 +41,30 @@ use crate::plugin::{Hooks, PluginError, Reply, RequestAction, RequestChanges, Re
 use crate::registry::{ChainLink, Generation, Registry, RouteRuntime};
 use crate::router::Match;
 
+/// The client connection a request came on.
+#[derive(Debug, Clone)]
+pub struct Connection {
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// The TLS session, on a TLS listener.
+    pub tls: Option<TlsSession>,
+}
+
+/// What the TLS handshake settled.
+#[derive(Debug, Clone)]
+pub struct TlsSession {
+    /// `TLSv1.3` or `TLSv1.2`.
+    pub version: &'static str,
+    /// The SNI the client sent.
+    pub server_name: Option<Box<str>>,
+}
+
 /// Serves one request with the registry's current generation, and writes
 /// its access-log line.
 pub async fn handle(
     registry: &Registry,
     request: Request<Incoming>,
-    peer: SocketAddr,
+    conn: &Connection,
 ) -> Response<ProxyBody> {
     let started = Instant::now();
     let generation = registry.current();
@@ -57,7 +75,7 @@ pub async fn handle(
         .access_log
         .then(|| (request.method().clone(), request.uri().path().to_owned()));
     let mut record = Record::default();
-    let response = match proxy(&generation, request, peer, &mut record).await {
+    let response = match proxy(&generation, request, conn, &mut record).await {
         Ok(response) => response,
         Err(error) => {
             record.fail(&error);
@@ -65,7 +83,7 @@ pub async fn handle(
         }
     };
     if let Some((method, path)) = access {
-        record.log(&method, &path, peer, response.status(), started);
+        record.log(&method, &path, conn, response.status(), started);
     }
     response
 }
@@ -92,10 +110,11 @@ impl Record {
         &self,
         method: &Method,
         path: &str,
-        peer: SocketAddr,
+        conn: &Connection,
         status: StatusCode,
         started: Instant,
     ) {
+        let tls = conn.tls.as_ref();
         tracing::info!(
             target: "portcullis::access",
             route = self.route.as_deref().unwrap_or("-"),
@@ -103,7 +122,9 @@ impl Record {
             path,
             status = status.as_u16(),
             latency_ms = started.elapsed().as_secs_f64() * 1000.0,
-            client = %peer.ip(),
+            client = %conn.peer.ip(),
+            tls = tls.map_or("-", |t| t.version),
+            sni = tls.and_then(|t| t.server_name.as_deref()).unwrap_or("-"),
             consumer = self.consumer.as_deref().unwrap_or("-"),
             plugins = %self.decisions.join(" "),
             error = self.error.as_deref().unwrap_or(""),
@@ -137,11 +158,11 @@ fn normalize_path(request: &mut Request<Incoming>) -> Result<(), ProxyError> {
 async fn proxy(
     generation: &Generation,
     mut request: Request<Incoming>,
-    peer: SocketAddr,
+    conn: &Connection,
     record: &mut Record,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     normalize_path(&mut request)?;
-    let original_host = host_of(&request);
+    let original_host = host_of(&request)?;
     let route = match generation.router.find(
         original_host.as_deref(),
         request.uri().path(),
@@ -167,7 +188,7 @@ async fn proxy(
     };
     let mut request = RequestView {
         head,
-        client_ip: peer.ip(),
+        client_ip: conn.peer.ip(),
         route: route.name.clone(),
         identity: None,
         attributes: Vec::new(),
@@ -226,7 +247,7 @@ async fn proxy(
             } else {
                 request.head.clone()
             };
-            let outgoing = upstream_request(head, body, peer, original_host.as_deref());
+            let outgoing = upstream_request(head, body, conn, original_host.as_deref());
             match route.upstream.send(outgoing).await {
                 Ok(response) => {
                     let (mut head, incoming) = response.into_parts();
@@ -525,14 +546,26 @@ fn apply_response(
     Ok(())
 }
 
-/// The Host header, or the authority of an absolute-form request.
-fn host_of<B>(request: &Request<B>) -> Option<String> {
-    request
-        .headers()
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .map(str::to_owned)
-        .or_else(|| request.uri().authority().map(|a| a.to_string()))
+/// The host the request is for: the authority of its target (HTTP/2's
+/// `:authority`, or an absolute-form HTTP/1.1 target, which RFC 9112
+/// §3.2.2 puts before `Host`), else its `Host` header. A request whose
+/// `Host` names another authority than its target is refused (RFC 9113
+/// §8.3.1): the gateway would route on one and the upstream see the other.
+fn host_of<B>(request: &Request<B>) -> Result<Option<String>, ProxyError> {
+    let host = request.headers().get(header::HOST);
+    let Some(authority) = request.uri().authority() else {
+        return Ok(host.and_then(|h| h.to_str().ok()).map(str::to_owned));
+    };
+    if let Some(host) = host
+        && !host
+            .as_bytes()
+            .eq_ignore_ascii_case(authority.as_str().as_bytes())
+    {
+        return Err(ProxyError::BadRequest(
+            "the Host header and the request target name different hosts".into(),
+        ));
+    }
+    Ok(Some(authority.as_str().to_owned()))
 }
 
 /// Headers that concern one connection, not the message (RFC 9110 §7.6.1).
@@ -565,17 +598,27 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// The request as it goes upstream: origin-form URI, HTTP/1.1, hop-by-hop
-/// headers removed, `X-Forwarded-*` set.
+/// The request as it goes upstream: origin-form URI, HTTP/1.1 with a
+/// `Host` (the client's, as plugins left it, or HTTP/2's `:authority`
+/// when there is none, RFC 9113 §8.3.1) and one `Cookie` line (§8.2.3), hop-by-hop headers
+/// removed, `X-Forwarded-*` set.
 fn upstream_request(
     mut head: http::request::Parts,
     body: ProxyBody,
-    peer: SocketAddr,
+    conn: &Connection,
     original_host: Option<&str>,
 ) -> Request<ProxyBody> {
     strip_hop_by_hop(&mut head.headers);
     head.headers.remove(header::TRANSFER_ENCODING);
-    let client = peer.ip().to_string();
+    if !head.headers.contains_key(header::HOST)
+        && let Some(value) = original_host.and_then(|h| HeaderValue::from_str(h).ok())
+    {
+        head.headers.insert(header::HOST, value);
+    }
+    if head.version == Version::HTTP_2 {
+        join_cookies(&mut head.headers);
+    }
+    let client = conn.peer.ip().to_string();
     let forwarded_for = match head
         .headers
         .get("x-forwarded-for")
@@ -587,8 +630,9 @@ fn upstream_request(
     if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
         head.headers.insert("x-forwarded-for", value);
     }
+    let proto = if conn.tls.is_some() { "https" } else { "http" };
     head.headers
-        .insert("x-forwarded-proto", HeaderValue::from_static("http"));
+        .insert("x-forwarded-proto", HeaderValue::from_static(proto));
     if let Some(value) = original_host.and_then(|h| HeaderValue::from_str(h).ok()) {
         head.headers.insert("x-forwarded-host", value);
     }
@@ -597,6 +641,23 @@ fn upstream_request(
     }
     head.version = Version::HTTP_11;
     Request::from_parts(head, body)
+}
+
+/// HTTP/2 may split `Cookie` into one field per cookie; HTTP/1.1 wants one
+/// line, joined with `; ` (RFC 9113 §8.2.3).
+fn join_cookies(headers: &mut HeaderMap) {
+    let mut cookies = headers.get_all(header::COOKIE).iter();
+    let (Some(first), Some(_)) = (cookies.next(), cookies.next()) else {
+        return;
+    };
+    let mut joined = first.as_bytes().to_vec();
+    for more in headers.get_all(header::COOKIE).iter().skip(1) {
+        joined.extend_from_slice(b"; ");
+        joined.extend_from_slice(more.as_bytes());
+    }
+    if let Ok(value) = HeaderValue::from_bytes(&joined) {
+        headers.insert(header::COOKIE, value);
+    }
 }
 
 #[cfg(test)]
@@ -629,12 +690,66 @@ mod tests {
         req.headers_mut()
             .insert(header::HOST, HeaderValue::from_static("api.example.com"));
         let (head, ()) = req.into_parts();
-        let peer: SocketAddr = "192.0.2.7:5000".parse().expect("addr");
-        let out = upstream_request(head, body::empty(), peer, Some("api.example.com"));
+        let conn = Connection {
+            peer: "192.0.2.7:5000".parse().expect("addr"),
+            tls: None,
+        };
+        let out = upstream_request(head, body::empty(), &conn, Some("api.example.com"));
         assert_eq!(out.uri(), "/a?b=1");
         assert_eq!(out.headers()["x-forwarded-for"], "10.0.0.1, 192.0.2.7");
         assert_eq!(out.headers()["x-forwarded-proto"], "http");
         assert_eq!(out.headers()["x-forwarded-host"], "api.example.com");
+    }
+
+    #[test]
+    fn an_http2_request_goes_up_as_http1_with_host_and_one_cookie_line() {
+        let (head, ()) = Request::builder()
+            .version(Version::HTTP_2)
+            .uri("https://api.example.com/a")
+            .header(header::COOKIE, "a=1")
+            .header(header::COOKIE, "b=2")
+            .body(())
+            .expect("request")
+            .into_parts();
+        let conn = Connection {
+            peer: "192.0.2.7:5000".parse().expect("addr"),
+            tls: Some(TlsSession {
+                version: "TLSv1.3",
+                server_name: Some("api.example.com".into()),
+            }),
+        };
+        let out = upstream_request(head, body::empty(), &conn, Some("api.example.com"));
+        assert_eq!(out.version(), Version::HTTP_11);
+        assert_eq!(out.uri(), "/a");
+        assert_eq!(out.headers()[header::HOST], "api.example.com");
+        assert_eq!(out.headers()[header::COOKIE], "a=1; b=2");
+        assert_eq!(out.headers()["x-forwarded-proto"], "https");
+    }
+
+    #[test]
+    fn the_target_authority_wins_and_a_different_host_is_refused() {
+        let request = |uri: &str, host: Option<&str>| {
+            let mut b = Request::builder().uri(uri);
+            if let Some(host) = host {
+                b = b.header(header::HOST, host);
+            }
+            b.body(()).expect("request")
+        };
+        let host = |r: &Request<()>| host_of(r).map_err(|e| e.to_string());
+        assert_eq!(
+            host(&request("/a", Some("a.test"))),
+            Ok(Some("a.test".into()))
+        );
+        assert_eq!(host(&request("/a", None)), Ok(None));
+        assert_eq!(
+            host(&request("http://b.test/a", None)),
+            Ok(Some("b.test".into()))
+        );
+        assert_eq!(
+            host(&request("http://b.test/a", Some("B.test"))),
+            Ok(Some("b.test".into()))
+        );
+        assert!(host(&request("http://b.test/a", Some("a.test"))).is_err());
     }
 
     fn view(uri: &str) -> RequestView {

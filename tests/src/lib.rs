@@ -4,6 +4,7 @@
 
 pub mod bench;
 pub mod echo;
+pub mod tls;
 pub mod webhook;
 
 use std::net::SocketAddr;

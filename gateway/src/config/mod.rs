@@ -11,14 +11,15 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
 mod alerts;
+mod listener;
 
 pub use alerts::{AlertsConfig, Severity, WebhookConfig};
+pub use listener::{CertificateConfig, ListenerConfig, TlsConfig};
 
 /// The whole configuration file.
 ///
@@ -72,19 +73,6 @@ pub struct Config {
     /// (not a key).
     #[serde(skip)]
     pub base_directory: PathBuf,
-}
-
-/// A listening socket.
-///
-/// ```toml
-/// [[listeners]]
-/// address = "0.0.0.0:8080"
-/// ```
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ListenerConfig {
-    /// `ip:port` to bind; port 0 picks a free port.
-    pub address: SocketAddr,
 }
 
 /// The plugin directory.
@@ -535,6 +523,9 @@ impl Config {
                 plugin.files.values_mut().for_each(resolve);
             }
         }
+        for listener in &mut self.listeners {
+            listener.resolve_paths(&resolve);
+        }
     }
 
     /// Reads every plugin's `files` into its `config`; returns a problem for
@@ -570,26 +561,20 @@ impl Config {
             .map(PathBuf::as_path)
     }
 
+    /// Every file the config reads besides itself: plugin `files` and TLS
+    /// certificates and keys (after [`Config::load`], absolute or relative
+    /// to the working directory). A change to one of them is a change to
+    /// the config.
+    pub fn watched_files(&self) -> impl Iterator<Item = &Path> {
+        self.plugin_files()
+            .chain(self.listeners.iter().flat_map(ListenerConfig::files))
+    }
+
     /// Checks everything the schema cannot; returns every problem found.
     pub fn validate(&self) -> Vec<Problem> {
         let mut problems = Vec::new();
+        listener::validate(&self.listeners, &mut problems);
         let mut bad = |key: String, message: String| problems.push(Problem { key, message });
-
-        if self.listeners.is_empty() {
-            bad(
-                "listeners".into(),
-                "at least one listener is required, e.g. [[listeners]] address = \"127.0.0.1:8080\"".into(),
-            );
-        }
-        let mut addresses = HashSet::new();
-        for (i, l) in self.listeners.iter().enumerate() {
-            if l.address.port() != 0 && !addresses.insert(l.address) {
-                bad(
-                    format!("listeners[{i}].address"),
-                    format!("{} is used by another listener", l.address),
-                );
-            }
-        }
 
         if !(10..=3_600_000).contains(&self.plugins.tick_interval_ms) {
             bad(

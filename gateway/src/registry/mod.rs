@@ -13,7 +13,7 @@ pub mod watch;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, Weak, mpsc};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
 use tokio::runtime::Handle;
@@ -25,6 +25,7 @@ use crate::plugin::{
     PluginPool, Tier,
 };
 use crate::router::Router;
+use crate::server::tls::ListenerTls;
 use crate::upstream::Upstream;
 
 /// One plugin in a route's chain, ready to run.
@@ -66,6 +67,8 @@ pub struct Generation {
     pub router: Router,
     /// Routes, in config order (the router returns indexes into this).
     pub routes: Vec<RouteRuntime>,
+    /// TLS of each listener, in config order (`None`: plain HTTP).
+    pub tls: Vec<Option<Arc<ListenerTls>>>,
 }
 
 /// What started a reload.
@@ -635,8 +638,13 @@ impl Registry {
 }
 
 fn keep_static_settings(old: &Config, new: &mut Config) {
-    if new.listeners != old.listeners {
-        tracing::warn!("config reload: `listeners` changed; listeners change only with a restart");
+    // A listener's TLS settings and certificates change with a reload;
+    // which sockets are bound changes only with a restart.
+    let addresses = |c: &Config| c.listeners.iter().map(|l| l.address).collect::<Vec<_>>();
+    if addresses(new) != addresses(old) {
+        tracing::warn!(
+            "config reload: listener addresses changed; they change only with a restart (the listeners stay as they were)"
+        );
         new.listeners = old.listeners.clone();
     }
     if new.state_directory != old.state_directory {
@@ -887,6 +895,18 @@ fn build(
             chain,
         });
     }
+    let mut tls = Vec::with_capacity(config.listeners.len());
+    for (i, listener) in config.listeners.iter().enumerate() {
+        let Some(settings) = &listener.tls else {
+            tls.push(None);
+            continue;
+        };
+        let before = previous.and_then(|g| g.tls.get(i)).and_then(Option::as_ref);
+        match ListenerTls::load(i, settings, before, SystemTime::now()) {
+            Ok(loaded) => tls.push(Some(loaded)),
+            Err(ps) => problems.extend(ps),
+        }
+    }
     if !problems.is_empty() {
         return Err(problems);
     }
@@ -895,6 +915,7 @@ fn build(
         config: config.clone(),
         router,
         routes,
+        tls,
     })
 }
 

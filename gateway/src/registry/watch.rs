@@ -1,5 +1,6 @@
-//! Watches the plugin directory, the config file, and the files plugin
-//! configs are read from (`files = { ... }`), and reloads on change.
+//! Watches the plugin directory, the config file, the files plugin configs
+//! are read from (`files = { ... }`) and the listeners' certificates and
+//! keys, and reloads on change.
 //!
 //! A finished write (`close_write`) or a rename into place triggers a reload
 //! at once; other changes (a create, a write still in progress, platforms
@@ -111,15 +112,15 @@ async fn sleep_until(due: Option<Instant>) {
     }
 }
 
-/// Watches the directory of every file the current config reads plugin
-/// values from; returns those files.
+/// Watches the directory of every file the current config reads (plugin
+/// values, TLS certificates and keys); returns those files.
 fn watch_config_files(
     registry: &Registry,
     watcher: &mut RecommendedWatcher,
     watched: &mut HashSet<PathBuf>,
 ) -> HashSet<PathBuf> {
     let generation = registry.current();
-    let files: HashSet<PathBuf> = generation.config.plugin_files().map(canonical).collect();
+    let files: HashSet<PathBuf> = generation.config.watched_files().map(canonical).collect();
     for dir in files.iter().filter_map(|f| f.parent()) {
         if watched.insert(dir.to_path_buf())
             && let Err(e) = watcher.watch(dir, RecursiveMode::NonRecursive)

@@ -1,0 +1,133 @@
+//! `[[listeners]]`: addresses, and TLS on a listener.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use super::Problem;
+
+/// A listening socket, plain or TLS.
+///
+/// ```toml
+/// [[listeners]]
+/// address = "0.0.0.0:8443"
+///
+/// [listeners.tls]
+/// handshake_timeout_ms = 10000
+///
+/// [[listeners.tls.certificates]]
+/// cert = "certs/api.example.com.pem"      # the chain, leaf first (PEM)
+/// key = "certs/api.example.com.key"       # its private key (PEM)
+///
+/// [[listeners.tls.certificates]]
+/// cert = "certs/wildcard.example.org.pem"
+/// key = "certs/wildcard.example.org.key"
+/// default = true                          # for clients whose SNI matches none
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    /// `ip:port` to bind; port 0 picks a free port.
+    pub address: SocketAddr,
+    /// Terminate TLS on this listener. Without it the listener speaks
+    /// plain HTTP/1.1.
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+}
+
+/// TLS on a listener: TLS 1.2 and 1.3 only, ALPN `h2` and `http/1.1`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The certificates served, chosen by the client's SNI against each
+    /// certificate's DNS names (exact, then wildcard).
+    pub certificates: Vec<CertificateConfig>,
+    /// How long a client may take to complete the handshake, in ms.
+    #[serde(default = "TlsConfig::default_handshake_timeout")]
+    pub handshake_timeout_ms: u64,
+}
+
+impl TlsConfig {
+    fn default_handshake_timeout() -> u64 {
+        10_000
+    }
+}
+
+/// One certificate chain and its key.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateConfig {
+    /// PEM file with the certificate chain, leaf first. Relative to the
+    /// config file.
+    pub cert: PathBuf,
+    /// PEM file with the private key (PKCS#8, PKCS#1 or SEC1). Relative
+    /// to the config file.
+    pub key: PathBuf,
+    /// Served when the client sends no SNI or one that no certificate
+    /// names. At most one per listener; default: the first certificate.
+    #[serde(default)]
+    pub default: bool,
+}
+
+impl ListenerConfig {
+    pub(super) fn resolve_paths(&mut self, resolve: &impl Fn(&mut PathBuf)) {
+        if let Some(tls) = self.tls.as_mut() {
+            for c in &mut tls.certificates {
+                resolve(&mut c.cert);
+                resolve(&mut c.key);
+            }
+        }
+    }
+
+    /// The certificate and key files this listener reads.
+    pub fn files(&self) -> impl Iterator<Item = &Path> {
+        self.tls
+            .iter()
+            .flat_map(|t| &t.certificates)
+            .flat_map(|c| [c.cert.as_path(), c.key.as_path()])
+    }
+}
+
+pub(super) fn validate(listeners: &[ListenerConfig], problems: &mut Vec<Problem>) {
+    let mut bad = |key: String, message: String| problems.push(Problem { key, message });
+    if listeners.is_empty() {
+        bad(
+            "listeners".into(),
+            "at least one listener is required, e.g. [[listeners]] address = \"127.0.0.1:8080\""
+                .into(),
+        );
+    }
+    let mut addresses = HashSet::new();
+    for (i, l) in listeners.iter().enumerate() {
+        if l.address.port() != 0 && !addresses.insert(l.address) {
+            bad(
+                format!("listeners[{i}].address"),
+                format!("{} is used by another listener", l.address),
+            );
+        }
+        let Some(tls) = &l.tls else { continue };
+        if tls.certificates.is_empty() {
+            bad(
+                format!("listeners[{i}].tls.certificates"),
+                "at least one certificate is required: [[listeners.tls.certificates]] cert = \"...\" key = \"...\"".into(),
+            );
+        }
+        if tls.certificates.iter().filter(|c| c.default).count() > 1 {
+            bad(
+                format!("listeners[{i}].tls.certificates"),
+                "at most one certificate can be `default = true`".into(),
+            );
+        }
+        if !(100..=300_000).contains(&tls.handshake_timeout_ms) {
+            bad(
+                format!("listeners[{i}].tls.handshake_timeout_ms"),
+                format!(
+                    "must be between 100 and 300000, got {}",
+                    tls.handshake_timeout_ms
+                ),
+            );
+        }
+    }
+}

@@ -1,0 +1,184 @@
+//! TLS for tests: a test CA that issues certificates with chosen names and
+//! dates, and a client that connects with a chosen SNI and ALPN and tells
+//! which certificate it was served.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http::{Request, Version};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::pki_types::{CertificateDer, ServerName};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+use crate::Reply;
+
+/// A certificate authority that lives for one test.
+pub struct TestCa {
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+    cert: CertificateDer<'static>,
+}
+
+impl std::fmt::Debug for TestCa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TestCa")
+    }
+}
+
+/// A certificate and its key, in PEM.
+#[derive(Debug, Clone)]
+pub struct Issued {
+    /// The certificate (PEM).
+    pub cert: String,
+    /// Its private key (PEM, PKCS#8).
+    pub key: String,
+    /// The certificate (DER), to recognise it on the client side.
+    pub der: CertificateDer<'static>,
+}
+
+impl Issued {
+    /// Writes `<stem>.pem` and `<stem>.key` into `dir`, each by a rename
+    /// into place (as an operator should).
+    pub fn write(&self, dir: &Path, stem: &str) -> std::io::Result<()> {
+        for (ext, text) in [("pem", &self.cert), ("key", &self.key)] {
+            let tmp = dir.join(format!(".{stem}.{ext}.tmp"));
+            std::fs::write(&tmp, text)?;
+            std::fs::rename(&tmp, dir.join(format!("{stem}.{ext}")))?;
+        }
+        Ok(())
+    }
+}
+
+fn days_from_now(days: i64) -> SystemTime {
+    let offset = Duration::from_secs(days.unsigned_abs() * 86_400);
+    if days < 0 {
+        SystemTime::now() - offset
+    } else {
+        SystemTime::now() + offset
+    }
+}
+
+impl TestCa {
+    /// A new CA with a new key.
+    pub fn new() -> Self {
+        let key = rcgen::KeyPair::generate().expect("CA key");
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "Portcullis test CA");
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::CrlSign,
+        ];
+        params.not_before = days_from_now(-1).into();
+        params.not_after = days_from_now(365).into();
+        let cert = params.self_signed(&key).expect("CA certificate");
+        Self {
+            cert: cert.der().clone(),
+            issuer: rcgen::Issuer::new(params, key),
+        }
+    }
+
+    /// A server certificate for `names`, valid from `from` to `to` days from
+    /// now (negative: in the past).
+    pub fn issue(&self, names: &[&str], from: i64, to: i64) -> Issued {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let mut params =
+            rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .expect("params");
+        params.not_before = days_from_now(from).into();
+        params.not_after = days_from_now(to).into();
+        let cert = params.signed_by(&key, &self.issuer).expect("certificate");
+        Issued {
+            cert: cert.pem(),
+            key: key.serialize_pem(),
+            der: cert.der().clone(),
+        }
+    }
+
+    /// A client configuration that trusts this CA and offers `alpn`.
+    pub fn client_config(&self, alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.cert.clone()).expect("CA certificate");
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        Arc::new(config)
+    }
+}
+
+impl Default for TestCa {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// What a TLS request saw besides the reply.
+#[derive(Debug)]
+pub struct Session {
+    /// The protocol ALPN settled on.
+    pub alpn: Option<Vec<u8>>,
+    /// The leaf certificate the server presented.
+    pub served: CertificateDer<'static>,
+}
+
+/// Connects to `addr` with SNI `server_name`, verifying against `config`,
+/// and sends `GET path` over the protocol ALPN settled on (HTTP/2 for `h2`,
+/// else HTTP/1.1), on a connection of its own.
+pub async fn get(
+    addr: SocketAddr,
+    server_name: &str,
+    config: Arc<rustls::ClientConfig>,
+    path: &str,
+) -> anyhow::Result<(Session, Reply)> {
+    let tcp = TcpStream::connect(addr).await?;
+    let name = ServerName::try_from(server_name.to_owned())?;
+    let stream = TlsConnector::from(config).connect(name, tcp).await?;
+    let (_, conn) = stream.get_ref();
+    let session = Session {
+        alpn: conn.alpn_protocol().map(<[u8]>::to_vec),
+        served: conn
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .cloned()
+            .ok_or_else(|| anyhow::anyhow!("no server certificate"))?,
+    };
+    let h2 = session.alpn.as_deref() == Some(b"h2");
+    let io = TokioIo::new(stream);
+    let uri = format!("https://{server_name}{path}");
+    let response = if h2 {
+        let (mut sender, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await?;
+        tokio::spawn(conn);
+        let request = Request::get(uri)
+            .version(Version::HTTP_2)
+            .body(Empty::<Bytes>::new())?;
+        sender.send_request(request).await?
+    } else {
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await?;
+        tokio::spawn(conn);
+        let request = Request::get(path)
+            .header(http::header::HOST, server_name)
+            .body(Empty::<Bytes>::new())?;
+        sender.send_request(request).await?
+    };
+    let (head, body) = response.into_parts();
+    let body = body.collect().await?.to_bytes();
+    Ok((
+        session,
+        Reply {
+            status: head.status,
+            headers: head.headers,
+            body,
+        },
+    ))
+}
