@@ -43,6 +43,12 @@ pub enum ProxyError {
         /// The methods the matching routes allow, for the `Allow` header.
         allow: String,
     },
+    /// The listener serves only redirects to https (`redirect_https`).
+    #[error("this listener redirects to https: {location}")]
+    HttpsRequired {
+        /// The https URL of the same request, for `Location`.
+        location: String,
+    },
     /// The request is malformed in a way the gateway cannot forward.
     #[error("bad request: {0}")]
     BadRequest(String),
@@ -96,6 +102,7 @@ impl ProxyError {
         match self {
             ProxyError::NoRoute
             | ProxyError::MethodNotAllowed { .. }
+            | ProxyError::HttpsRequired { .. }
             | ProxyError::BadRequest(_) => Source::Client,
             ProxyError::Plugin { .. } | ProxyError::Overloaded { .. } => Source::Plugin,
             ProxyError::UpstreamConnect { .. }
@@ -110,6 +117,8 @@ impl ProxyError {
         match self {
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            // 308, not 301: the method and body are kept (RFC 9110 §15.4.9).
+            ProxyError::HttpsRequired { .. } => StatusCode::PERMANENT_REDIRECT,
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::Plugin { .. } | ProxyError::Internal(_) => {
                 StatusCode::INTERNAL_SERVER_ERROR
@@ -162,6 +171,11 @@ impl ProxyError {
         {
             headers.insert(header::ALLOW, value);
         }
+        if let ProxyError::HttpsRequired { location } = &self
+            && let Ok(value) = HeaderValue::from_str(location)
+        {
+            headers.insert(header::LOCATION, value);
+        }
         if let ProxyError::Overloaded { .. } = &self {
             // The turns of a busy plugin free up within a call or two.
             headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
@@ -188,6 +202,16 @@ mod tests {
         };
         assert_eq!(plugin.status(), StatusCode::INTERNAL_SERVER_ERROR);
         assert!(!plugin.public_message().contains("unreachable"));
+    }
+
+    #[test]
+    fn an_https_redirect_is_a_308_with_its_location() {
+        let response = ProxyError::HttpsRequired {
+            location: "https://a.test/x?y".into(),
+        }
+        .into_response();
+        assert_eq!(response.status(), StatusCode::PERMANENT_REDIRECT);
+        assert_eq!(response.headers()[header::LOCATION], "https://a.test/x?y");
     }
 
     #[test]

@@ -34,7 +34,7 @@ use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 
 use crate::body::{self, Buffered, ProxyBody};
-use crate::config::OnError;
+use crate::config::{ListenerConfig, OnError};
 use crate::error::ProxyError;
 use crate::plugin::view::{BodyView, RequestView, ResponseView};
 use crate::plugin::{Hooks, PluginError, Reply, RequestAction, RequestChanges, ResponseChanges};
@@ -44,6 +44,8 @@ use crate::router::Match;
 /// The client connection a request came on.
 #[derive(Debug, Clone)]
 pub struct Connection {
+    /// The index of the listener in the config.
+    pub listener: usize,
     /// The client's address.
     pub peer: SocketAddr,
     /// The TLS session, on a TLS listener.
@@ -161,8 +163,16 @@ async fn proxy(
     conn: &Connection,
     record: &mut Record,
 ) -> Result<Response<ProxyBody>, ProxyError> {
-    normalize_path(&mut request)?;
     let original_host = host_of(&request)?;
+    if let Some(port) = generation
+        .config
+        .listeners
+        .get(conn.listener)
+        .and_then(ListenerConfig::https_redirect)
+    {
+        return Err(https_redirect(&request, original_host.as_deref(), port));
+    }
+    normalize_path(&mut request)?;
     let route = match generation.router.find(
         original_host.as_deref(),
         request.uri().path(),
@@ -643,6 +653,25 @@ fn upstream_request(
     Request::from_parts(head, body)
 }
 
+/// The redirect of a request to the same host, path and query over https
+/// on `port`.
+fn https_redirect<B>(request: &Request<B>, host: Option<&str>, port: u16) -> ProxyError {
+    let authority = host.and_then(|h| h.parse::<http::uri::Authority>().ok());
+    let Some(authority) = authority.filter(|a| !a.as_str().contains('@')) else {
+        return ProxyError::BadRequest("a Host header is required".into());
+    };
+    let target = request
+        .uri()
+        .path_and_query()
+        .map_or("/", PathAndQuery::as_str);
+    let location = if port == 443 {
+        format!("https://{}{target}", authority.host())
+    } else {
+        format!("https://{}:{port}{target}", authority.host())
+    };
+    ProxyError::HttpsRequired { location }
+}
+
 /// HTTP/2 may split `Cookie` into one field per cookie; HTTP/1.1 wants one
 /// line, joined with `; ` (RFC 9113 §8.2.3).
 fn join_cookies(headers: &mut HeaderMap) {
@@ -691,6 +720,7 @@ mod tests {
             .insert(header::HOST, HeaderValue::from_static("api.example.com"));
         let (head, ()) = req.into_parts();
         let conn = Connection {
+            listener: 0,
             peer: "192.0.2.7:5000".parse().expect("addr"),
             tls: None,
         };
@@ -712,6 +742,7 @@ mod tests {
             .expect("request")
             .into_parts();
         let conn = Connection {
+            listener: 0,
             peer: "192.0.2.7:5000".parse().expect("addr"),
             tls: Some(TlsSession {
                 version: "TLSv1.3",
@@ -724,6 +755,26 @@ mod tests {
         assert_eq!(out.headers()[header::HOST], "api.example.com");
         assert_eq!(out.headers()[header::COOKIE], "a=1; b=2");
         assert_eq!(out.headers()["x-forwarded-proto"], "https");
+    }
+
+    #[test]
+    fn the_https_redirect_keeps_host_path_and_query_and_drops_the_port() {
+        let request = Request::get("/a/b?c=1").body(()).expect("request");
+        let location = |host: Option<&str>, port| match https_redirect(&request, host, port) {
+            ProxyError::HttpsRequired { location } => Ok(location),
+            other => Err(other.to_string()),
+        };
+        assert_eq!(
+            location(Some("api.test:8080"), 443),
+            Ok("https://api.test/a/b?c=1".into())
+        );
+        assert_eq!(
+            location(Some("[::1]:8080"), 8443),
+            Ok("https://[::1]:8443/a/b?c=1".into())
+        );
+        assert!(location(None, 443).is_err());
+        assert!(location(Some("user@evil.test"), 443).is_err());
+        assert!(location(Some("a.test/x"), 443).is_err());
     }
 
     #[test]

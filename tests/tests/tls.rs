@@ -284,3 +284,37 @@ async fn a_client_that_never_finishes_its_handshake_is_cut_off() {
     reply.assert_ok();
     gw.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plain_listener_can_redirect_every_request_to_https() {
+    let echo = Echo::start_local().await.expect("echo");
+    let listener =
+        "[[listeners]]\naddress = \"127.0.0.1:0\"\nredirect_https = true\nhttps_port = 8443\n";
+    let config = format!(
+        "{}{}",
+        base_config(echo.addr).replace(PLAIN_LISTENER, listener),
+        route("all", "/", &[])
+    );
+    let gw = TestGateway::start(&config, &[])
+        .await
+        .expect("gateway starts");
+    let client = portcullis_tests::Client::new();
+    for method in [http::Method::GET, http::Method::POST] {
+        let reply = client
+            .request(
+                method,
+                &gw.url("/a/b?c=1"),
+                &[("host", "api.test:8080")],
+                "body",
+            )
+            .await
+            .expect("reply");
+        assert_eq!(reply.status, StatusCode::PERMANENT_REDIRECT);
+        assert_eq!(
+            reply.header("location"),
+            Some("https://api.test:8443/a/b?c=1")
+        );
+        assert_eq!(reply.header("x-upstream"), None, "nothing went upstream");
+    }
+    gw.stop().await;
+}

@@ -12,6 +12,11 @@ use super::Problem;
 ///
 /// ```toml
 /// [[listeners]]
+/// address = "0.0.0.0:8080"
+/// redirect_https = true                   # 308 to https://<host>:8443<path>
+/// https_port = 8443
+///
+/// [[listeners]]
 /// address = "0.0.0.0:8443"
 ///
 /// [listeners.tls]
@@ -35,6 +40,20 @@ pub struct ListenerConfig {
     /// plain HTTP/1.1.
     #[serde(default)]
     pub tls: Option<TlsConfig>,
+    /// On a plain listener: answer every request with a 308 redirect to
+    /// the same host, path and query over https, on `https_port`.
+    #[serde(default)]
+    pub redirect_https: bool,
+    /// The port the https redirect names (omitted from the URL when 443).
+    #[serde(default)]
+    pub https_port: Option<u16>,
+}
+
+impl ListenerConfig {
+    /// The https port to redirect to, if this listener redirects.
+    pub fn https_redirect(&self) -> Option<u16> {
+        self.redirect_https.then(|| self.https_port.unwrap_or(443))
+    }
 }
 
 /// TLS on a listener: TLS 1.2 and 1.3 only, ALPN `h2` and `http/1.1`.
@@ -105,6 +124,24 @@ pub(super) fn validate(listeners: &[ListenerConfig], problems: &mut Vec<Problem>
             bad(
                 format!("listeners[{i}].address"),
                 format!("{} is used by another listener", l.address),
+            );
+        }
+        if l.redirect_https && l.tls.is_some() {
+            bad(
+                format!("listeners[{i}].redirect_https"),
+                "a TLS listener cannot redirect to https; set it on a plain listener".into(),
+            );
+        }
+        if l.https_port.is_some() && !l.redirect_https {
+            bad(
+                format!("listeners[{i}].https_port"),
+                "only meaningful with `redirect_https = true`".into(),
+            );
+        }
+        if l.https_port == Some(0) {
+            bad(
+                format!("listeners[{i}].https_port"),
+                "must be a port between 1 and 65535".into(),
             );
         }
         let Some(tls) = &l.tls else { continue };

@@ -10,7 +10,6 @@
 pub mod tls;
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -59,7 +58,8 @@ pub async fn serve(
                     let _ = stream.set_nodelay(true);
                     let tls = registry.current().tls.get(index).cloned().flatten();
                     let watcher = graceful.watcher();
-                    tokio::spawn(connection(stream, peer, tls, registry.clone(), watcher));
+                    let conn = Connection { listener: index, peer, tls: None };
+                    tokio::spawn(connection(stream, conn, tls, registry.clone(), watcher));
                 }
                 Err(e) => {
                     // Typically out of file descriptors: back off briefly.
@@ -80,14 +80,14 @@ pub async fn serve(
 /// One accepted connection, from the handshake (if TLS) to its end.
 async fn connection(
     stream: TcpStream,
-    peer: SocketAddr,
+    mut conn: Connection,
     tls: Option<Arc<tls::ListenerTls>>,
     registry: Arc<Registry>,
     watcher: Watcher,
 ) {
+    let peer = conn.peer;
     let Some(tls) = tls else {
-        let conn = Arc::new(Connection { peer, tls: None });
-        return serve_http(stream, false, conn, registry, watcher).await;
+        return serve_http(stream, false, Arc::new(conn), registry, watcher).await;
     };
     let acceptor = TlsAcceptor::from(tls.server.clone());
     let stream = match tokio::time::timeout(tls.handshake_timeout, acceptor.accept(stream)).await {
@@ -103,18 +103,15 @@ async fn connection(
     };
     let (_, session) = stream.get_ref();
     let h2 = session.alpn_protocol() == Some(b"h2");
-    let conn = Arc::new(Connection {
-        peer,
-        tls: Some(TlsSession {
-            version: match session.protocol_version() {
-                Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3",
-                Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
-                _ => "TLS",
-            },
-            server_name: session.server_name().map(Into::into),
-        }),
+    conn.tls = Some(TlsSession {
+        version: match session.protocol_version() {
+            Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3",
+            Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
+            _ => "TLS",
+        },
+        server_name: session.server_name().map(Into::into),
     });
-    serve_http(stream, h2, conn, registry, watcher).await;
+    serve_http(stream, h2, Arc::new(conn), registry, watcher).await;
 }
 
 /// Serves HTTP on an established stream: HTTP/2 if `h2` (negotiated by
