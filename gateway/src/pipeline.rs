@@ -37,7 +37,9 @@ use crate::body::{self, Buffered, ProxyBody};
 use crate::config::{ListenerConfig, OnError};
 use crate::error::ProxyError;
 use crate::plugin::view::{BodyView, RequestView, ResponseView};
-use crate::plugin::{Hooks, PluginError, Reply, RequestAction, RequestChanges, ResponseChanges};
+use crate::plugin::{
+    ClientCertificate, Hooks, PluginError, Reply, RequestAction, RequestChanges, ResponseChanges,
+};
 use crate::registry::{ChainLink, Generation, Registry, RouteRuntime};
 use crate::router::Match;
 
@@ -59,6 +61,8 @@ pub struct TlsSession {
     pub version: &'static str,
     /// The SNI the client sent.
     pub server_name: Option<Box<str>>,
+    /// The certificate the client presented, verified (mutual TLS).
+    pub client_certificate: Option<Arc<ClientCertificate>>,
 }
 
 /// Serves one request with the registry's current generation, and writes
@@ -199,6 +203,7 @@ async fn proxy(
     let mut request = RequestView {
         head,
         client_ip: conn.peer.ip(),
+        client_certificate: conn.tls.as_ref().and_then(|t| t.client_certificate.clone()),
         route: route.name.clone(),
         identity: None,
         attributes: Vec::new(),
@@ -747,6 +752,7 @@ mod tests {
             tls: Some(TlsSession {
                 version: "TLSv1.3",
                 server_name: Some("api.example.com".into()),
+                client_certificate: None,
             }),
         };
         let out = upstream_request(head, body::empty(), &conn, Some("api.example.com"));
@@ -812,6 +818,7 @@ mod tests {
         RequestView {
             head,
             client_ip: "127.0.0.1".parse().expect("ip"),
+            client_certificate: None,
             route: "r".into(),
             identity: None,
             attributes: Vec::new(),

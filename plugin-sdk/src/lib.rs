@@ -78,7 +78,7 @@ pub mod store;
 pub mod time;
 
 pub use action::{Action, Reply, RequestChanges, ResponseChanges};
-pub use message::{Body, Identity, Request, Response};
+pub use message::{Body, ClientCertificate, Identity, Request, Response};
 pub use plugin::{Needs, Policy};
 
 /// Exports an `impl Policy for YourType` block as the plugin's entry points.

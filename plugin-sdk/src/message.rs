@@ -71,6 +71,13 @@ impl Request {
         self.0.client_ip()
     }
 
+    /// The certificate the client presented and the gateway verified, on a
+    /// listener with mutual TLS; `None` on other listeners and for clients
+    /// that sent none (`mode = "optional"`).
+    pub fn client_certificate(&self) -> Option<ClientCertificate> {
+        self.0.client_certificate().map(ClientCertificate::from_wit)
+    }
+
     /// The name of the route that matched, from the gateway config.
     pub fn route(&self) -> String {
         self.0.route()
@@ -155,6 +162,57 @@ impl Body {
             wit::Body::NotRequested => Body::NotRequested,
             wit::Body::TooLarge => Body::TooLarge,
             wit::Body::Complete(bytes) => Body::Complete(bytes),
+        }
+    }
+}
+
+/// A client certificate the gateway verified during the TLS handshake, on
+/// a listener with mutual TLS (`[listeners.tls.client_auth]`).
+///
+/// ```
+/// use portcullis_sdk::ClientCertificate;
+///
+/// // In a unit test: start from the default and set what matters.
+/// let mut cert = ClientCertificate::default();
+/// cert.subject = "O=Example Corp, CN=billing".into();
+/// cert.uris = vec!["spiffe://example.org/billing".into()];
+/// assert!(cert.dns_names.is_empty());
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub struct ClientCertificate {
+    /// The subject's distinguished name: attributes in the certificate's
+    /// order, separated by `, `, special characters escaped as in RFC 4514,
+    /// e.g. `C=US, O=Example Corp, CN=billing` (what `openssl x509 -noout
+    /// -subject` prints).
+    pub subject: String,
+    /// The issuer's distinguished name, in the same form.
+    pub issuer: String,
+    /// The DNS names among the subject alternative names.
+    pub dns_names: Vec<String>,
+    /// The URIs among the subject alternative names (SPIFFE IDs, say).
+    pub uris: Vec<String>,
+    /// The e-mail addresses among the subject alternative names.
+    pub emails: Vec<String>,
+    /// SHA-256 of the certificate (DER), lowercase hex.
+    pub sha256: String,
+    /// The serial number, lowercase hex.
+    pub serial: String,
+    /// The end of validity, seconds since the Unix epoch.
+    pub not_after: i64,
+}
+
+impl ClientCertificate {
+    fn from_wit(cert: wit::ClientCertificate) -> Self {
+        ClientCertificate {
+            subject: cert.subject,
+            issuer: cert.issuer,
+            dns_names: cert.dns_names,
+            uris: cert.uris,
+            emails: cert.emails,
+            sha256: cert.sha256,
+            serial: cert.serial,
+            not_after: cert.not_after,
         }
     }
 }

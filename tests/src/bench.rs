@@ -72,6 +72,7 @@ pub fn api_request(
     RequestView {
         head,
         client_ip: "198.51.100.23".parse().expect("ip"),
+        client_certificate: None,
         route: "bench".into(),
         identity,
         attributes: Vec::new(),

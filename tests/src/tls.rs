@@ -11,7 +11,8 @@ use bytes::Bytes;
 use http::{Request, Version};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
@@ -21,6 +22,7 @@ use crate::Reply;
 pub struct TestCa {
     issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
     cert: CertificateDer<'static>,
+    pem: String,
 }
 
 impl std::fmt::Debug for TestCa {
@@ -80,6 +82,7 @@ impl TestCa {
         let cert = params.self_signed(&key).expect("CA certificate");
         Self {
             cert: cert.der().clone(),
+            pem: cert.pem(),
             issuer: rcgen::Issuer::new(params, key),
         }
     }
@@ -101,16 +104,62 @@ impl TestCa {
         }
     }
 
+    /// A client certificate with the common name `cn` and the SAN URIs
+    /// `uris`, valid for a year.
+    pub fn issue_client(&self, cn: &str, uris: &[&str]) -> Issued {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, cn);
+        params.subject_alt_names = uris
+            .iter()
+            .map(|u| rcgen::SanType::URI((*u).try_into().expect("URI")))
+            .collect();
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        params.not_before = days_from_now(-1).into();
+        params.not_after = days_from_now(365).into();
+        let cert = params.signed_by(&key, &self.issuer).expect("certificate");
+        Issued {
+            cert: cert.pem(),
+            key: key.serialize_pem(),
+            der: cert.der().clone(),
+        }
+    }
+
+    /// The CA's certificate (PEM), for a `client_auth` bundle.
+    pub fn pem(&self) -> String {
+        self.pem.clone()
+    }
+
     /// A client configuration that trusts this CA and offers `alpn`.
     pub fn client_config(&self, alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
+        self.client_config_with(alpn, None)
+    }
+
+    /// Like [`client_config`](Self::client_config), presenting `client`'s
+    /// certificate when the server asks for one.
+    pub fn client_config_with(
+        &self,
+        alpn: &[&[u8]],
+        client: Option<&Issued>,
+    ) -> Arc<rustls::ClientConfig> {
         let mut roots = rustls::RootCertStore::empty();
         roots.add(self.cert.clone()).expect("CA certificate");
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        let builder = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .expect("versions")
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+            .with_root_certificates(roots);
+        let mut config = match client {
+            None => builder.with_no_client_auth(),
+            Some(client) => builder
+                .with_client_auth_cert(
+                    vec![client.der.clone()],
+                    PrivateKeyDer::from_pem_slice(client.key.as_bytes()).expect("key"),
+                )
+                .expect("client certificate"),
+        };
         config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         Arc::new(config)
     }

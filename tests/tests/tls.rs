@@ -12,7 +12,7 @@ use http::StatusCode;
 use portcullis::registry::{Outcome, ReloadEvent, Trigger};
 use portcullis_tests::echo::Echo;
 use portcullis_tests::tls::{self, Issued, TestCa};
-use portcullis_tests::{TestGateway, base_config, next_event, route};
+use portcullis_tests::{TestGateway, base_config, fixtures, next_event, route};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::broadcast;
 
@@ -316,5 +316,108 @@ async fn a_plain_listener_can_redirect_every_request_to_https() {
         );
         assert_eq!(reply.header("x-upstream"), None, "nothing went upstream");
     }
+    gw.stop().await;
+}
+
+/// A gateway whose one listener asks for client certificates from
+/// `clients` (`mode` "required" or "optional"), with a route that maps
+/// them to consumers with `mtls_auth`.
+async fn start_mtls(echo: &Echo, server: &Issued, clients: &TestCa, mode: &str) -> TestGateway {
+    let listener = format!(
+        "[[listeners]]\naddress = \"127.0.0.1:0\"\n[listeners.tls]\n\
+         [[listeners.tls.certificates]]\ncert = \"api.pem\"\nkey = \"api.key\"\n\
+         [listeners.tls.client_auth]\nca = \"clients.pem\"\nmode = \"{mode}\"\n"
+    );
+    let config = format!(
+        "{}{}",
+        base_config(echo.addr).replace(PLAIN_LISTENER, &listener),
+        route(
+            "services",
+            "/",
+            &[(
+                "mtls_auth",
+                r#"consumers = [{ consumer = "billing", uri = "spiffe://example.org/billing", tenant = "acme" }]
+identity_headers = { consumer = "x-consumer", tenant = "x-tenant" }"#
+            )]
+        )
+    );
+    let dir =
+        TestGateway::prepare(&config, &[("mtls_auth", fixtures::MTLS_AUTH)]).expect("prepare");
+    server.write(dir.path(), "api").expect("write");
+    std::fs::write(dir.path().join("clients.pem"), clients.pem()).expect("write");
+    TestGateway::start_in(dir).await.expect("gateway starts")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_verified_client_certificate_becomes_the_identity() {
+    let echo = Echo::start_local().await.expect("echo");
+    let servers = TestCa::new();
+    let clients = TestCa::new();
+    let server = servers.issue(&["api.test"], -1, 30);
+    let gw = start_mtls(&echo, &server, &clients, "required").await;
+
+    let billing = clients.issue_client("billing", &["spiffe://example.org/billing"]);
+    for alpn in [&b"h2"[..], b"http/1.1"] {
+        let config = servers.client_config_with(&[alpn], Some(&billing));
+        let (_, reply) = tls::get(gw.addr, "api.test", config, "/invoices")
+            .await
+            .expect("request with a client certificate");
+        reply.assert_ok();
+        let seen = reply.seen();
+        assert_eq!(seen.header("x-consumer"), Some("billing"));
+        assert_eq!(seen.header("x-tenant"), Some("acme"));
+    }
+
+    // A known CA but no certificate, or a certificate from another CA:
+    // refused at the handshake, before any plugin.
+    let without = tls::get(gw.addr, "api.test", servers.client_config(&[b"h2"]), "/").await;
+    assert!(without.is_err(), "{without:?}");
+    let stranger = servers.issue(&["billing"], -1, 30);
+    let foreign = tls::get(
+        gw.addr,
+        "api.test",
+        servers.client_config_with(&[b"h2"], Some(&stranger)),
+        "/",
+    )
+    .await;
+    assert!(foreign.is_err(), "{foreign:?}");
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_optional_client_auth_the_plugin_decides() {
+    let echo = Echo::start_local().await.expect("echo");
+    let servers = TestCa::new();
+    let clients = TestCa::new();
+    let server = servers.issue(&["api.test"], -1, 30);
+    let gw = start_mtls(&echo, &server, &clients, "optional").await;
+
+    let (_, reply) = tls::get(gw.addr, "api.test", servers.client_config(&[b"h2"]), "/")
+        .await
+        .expect("a client without a certificate is let in");
+    reply.assert_refused(StatusCode::FORBIDDEN, "client certificate required");
+
+    let unknown = clients.issue_client("intruder", &["spiffe://example.org/intruder"]);
+    let (_, reply) = tls::get(
+        gw.addr,
+        "api.test",
+        servers.client_config_with(&[b"http/1.1"], Some(&unknown)),
+        "/",
+    )
+    .await
+    .expect("a verified but unknown client is let in");
+    reply.assert_refused(StatusCode::FORBIDDEN, "client certificate not allowed");
+
+    let billing = clients.issue_client("billing", &["spiffe://example.org/billing"]);
+    let (_, reply) = tls::get(
+        gw.addr,
+        "api.test",
+        servers.client_config_with(&[b"h2"], Some(&billing)),
+        "/",
+    )
+    .await
+    .expect("request");
+    reply.assert_ok();
+    assert_eq!(reply.seen().header("x-consumer"), Some("billing"));
     gw.stop().await;
 }

@@ -66,6 +66,40 @@ pub struct TlsConfig {
     /// How long a client may take to complete the handshake, in ms.
     #[serde(default = "TlsConfig::default_handshake_timeout")]
     pub handshake_timeout_ms: u64,
+    /// Mutual TLS: ask clients for a certificate and verify it.
+    #[serde(default)]
+    pub client_auth: Option<ClientAuthConfig>,
+}
+
+/// Mutual TLS on a listener.
+///
+/// ```toml
+/// [listeners.tls.client_auth]
+/// ca = "certs/clients-ca.pem"     # the CAs client certificates must chain to
+/// mode = "required"               # or "optional"
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientAuthConfig {
+    /// PEM file with the CA certificates that client certificates must
+    /// chain to. Relative to the config file.
+    pub ca: PathBuf,
+    /// Whether a client without a certificate is refused at the handshake.
+    #[serde(default)]
+    pub mode: ClientAuthMode,
+}
+
+/// Whether a client certificate is required.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientAuthMode {
+    /// A client without a valid certificate fails the handshake.
+    #[default]
+    Required,
+    /// A client may send no certificate (plugins such as `mtls_auth` then
+    /// decide per route); one that sends a certificate that does not
+    /// verify still fails the handshake.
+    Optional,
 }
 
 impl TlsConfig {
@@ -97,15 +131,19 @@ impl ListenerConfig {
                 resolve(&mut c.cert);
                 resolve(&mut c.key);
             }
+            if let Some(auth) = tls.client_auth.as_mut() {
+                resolve(&mut auth.ca);
+            }
         }
     }
 
-    /// The certificate and key files this listener reads.
+    /// The certificate, key and CA files this listener reads.
     pub fn files(&self) -> impl Iterator<Item = &Path> {
-        self.tls
-            .iter()
+        let tls = self.tls.iter();
+        tls.clone()
             .flat_map(|t| &t.certificates)
             .flat_map(|c| [c.cert.as_path(), c.key.as_path()])
+            .chain(tls.filter_map(|t| t.client_auth.as_ref().map(|a| a.ca.as_path())))
     }
 }
 

@@ -19,7 +19,9 @@ mod alerts;
 mod listener;
 
 pub use alerts::{AlertsConfig, Severity, WebhookConfig};
-pub use listener::{CertificateConfig, ListenerConfig, TlsConfig};
+pub use listener::{
+    CertificateConfig, ClientAuthConfig, ClientAuthMode, ListenerConfig, TlsConfig,
+};
 
 /// The whole configuration file.
 ///

@@ -205,6 +205,15 @@ impl types::HostRequest for StoreState {
             .unwrap_or_default()
     }
 
+    fn client_certificate(
+        &mut self,
+        _: Resource<RequestHandle>,
+    ) -> Option<types::ClientCertificate> {
+        self.request
+            .as_ref()
+            .and_then(|r| r.client_certificate.as_deref().cloned())
+    }
+
     fn route(&mut self, _: Resource<RequestHandle>) -> String {
         self.route.to_string()
     }

@@ -45,7 +45,7 @@ pub mod bindings {
 }
 
 pub use bindings::portcullis::policy::types::{
-    Hooks, Identity, Reply, RequestAction, RequestChanges, ResponseChanges,
+    ClientCertificate, Hooks, Identity, Reply, RequestAction, RequestChanges, ResponseChanges,
 };
 
 /// Why a plugin could not be loaded or a call failed.

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::HeaderMap;
 
-use super::bindings::portcullis::policy::types::{Body as WitBody, Identity};
+use super::bindings::portcullis::policy::types::{Body as WitBody, ClientCertificate, Identity};
 
 /// Marker for the `request` resource: the host keeps one request per call, so
 /// the handle carries no data and the getters read the store's current view.
@@ -48,6 +48,8 @@ pub struct RequestView {
     pub head: http::request::Parts,
     /// The client's address.
     pub client_ip: IpAddr,
+    /// The verified client certificate (mutual TLS).
+    pub client_certificate: Option<Arc<ClientCertificate>>,
     /// The route's name.
     pub route: Arc<str>,
     /// Identity attached by an earlier plugin.

@@ -110,6 +110,10 @@ async fn connection(
             _ => "TLS",
         },
         server_name: session.server_name().map(Into::into),
+        client_certificate: session
+            .peer_certificates()
+            .and_then(<[_]>::first)
+            .and_then(|der| tls::client_certificate(der).map(Arc::new)),
     });
     serve_http(stream, h2, Arc::new(conn), registry, watcher).await;
 }

@@ -20,13 +20,17 @@ use std::time::{Duration, SystemTime};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::server::danger::ClientCertVerifier;
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
-use rustls::{ServerConfig, version};
+use rustls::{RootCertStore, ServerConfig, version};
 use sha2::{Digest, Sha256};
 use x509_parser::extensions::GeneralName;
+use x509_parser::objects::{oid_registry, oid2abbrev};
+use x509_parser::x509::X509Name;
 
-use crate::config::{CertificateConfig, TlsConfig};
+use crate::config::{CertificateConfig, ClientAuthConfig, ClientAuthMode, TlsConfig};
+use crate::plugin::ClientCertificate;
 
 /// A certificate that expires sooner than this is logged at warn level
 /// whenever it is loaded.
@@ -72,6 +76,8 @@ pub struct CertificateInfo {
 /// and what tells whether anything changed.
 struct Files {
     pems: Vec<(Vec<u8>, Vec<u8>)>,
+    /// The client CA bundle, with mutual TLS.
+    client_ca: Option<Vec<u8>>,
     digest: [u8; 32],
 }
 
@@ -95,9 +101,11 @@ fn read_files(tls: &TlsConfig) -> Result<Files, Vec<String>> {
         let key = read(&c.key);
         pems.push((cert, key));
     }
+    let client_ca = tls.client_auth.as_ref().map(|auth| read(&auth.ca));
     if problems.is_empty() {
         Ok(Files {
             pems,
+            client_ca,
             digest: digest.finalize().into(),
         })
     } else {
@@ -154,11 +162,16 @@ impl ListenerTls {
         let resolver = SniResolver::new(&keys, &certificates, default)
             .ok_or_else(|| vec![name("no certificate".into())])?;
 
-        let mut server = ServerConfig::builder_with_provider(provider)
+        let builder = ServerConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(&[&version::TLS13, &version::TLS12])
-            .map_err(|e| vec![name(format!("protocol versions: {e}"))])?
-            .with_no_client_auth()
-            .with_cert_resolver(Arc::new(resolver));
+            .map_err(|e| vec![name(format!("protocol versions: {e}"))])?;
+        let builder = match (&tls.client_auth, &files.client_ca) {
+            (Some(auth), Some(pem)) => builder.with_client_cert_verifier(
+                client_verifier(auth, pem, provider).map_err(|e| vec![name(e)])?,
+            ),
+            _ => builder.with_no_client_auth(),
+        };
+        let mut server = builder.with_cert_resolver(Arc::new(resolver));
         server.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
         // Stateless resumption (TLS 1.2 tickets, TLS 1.3 tickets) with
         // keys that rotate every six hours; the in-memory cache stays for
@@ -172,6 +185,110 @@ impl ListenerTls {
             certificates,
             source: (tls.clone(), files.digest),
         }))
+    }
+}
+
+/// The verifier of client certificates: they must chain to a CA of the
+/// bundle (webpki: signatures, validity, the client-auth usage).
+fn client_verifier(
+    auth: &ClientAuthConfig,
+    pem: &[u8],
+    provider: Arc<CryptoProvider>,
+) -> Result<Arc<dyn ClientCertVerifier>, String> {
+    let file = auth.ca.display();
+    let mut roots = RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(pem) {
+        let cert = cert.map_err(|e| format!("{file}: not a PEM certificate bundle: {e}"))?;
+        roots
+            .add(cert)
+            .map_err(|e| format!("{file}: not a usable CA certificate: {e}"))?;
+    }
+    if roots.is_empty() {
+        return Err(format!("{file}: no CA certificate in the file"));
+    }
+    let builder = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+    let builder = match auth.mode {
+        ClientAuthMode::Required => builder,
+        ClientAuthMode::Optional => builder.allow_unauthenticated(),
+    };
+    builder
+        .build()
+        .map_err(|e| format!("{file}: cannot verify clients with it: {e}"))
+}
+
+/// What plugins see of a verified client certificate; `None` if it does
+/// not parse (rustls has verified it, so that does not happen in practice).
+pub fn client_certificate(der: &CertificateDer<'_>) -> Option<ClientCertificate> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let (mut dns_names, mut uris, mut emails) = (Vec::new(), Vec::new(), Vec::new());
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for name in &san.value.general_names {
+            match name {
+                GeneralName::DNSName(n) => dns_names.push((*n).to_owned()),
+                GeneralName::URI(u) => uris.push((*u).to_owned()),
+                GeneralName::RFC822Name(e) => emails.push((*e).to_owned()),
+                _ => {}
+            }
+        }
+    }
+    Some(ClientCertificate {
+        subject: distinguished_name(cert.subject()),
+        issuer: distinguished_name(cert.issuer()),
+        dns_names,
+        uris,
+        emails,
+        sha256: hex::encode(Sha256::digest(der.as_ref())),
+        serial: hex::encode(cert.raw_serial()),
+        not_after: cert.validity().not_after.timestamp(),
+    })
+}
+
+/// A distinguished name as text: attributes in the certificate's order,
+/// `, ` between them, `+` within a multi-valued one, values escaped as RFC
+/// 4514 §2.4 says, so that no value can pass for another attribute.
+fn distinguished_name(name: &X509Name<'_>) -> String {
+    let mut out = String::new();
+    for (i, rdn) in name.iter().enumerate() {
+        if i > 0 {
+            out.push_str(", ");
+        }
+        for (j, attr) in rdn.iter().enumerate() {
+            if j > 0 {
+                out.push('+');
+            }
+            let oid = attr.attr_type();
+            match oid2abbrev(oid, oid_registry()) {
+                Ok(short) => out.push_str(short),
+                Err(_) => out.push_str(&oid.to_id_string()),
+            }
+            out.push('=');
+            match attr.as_str() {
+                Ok(value) => escape_dn_value(value, &mut out),
+                // Not a string type: its content octets in hex, after `#`.
+                Err(_) => {
+                    out.push('#');
+                    out.push_str(&hex::encode(attr.attr_value().data));
+                }
+            }
+        }
+    }
+    out
+}
+
+fn escape_dn_value(value: &str, out: &mut String) {
+    let last = value.chars().count().saturating_sub(1);
+    for (i, c) in value.chars().enumerate() {
+        let special = matches!(c, '"' | '+' | ',' | ';' | '<' | '>' | '\\')
+            || (i == 0 && (c == '#' || c == ' '))
+            || (i == last && c == ' ');
+        if c == '\0' {
+            out.push_str("\\00");
+            continue;
+        }
+        if special {
+            out.push('\\');
+        }
+        out.push(c);
     }
 }
 
@@ -369,6 +486,7 @@ mod tests {
         TlsConfig {
             certificates,
             handshake_timeout_ms: 1000,
+            client_auth: None,
         }
     }
 
@@ -484,5 +602,50 @@ mod tests {
         let config = tls(vec![write(dir.path(), "a", &pair.cert, &pair.key)]);
         let loaded = ListenerTls::load(1, &config, None, SystemTime::now()).expect("loads");
         assert_eq!(loaded.certificates[0].names, ["a.test"]);
+    }
+
+    #[test]
+    fn a_client_certificate_reaches_plugins_with_escaped_names() {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::OrganizationName, "Example Corp");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "billing, O=Admins");
+        params.subject_alt_names = vec![
+            rcgen::SanType::DnsName("billing.internal".try_into().expect("dns")),
+            rcgen::SanType::URI("spiffe://example.org/billing".try_into().expect("uri")),
+            rcgen::SanType::Rfc822Name("ops@example.org".try_into().expect("email")),
+        ];
+        params.serial_number = Some(rcgen::SerialNumber::from_slice(&[0x0a, 0xbc]));
+        let cert = params.self_signed(&key).expect("cert");
+        let seen = client_certificate(cert.der()).expect("parses");
+        // rcgen writes the common name first.
+        assert_eq!(seen.subject, "CN=billing\\, O=Admins, O=Example Corp");
+        assert_eq!(seen.issuer, seen.subject, "self-signed");
+        assert_eq!(seen.dns_names, ["billing.internal"]);
+        assert_eq!(seen.uris, ["spiffe://example.org/billing"]);
+        assert_eq!(seen.emails, ["ops@example.org"]);
+        assert_eq!(seen.serial, "0abc");
+        assert_eq!(
+            seen.sha256,
+            hex::encode(Sha256::digest(cert.der().as_ref()))
+        );
+        assert!(seen.not_after > 0);
+    }
+
+    #[test]
+    fn dn_values_are_escaped_as_rfc_4514_says() {
+        let escaped = |v: &str| {
+            let mut out = String::new();
+            escape_dn_value(v, &mut out);
+            out
+        };
+        assert_eq!(escaped("a,b+c"), "a\\,b\\+c");
+        assert_eq!(escaped("#x "), "\\#x\\ ");
+        assert_eq!(escaped(" x"), "\\ x");
+        assert_eq!(escaped("plain"), "plain");
     }
 }
