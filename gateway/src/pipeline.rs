@@ -623,8 +623,21 @@ fn upstream_request(
     conn: &Connection,
     original_host: Option<&str>,
 ) -> Request<ProxyBody> {
+    // `TE: trailers` says the client takes trailers; gRPC servers require
+    // it. The only TE value that crosses a hop (as HTTP/2 allows).
+    let trailers = head
+        .headers
+        .get_all(header::TE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("trailers"));
     strip_hop_by_hop(&mut head.headers);
     head.headers.remove(header::TRANSFER_ENCODING);
+    if trailers {
+        head.headers
+            .insert(header::TE, HeaderValue::from_static("trailers"));
+    }
     if !head.headers.contains_key(header::HOST)
         && let Some(value) = original_host.and_then(|h| HeaderValue::from_str(h).ok())
     {

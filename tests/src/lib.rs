@@ -5,6 +5,7 @@
 pub mod bench;
 pub mod echo;
 pub mod tls;
+pub mod upstream;
 pub mod webhook;
 
 use std::net::SocketAddr;
@@ -406,6 +407,8 @@ pub struct Reply {
     pub headers: HeaderMap,
     /// Body.
     pub body: Bytes,
+    /// Trailers, if the response had any.
+    pub trailers: Option<HeaderMap>,
 }
 
 impl Reply {
@@ -503,11 +506,13 @@ impl Client {
     pub async fn send(&self, request: Request<ClientBody>) -> anyhow::Result<Reply> {
         let response = self.inner.request(request).await?;
         let (head, body) = response.into_parts();
-        let body = body.collect().await?.to_bytes();
+        let collected = body.collect().await?;
+        let trailers = collected.trailers().cloned();
         Ok(Reply {
             status: head.status,
             headers: head.headers,
-            body,
+            body: collected.to_bytes(),
+            trailers,
         })
     }
 

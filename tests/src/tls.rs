@@ -171,6 +171,40 @@ impl Default for TestCa {
     }
 }
 
+/// A rustls server configuration serving `issued`, offering `alpn`, and
+/// asking for client certificates from `clients` if given.
+pub fn server_config(
+    issued: &Issued,
+    clients: Option<&TestCa>,
+    alpn: &[&[u8]],
+) -> Arc<rustls::ServerConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .expect("versions");
+    let builder = match clients {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            roots.add(ca.cert.clone()).expect("CA");
+            builder.with_client_cert_verifier(
+                rustls::server::WebPkiClientVerifier::builder_with_provider(
+                    Arc::new(roots),
+                    provider,
+                )
+                .build()
+                .expect("verifier"),
+            )
+        }
+    };
+    let key = PrivateKeyDer::from_pem_slice(issued.key.as_bytes()).expect("key");
+    let mut config = builder
+        .with_single_cert(vec![issued.der.clone()], key)
+        .expect("server certificate");
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Arc::new(config)
+}
+
 /// What a TLS request saw besides the reply.
 #[derive(Debug)]
 pub struct Session {
@@ -189,6 +223,18 @@ pub async fn get(
     config: Arc<rustls::ClientConfig>,
     path: &str,
 ) -> anyhow::Result<(Session, Reply)> {
+    let request = Request::get(format!("https://{server_name}{path}"));
+    get_with(addr, server_name, config, request).await
+}
+
+/// Like [`get`], sending the request `builder` makes (an absolute URI; an
+/// empty body).
+pub async fn get_with(
+    addr: SocketAddr,
+    server_name: &str,
+    config: Arc<rustls::ClientConfig>,
+    builder: http::request::Builder,
+) -> anyhow::Result<(Session, Reply)> {
     let tcp = TcpStream::connect(addr).await?;
     let name = ServerName::try_from(server_name.to_owned())?;
     let stream = TlsConnector::from(config).connect(name, tcp).await?;
@@ -203,31 +249,39 @@ pub async fn get(
     };
     let h2 = session.alpn.as_deref() == Some(b"h2");
     let io = TokioIo::new(stream);
-    let uri = format!("https://{server_name}{path}");
     let response = if h2 {
         let (mut sender, conn) =
             hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await?;
         tokio::spawn(conn);
-        let request = Request::get(uri)
+        let request = builder
             .version(Version::HTTP_2)
             .body(Empty::<Bytes>::new())?;
         sender.send_request(request).await?
     } else {
         let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await?;
         tokio::spawn(conn);
-        let request = Request::get(path)
-            .header(http::header::HOST, server_name)
-            .body(Empty::<Bytes>::new())?;
+        let mut request = builder.body(Empty::<Bytes>::new())?;
+        let host = request.uri().authority().map(|a| a.to_string());
+        if let Some(pq) = request.uri().path_and_query().cloned() {
+            *request.uri_mut() = pq.as_str().parse()?;
+        }
+        if let Some(host) = host {
+            request
+                .headers_mut()
+                .insert(http::header::HOST, host.parse()?);
+        }
         sender.send_request(request).await?
     };
     let (head, body) = response.into_parts();
-    let body = body.collect().await?.to_bytes();
+    let collected = body.collect().await?;
+    let trailers = collected.trailers().cloned();
     Ok((
         session,
         Reply {
             status: head.status,
             headers: head.headers,
-            body,
+            body: collected.to_bytes(),
+            trailers,
         },
     ))
 }

@@ -803,7 +803,7 @@ fn build(
             g.routes
                 .iter()
                 .map(|r| &r.upstream)
-                .find(|u| u.name() == name && u.config() == up)
+                .find(|u| u.serves(name, up))
                 .cloned()
         });
         match reused
