@@ -32,9 +32,11 @@ use http::header::{self, HeaderName, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
 
 use crate::body::{self, Buffered, ProxyBody};
-use crate::config::{ListenerConfig, OnError};
+use crate::config::{ListenerConfig, OnError, UpstreamProtocol};
 use crate::error::ProxyError;
 use crate::plugin::view::{BodyView, RequestView, ResponseView};
 use crate::plugin::{
@@ -191,6 +193,13 @@ async fn proxy(
     };
     record.route = Some(route.name.clone());
     let max_body = generation.config.limits.max_body_bytes;
+    // The client's side of a WebSocket upgrade, if it asks for one and the
+    // upstream speaks HTTP/1.1 (the only way to carry it on).
+    let client_upgrade = if route.upstream.protocol() == UpstreamProtocol::Http1 {
+        websocket_upgrade(&mut request)
+    } else {
+        None
+    };
 
     let (head, incoming) = request.into_parts();
     let (mut body, body_view) = if route.request_body {
@@ -254,6 +263,7 @@ async fn proxy(
     record.consumer = request.identity.as_ref().map(|i| i.consumer.clone());
 
     // Upstream, unless a plugin answered.
+    let mut upstream_upgrade: Option<OnUpgrade> = None;
     let response = match reply {
         Some(response) => response,
         None => {
@@ -262,12 +272,41 @@ async fn proxy(
             } else {
                 request.head.clone()
             };
-            let outgoing = upstream_request(head, body, conn, original_host.as_deref());
+            let mut outgoing = upstream_request(head, body, conn, original_host.as_deref());
+            if client_upgrade.is_some() {
+                let headers = outgoing.headers_mut();
+                headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+                headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+            }
             match route.upstream.send(outgoing).await {
-                Ok(response) => {
+                Ok(mut response) => {
+                    let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+                    if switching && client_upgrade.is_some() {
+                        upstream_upgrade = Some(hyper::upgrade::on(&mut response));
+                    }
                     let (mut head, incoming) = response.into_parts();
+                    let upgrade_token = head.headers.get(header::UPGRADE).cloned();
                     strip_hop_by_hop(&mut head.headers);
-                    Response::from_parts(head, body::boxed(incoming))
+                    match (switching, upstream_upgrade.is_some(), upgrade_token) {
+                        (true, true, Some(token)) => {
+                            head.headers
+                                .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+                            head.headers.insert(header::UPGRADE, token);
+                            Response::from_parts(head, body::boxed(incoming))
+                        }
+                        // A 101 nobody asked for (or without `Upgrade`)
+                        // cannot be passed on.
+                        (true, _, _) => {
+                            let error = ProxyError::Upstream {
+                                upstream: route.upstream.name().to_owned(),
+                                reason: "switched protocols without a WebSocket upgrade".into(),
+                            };
+                            record.fail(&error);
+                            upstream_upgrade = None;
+                            error.into_response()
+                        }
+                        _ => Response::from_parts(head, body::boxed(incoming)),
+                    }
                 }
                 Err(error) => {
                     tracing::warn!(route = %route.name, "{error}");
@@ -277,10 +316,65 @@ async fn proxy(
             }
         }
     };
-    if responders.is_empty() {
-        return Ok(response);
+    let response = if responders.is_empty() {
+        response
+    } else {
+        response_phase(route, &responders, request, response, max_body, record).await?
+    };
+    if let (Some(client), Some(upstream)) = (client_upgrade, upstream_upgrade)
+        && response.status() == StatusCode::SWITCHING_PROTOCOLS
+    {
+        tokio::spawn(tunnel(client, upstream, conn.peer, route.name.clone()));
     }
-    response_phase(route, &responders, request, response, max_body, record).await
+    Ok(response)
+}
+
+/// The client's upgrade, if `request` is an HTTP/1.1 WebSocket handshake
+/// (RFC 6455 §4.1: GET, `Connection: upgrade`, `Upgrade: websocket`).
+fn websocket_upgrade(request: &mut Request<Incoming>) -> Option<OnUpgrade> {
+    let tokens = |name: header::HeaderName| {
+        request
+            .headers()
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .collect::<Vec<_>>()
+    };
+    let asks = request.version() == Version::HTTP_11
+        && request.method() == Method::GET
+        && tokens(header::CONNECTION)
+            .iter()
+            .any(|t| t.eq_ignore_ascii_case("upgrade"))
+        && tokens(header::UPGRADE)
+            .iter()
+            .any(|t| t.eq_ignore_ascii_case("websocket"));
+    if asks {
+        request.extensions_mut().remove::<OnUpgrade>()
+    } else {
+        None
+    }
+}
+
+/// Carries an upgraded connection's bytes both ways until either side
+/// closes.
+async fn tunnel(client: OnUpgrade, upstream: OnUpgrade, peer: SocketAddr, route: Arc<str>) {
+    let (client, upstream) = match tokio::join!(client, upstream) {
+        (Ok(client), Ok(upstream)) => (client, upstream),
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::debug!(client = %peer, %route, "upgrade failed: {e}");
+            return;
+        }
+    };
+    let (mut client, mut upstream) = (TokioIo::new(client), TokioIo::new(upstream));
+    match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+        Ok((up, down)) => tracing::debug!(
+            client = %peer, %route, bytes_up = up, bytes_down = down,
+            "upgraded connection closed"
+        ),
+        Err(e) => tracing::debug!(client = %peer, %route, "upgraded connection failed: {e}"),
+    }
 }
 
 /// Runs `on-response` of the plugins the request phase reached, last to

@@ -7,6 +7,10 @@
 //! a client that asked with `TE: trailers`), and headers that tell what the
 //! upstream saw: `x-seen-version`, `x-seen-host`, `x-seen-authority`,
 //! `x-seen-te`, `x-seen-client-cert` (`yes` or `no`).
+//!
+//! A WebSocket handshake (HTTP/1.1) is answered `101` and the upgraded
+//! connection then echoes every byte back (no WebSocket framing: the
+//! gateway carries bytes and must not care).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -85,7 +89,12 @@ where
     });
     let io = TokioIo::new(stream);
     let _ = match protocol {
-        Protocol::Http1 => http1::Builder::new().serve_connection(io, service).await,
+        Protocol::Http1 => {
+            http1::Builder::new()
+                .serve_connection(io, service)
+                .with_upgrades()
+                .await
+        }
         Protocol::H2 => {
             http2::Builder::new(TokioExecutor::new())
                 .serve_connection(io, service)
@@ -96,7 +105,27 @@ where
 
 type AnswerBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
 
-async fn answer(request: Request<Incoming>, client_cert: bool) -> Response<AnswerBody> {
+async fn answer(mut request: Request<Incoming>, client_cert: bool) -> Response<AnswerBody> {
+    let websocket = request
+        .headers()
+        .get("upgrade")
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
+    if websocket {
+        let upgrade = hyper::upgrade::on(&mut request);
+        tokio::spawn(async move {
+            if let Ok(upgraded) = upgrade.await {
+                let (mut read, mut write) = tokio::io::split(TokioIo::new(upgraded));
+                let _ = tokio::io::copy(&mut read, &mut write).await;
+            }
+        });
+        let mut response = Response::new(http_body_util::Empty::new().boxed());
+        *response.status_mut() = http::StatusCode::SWITCHING_PROTOCOLS;
+        let headers = response.headers_mut();
+        headers.insert("upgrade", HeaderValue::from_static("websocket"));
+        headers.insert("connection", HeaderValue::from_static("upgrade"));
+        headers.insert("sec-websocket-accept", HeaderValue::from_static("test"));
+        return response;
+    }
     let (head, body) = request.into_parts();
     // Read the request to its end, trailers included.
     let _ = body.collect().await;

@@ -47,6 +47,57 @@ pub struct ListenerConfig {
     /// The port the https redirect names (omitted from the URL when 443).
     #[serde(default)]
     pub https_port: Option<u16>,
+    /// On a plain listener: also take HTTP/2 with prior knowledge (h2c),
+    /// told apart from HTTP/1.1 by the connection preface.
+    #[serde(default)]
+    pub h2c: bool,
+    /// Limits of HTTP/2 connections (ALPN `h2` on TLS, or h2c).
+    #[serde(default)]
+    pub http2: Http2Config,
+}
+
+/// Limits of HTTP/2 connections on a listener. The defaults resist the
+/// known floods: rapid reset (CVE-2023-44487) by a cap on streams reset
+/// before they are served, CONTINUATION floods (CVE-2024-27316 family) by
+/// the header list cap, which h2 enforces while headers are still
+/// arriving.
+///
+/// ```toml
+/// [listeners.http2]
+/// max_concurrent_streams = 128
+/// max_header_list_size = 16384
+/// initial_stream_window_size = 1048576
+/// initial_connection_window_size = 1048576
+/// max_pending_accept_reset_streams = 20
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Http2Config {
+    /// Streams a client may have open at once on one connection.
+    pub max_concurrent_streams: u32,
+    /// Largest header list (decoded, as HTTP/2 counts it) a client may
+    /// send; larger requests are refused before a plugin runs.
+    pub max_header_list_size: u32,
+    /// Flow-control window of each stream: request body bytes a client may
+    /// send ahead of the gateway reading them.
+    pub initial_stream_window_size: u32,
+    /// Flow-control window of the whole connection.
+    pub initial_connection_window_size: u32,
+    /// Streams a client may open and reset before the gateway accepted
+    /// them; past it the connection is closed with `ENHANCE_YOUR_CALM`.
+    pub max_pending_accept_reset_streams: usize,
+}
+
+impl Default for Http2Config {
+    fn default() -> Self {
+        Self {
+            max_concurrent_streams: 128,
+            max_header_list_size: 16 * 1024,
+            initial_stream_window_size: 1024 * 1024,
+            initial_connection_window_size: 1024 * 1024,
+            max_pending_accept_reset_streams: 20,
+        }
+    }
 }
 
 impl ListenerConfig {
@@ -182,6 +233,52 @@ pub(super) fn validate(listeners: &[ListenerConfig], problems: &mut Vec<Problem>
                 "must be a port between 1 and 65535".into(),
             );
         }
+        if l.h2c && l.tls.is_some() {
+            bad(
+                format!("listeners[{i}].h2c"),
+                "h2c is HTTP/2 in clear text; a TLS listener speaks HTTP/2 by ALPN already".into(),
+            );
+        }
+        let h2 = &l.http2;
+        let mut range = |field: &str, value: u64, min: u64, max: u64| {
+            if !(min..=max).contains(&value) {
+                bad(
+                    format!("listeners[{i}].http2.{field}"),
+                    format!("must be between {min} and {max}, got {value}"),
+                );
+            }
+        };
+        range(
+            "max_concurrent_streams",
+            h2.max_concurrent_streams.into(),
+            1,
+            10_000,
+        );
+        range(
+            "max_header_list_size",
+            h2.max_header_list_size.into(),
+            1024,
+            1024 * 1024,
+        );
+        // RFC 9113 §6.9.2: windows run from 65535 to 2^31-1.
+        range(
+            "initial_stream_window_size",
+            h2.initial_stream_window_size.into(),
+            65_535,
+            (1 << 31) - 1,
+        );
+        range(
+            "initial_connection_window_size",
+            h2.initial_connection_window_size.into(),
+            65_535,
+            (1 << 31) - 1,
+        );
+        range(
+            "max_pending_accept_reset_streams",
+            h2.max_pending_accept_reset_streams as u64,
+            1,
+            10_000,
+        );
         let Some(tls) = &l.tls else { continue };
         if tls.certificates.is_empty() {
             bad(

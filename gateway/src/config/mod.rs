@@ -20,7 +20,7 @@ mod listener;
 
 pub use alerts::{AlertsConfig, Severity, WebhookConfig};
 pub use listener::{
-    CertificateConfig, ClientAuthConfig, ClientAuthMode, ListenerConfig, TlsConfig,
+    CertificateConfig, ClientAuthConfig, ClientAuthMode, Http2Config, ListenerConfig, TlsConfig,
 };
 
 /// The whole configuration file.

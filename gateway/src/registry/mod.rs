@@ -25,6 +25,7 @@ use crate::plugin::{
     PluginPool, Tier,
 };
 use crate::router::Router;
+use crate::server::ListenerRuntime;
 use crate::server::tls::ListenerTls;
 use crate::upstream::Upstream;
 
@@ -67,8 +68,8 @@ pub struct Generation {
     pub router: Router,
     /// Routes, in config order (the router returns indexes into this).
     pub routes: Vec<RouteRuntime>,
-    /// TLS of each listener, in config order (`None`: plain HTTP).
-    pub tls: Vec<Option<Arc<ListenerTls>>>,
+    /// Each listener's protocol settings, in config order.
+    pub listeners: Vec<Arc<ListenerRuntime>>,
 }
 
 /// What started a reload.
@@ -895,17 +896,28 @@ fn build(
             chain,
         });
     }
-    let mut tls = Vec::with_capacity(config.listeners.len());
+    let mut listeners = Vec::with_capacity(config.listeners.len());
     for (i, listener) in config.listeners.iter().enumerate() {
-        let Some(settings) = &listener.tls else {
-            tls.push(None);
-            continue;
+        let tls = match &listener.tls {
+            None => None,
+            Some(settings) => {
+                let before = previous
+                    .and_then(|g| g.listeners.get(i))
+                    .and_then(|l| l.tls.as_ref());
+                match ListenerTls::load(i, settings, before, SystemTime::now()) {
+                    Ok(loaded) => Some(loaded),
+                    Err(ps) => {
+                        problems.extend(ps);
+                        None
+                    }
+                }
+            }
         };
-        let before = previous.and_then(|g| g.tls.get(i)).and_then(Option::as_ref);
-        match ListenerTls::load(i, settings, before, SystemTime::now()) {
-            Ok(loaded) => tls.push(Some(loaded)),
-            Err(ps) => problems.extend(ps),
-        }
+        listeners.push(Arc::new(ListenerRuntime {
+            tls,
+            h2c: listener.h2c,
+            http2: listener.http2,
+        }));
     }
     if !problems.is_empty() {
         return Err(problems);
@@ -915,7 +927,7 @@ fn build(
         config: config.clone(),
         router,
         routes,
-        tls,
+        listeners,
     })
 }
 

@@ -1,6 +1,7 @@
 //! Listeners: accept connections, terminate TLS where the listener has it,
-//! serve HTTP/1.1 (keep-alive) or HTTP/2 (chosen by ALPN) through the
-//! pipeline, and drain gracefully on shutdown.
+//! serve HTTP/1.1 (keep-alive, upgrades) or HTTP/2 (chosen by ALPN, or by
+//! the preface with h2c) through the pipeline, and drain gracefully on
+//! shutdown.
 //!
 //! The TLS handshake runs in the connection's own task under the
 //! listener's handshake timeout, so a slow or silent client holds only its
@@ -14,15 +15,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::body::Incoming;
-use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
+use crate::config::Http2Config;
 use crate::pipeline::{self, Connection, TlsSession};
 use crate::registry::Registry;
 
@@ -30,16 +32,28 @@ use crate::registry::Registry;
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a client may take to send a request head.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
-/// HTTP/2 streams a client may have open at once on one connection
-/// (nginx's default is 128; hyper's 200).
-const H2_MAX_CONCURRENT_STREAMS: u32 = 128;
-/// Largest header list an HTTP/2 client may send, decoded (hyper's
-/// default, as a contract: larger lists are refused before a plugin runs).
-const H2_MAX_HEADER_LIST_SIZE: u32 = 16 * 1024;
-/// Streams a client may open and reset before the server has seen them
-/// (the rapid-reset attack, CVE-2023-44487): past it the connection is
-/// closed with `ENHANCE_YOUR_CALM`.
-const H2_MAX_PENDING_ACCEPT_RESET_STREAMS: usize = 20;
+
+/// A listener's settings as connections use them, part of a generation.
+#[derive(Debug)]
+pub struct ListenerRuntime {
+    /// TLS, on a TLS listener.
+    pub tls: Option<Arc<tls::ListenerTls>>,
+    /// Whether a plain listener also takes h2c with prior knowledge.
+    pub h2c: bool,
+    /// HTTP/2 limits.
+    pub http2: Http2Config,
+}
+
+/// Which HTTP a connection speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Speaks {
+    /// HTTP/1.1 only.
+    Http1,
+    /// HTTP/2 only (ALPN `h2`).
+    Http2,
+    /// HTTP/1.1, or HTTP/2 if the connection opens with its preface (h2c).
+    Either,
+}
 
 /// Serves listener number `index` of the config until `shutdown` turns
 /// true, then stops accepting and waits up to [`DRAIN_TIMEOUT`] for open
@@ -56,10 +70,12 @@ pub async fn serve(
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
-                    let tls = registry.current().tls.get(index).cloned().flatten();
+                    let Some(settings) = registry.current().listeners.get(index).cloned() else {
+                        continue;
+                    };
                     let watcher = graceful.watcher();
                     let conn = Connection { listener: index, peer, tls: None };
-                    tokio::spawn(connection(stream, conn, tls, registry.clone(), watcher));
+                    tokio::spawn(connection(stream, conn, settings, registry.clone(), watcher));
                 }
                 Err(e) => {
                     // Typically out of file descriptors: back off briefly.
@@ -81,13 +97,18 @@ pub async fn serve(
 async fn connection(
     stream: TcpStream,
     mut conn: Connection,
-    tls: Option<Arc<tls::ListenerTls>>,
+    settings: Arc<ListenerRuntime>,
     registry: Arc<Registry>,
     watcher: Watcher,
 ) {
     let peer = conn.peer;
-    let Some(tls) = tls else {
-        return serve_http(stream, false, Arc::new(conn), registry, watcher).await;
+    let Some(tls) = settings.tls.clone() else {
+        let speaks = if settings.h2c {
+            Speaks::Either
+        } else {
+            Speaks::Http1
+        };
+        return serve_http(stream, speaks, &settings, Arc::new(conn), registry, watcher).await;
     };
     let acceptor = TlsAcceptor::from(tls.server.clone());
     let stream = match tokio::time::timeout(tls.handshake_timeout, acceptor.accept(stream)).await {
@@ -102,7 +123,11 @@ async fn connection(
         }
     };
     let (_, session) = stream.get_ref();
-    let h2 = session.alpn_protocol() == Some(b"h2");
+    let speaks = if session.alpn_protocol() == Some(b"h2") {
+        Speaks::Http2
+    } else {
+        Speaks::Http1
+    };
     conn.tls = Some(TlsSession {
         version: match session.protocol_version() {
             Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3",
@@ -115,14 +140,15 @@ async fn connection(
             .and_then(<[_]>::first)
             .and_then(|der| tls::client_certificate(der).map(Arc::new)),
     });
-    serve_http(stream, h2, Arc::new(conn), registry, watcher).await;
+    serve_http(stream, speaks, &settings, Arc::new(conn), registry, watcher).await;
 }
 
-/// Serves HTTP on an established stream: HTTP/2 if `h2` (negotiated by
-/// ALPN), else HTTP/1.1.
+/// Serves HTTP on an established stream, with upgrades (WebSocket) on
+/// HTTP/1.1.
 async fn serve_http<S>(
     stream: S,
-    h2: bool,
+    speaks: Speaks,
+    settings: &ListenerRuntime,
     conn: Arc<Connection>,
     registry: Arc<Registry>,
     watcher: Watcher,
@@ -135,24 +161,28 @@ async fn serve_http<S>(
         let conn = conn.clone();
         async move { Ok::<_, Infallible>(pipeline::handle(&registry, request, &conn).await) }
     });
-    let io = TokioIo::new(stream);
-    let result = if h2 {
-        let mut builder = http2::Builder::new(TokioExecutor::new());
-        builder
-            .timer(TokioTimer::new())
-            .max_concurrent_streams(H2_MAX_CONCURRENT_STREAMS)
-            .max_header_list_size(H2_MAX_HEADER_LIST_SIZE)
-            .max_pending_accept_reset_streams(H2_MAX_PENDING_ACCEPT_RESET_STREAMS);
-        watcher.watch(builder.serve_connection(io, service)).await
-    } else {
-        let connection = http1::Builder::new()
-            .keep_alive(true)
-            .timer(TokioTimer::new())
-            .header_read_timeout(HEADER_READ_TIMEOUT)
-            .serve_connection(io, service);
-        watcher.watch(connection).await
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .keep_alive(true)
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    let h2 = &settings.http2;
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(h2.max_concurrent_streams)
+        .max_header_list_size(h2.max_header_list_size)
+        .initial_stream_window_size(h2.initial_stream_window_size)
+        .initial_connection_window_size(h2.initial_connection_window_size)
+        .max_pending_accept_reset_streams(h2.max_pending_accept_reset_streams);
+    let builder = match speaks {
+        Speaks::Http1 => builder.http1_only(),
+        Speaks::Http2 => builder.http2_only(),
+        Speaks::Either => builder,
     };
-    if let Err(e) = result {
+    let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+    if let Err(e) = watcher.watch(connection).await {
         tracing::debug!(client = %peer, "connection ended with an error: {e}");
     }
 }

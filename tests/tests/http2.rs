@@ -1,0 +1,144 @@
+//! HTTP/2 from clients: h2c with prior knowledge on a plain listener that
+//! enables it (HTTP/1.1 still served there), and the rapid-reset attack
+//! (CVE-2023-44487) answered by closing the attacking connection while
+//! other connections keep being served.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, StatusCode, Version};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use portcullis_tests::echo::Echo;
+use portcullis_tests::{Client, TestGateway, base_config, route};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const PLAIN_LISTENER: &str = "[[listeners]]\naddress = \"127.0.0.1:0\"\n";
+
+async fn h2c_gateway(echo: &Echo) -> TestGateway {
+    let base = base_config(echo.addr);
+    assert!(base.contains(PLAIN_LISTENER));
+    let config = format!(
+        "{}{}",
+        base.replace(PLAIN_LISTENER, &format!("{PLAIN_LISTENER}h2c = true\n")),
+        route("all", "/", &[])
+    );
+    TestGateway::start(&config, &[])
+        .await
+        .expect("gateway starts")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2c_with_prior_knowledge_and_http1_share_a_listener() {
+    let echo = Echo::start_local().await.expect("echo");
+    let gw = h2c_gateway(&echo).await;
+
+    let io = TokioIo::new(TcpStream::connect(gw.addr).await.expect("connect"));
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+        .await
+        .expect("h2c handshake");
+    tokio::spawn(conn);
+    for _ in 0..3 {
+        let request = Request::get("http://h2c.test/x")
+            .version(Version::HTTP_2)
+            .body(Empty::<Bytes>::new())
+            .expect("request");
+        let response = sender.send_request(request).await.expect("response");
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(response.version(), Version::HTTP_2);
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes();
+        let seen: portcullis_tests::echo::Seen = serde_json::from_slice(&body).expect("echo");
+        assert_eq!(seen.header("host"), Some("h2c.test"));
+        assert_eq!(seen.header("x-forwarded-proto"), Some("http"));
+    }
+
+    Client::new()
+        .get(&gw.url("/x"), &[])
+        .await
+        .expect("HTTP/1.1 on the same listener")
+        .assert_ok();
+    gw.stop().await;
+}
+
+/// An HTTP/2 frame header: length, type, flags, stream.
+fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len() as u32;
+    let mut out = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+    out.extend_from_slice(&stream.to_be_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rapid_reset_flood_closes_that_connection_only() {
+    let echo = Echo::start_local().await.expect("echo");
+    let gw = h2c_gateway(&echo).await;
+
+    // The flood: the preface, then 5000 requests each reset at once
+    // (HEADERS with `GET /` from HPACK's static table, then RST_STREAM
+    // CANCEL), written in one go.
+    let mut flood = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    flood.extend(frame(0x4, 0, 0, &[]));
+    for i in 0..5000u32 {
+        let stream = 2 * i + 1;
+        flood.extend(frame(0x1, 0x5, stream, &[0x82, 0x86, 0x84]));
+        flood.extend(frame(0x3, 0, stream, &8u32.to_be_bytes()));
+    }
+    let mut attacker = TcpStream::connect(gw.addr).await.expect("connect");
+    let writing = tokio::spawn(async move {
+        // The gateway may close the connection before all is written.
+        let _ = attacker.write_all(&flood).await;
+        let mut received = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(30), attacker.read_to_end(&mut received))
+            .await
+            .expect("the gateway closes the flooding connection");
+        received
+    });
+
+    // Meanwhile another client is served.
+    let client = Client::new();
+    for _ in 0..20 {
+        client
+            .get(&gw.url("/x"), &[])
+            .await
+            .expect("reply")
+            .assert_ok();
+    }
+
+    let received = writing.await.expect("attacker task");
+    // Walk the frames the gateway sent, looking for GOAWAY.
+    let mut goaway = None;
+    let mut at = 0;
+    while at + 9 <= received.len() {
+        let len = (usize::from(received[at]) << 16)
+            | (usize::from(received[at + 1]) << 8)
+            | usize::from(received[at + 2]);
+        let kind = received[at + 3];
+        let payload = &received[(at + 9).min(received.len())..(at + 9 + len).min(received.len())];
+        if kind == 0x7 && payload.len() >= 8 {
+            goaway = Some(u32::from_be_bytes([
+                payload[4], payload[5], payload[6], payload[7],
+            ]));
+        }
+        at += 9 + len;
+    }
+    assert_eq!(
+        goaway,
+        Some(0xb),
+        "GOAWAY with ENHANCE_YOUR_CALM ({} bytes received)",
+        received.len()
+    );
+    // And the gateway still serves new connections.
+    client
+        .get(&gw.url("/x"), &[])
+        .await
+        .expect("reply")
+        .assert_ok();
+    gw.stop().await;
+}

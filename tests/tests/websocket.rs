@@ -1,0 +1,90 @@
+//! WebSocket through the gateway: the handshake runs the route's request
+//! plugins (so an unauthenticated one is refused before any upstream
+//! sees it), and once the upstream switches protocols the bytes flow both
+//! ways until a side closes.
+
+use std::time::Duration;
+
+use portcullis_tests::upstream::{Protocol, TestUpstream};
+use portcullis_tests::{TestGateway, fixtures, route};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+async fn gateway(upstream: &TestUpstream) -> TestGateway {
+    let config = format!(
+        r#"
+state_directory = "state"
+[[listeners]]
+address = "127.0.0.1:0"
+[plugins]
+directory = "plugins"
+[limits]
+max_instances = 8
+[upstreams.echo]
+servers = ["{}"]
+{}"#,
+        upstream.addr,
+        route(
+            "ws",
+            "/",
+            &[(
+                "key_auth",
+                r#"keys = [{ consumer = "demo", key = "demo-key" }]"#
+            )]
+        )
+    );
+    TestGateway::start(&config, &[("key_auth", fixtures::KEY_AUTH)])
+        .await
+        .expect("gateway starts")
+}
+
+/// Sends a WebSocket handshake with `extra` header lines; returns the
+/// stream and the response head.
+async fn handshake(gw: &TestGateway, extra: &str) -> (TcpStream, String) {
+    let mut stream = TcpStream::connect(gw.addr).await.expect("connect");
+    let request = format!(
+        "GET /chat HTTP/1.1\r\nhost: ws.test\r\nconnection: Upgrade\r\nupgrade: websocket\r\n\
+         sec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n{extra}\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(20), stream.read(&mut byte))
+            .await
+            .expect("a response head")
+            .expect("read");
+        assert_eq!(n, 1, "the connection closed mid-head: {head:?}");
+        head.push(byte[0]);
+    }
+    (stream, String::from_utf8_lossy(&head).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_is_carried_both_ways_after_the_plugins_let_it_in() {
+    let upstream = TestUpstream::start(Protocol::Http1, None)
+        .await
+        .expect("upstream");
+    let gw = gateway(&upstream).await;
+
+    let (_, refused) = handshake(&gw, "").await;
+    assert!(refused.starts_with("HTTP/1.1 401"), "{refused}");
+
+    let (mut stream, head) = handshake(&gw, "x-api-key: demo-key\r\n").await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    let lower = head.to_ascii_lowercase();
+    assert!(lower.contains("upgrade: websocket"), "{head}");
+    assert!(lower.contains("connection: upgrade"), "{head}");
+    assert!(lower.contains("sec-websocket-accept: test"), "{head}");
+
+    for message in [&b"hello"[..], b"second message", &[0u8, 1, 2, 255]] {
+        stream.write_all(message).await.expect("write");
+        let mut echoed = vec![0u8; message.len()];
+        tokio::time::timeout(Duration::from_secs(20), stream.read_exact(&mut echoed))
+            .await
+            .expect("the echo arrives")
+            .expect("read");
+        assert_eq!(echoed, message);
+    }
+    gw.stop().await;
+}
