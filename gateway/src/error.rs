@@ -171,6 +171,11 @@ impl ProxyError {
         {
             headers.insert(header::ALLOW, value);
         }
+        if let ProxyError::BadRequest(_) = &self {
+            // After a malformed request the rest of the connection cannot
+            // be trusted to be framed as the client meant (RFC 9112 §11.2).
+            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         if let ProxyError::HttpsRequired { location } = &self
             && let Ok(value) = HeaderValue::from_str(location)
         {

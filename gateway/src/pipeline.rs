@@ -657,24 +657,46 @@ fn apply_response(
 
 /// The host the request is for: the authority of its target (HTTP/2's
 /// `:authority`, or an absolute-form HTTP/1.1 target, which RFC 9112
-/// §3.2.2 puts before `Host`), else its `Host` header. A request whose
-/// `Host` names another authority than its target is refused (RFC 9113
-/// §8.3.1): the gateway would route on one and the upstream see the other.
+/// §3.2.2 puts before `Host`), else its `Host` header. Refused with 400,
+/// as RFC 9112 §3.2 says a server MUST: an HTTP/1.1 request without a
+/// host, more than one `Host`, a `Host` that is not a `host[:port]`. And a
+/// `Host` naming another authority than the target (RFC 9113 §8.3.1): the
+/// gateway would route on one and the upstream see the other.
 fn host_of<B>(request: &Request<B>) -> Result<Option<String>, ProxyError> {
-    let host = request.headers().get(header::HOST);
-    let Some(authority) = request.uri().authority() else {
-        return Ok(host.and_then(|h| h.to_str().ok()).map(str::to_owned));
-    };
-    if let Some(host) = host
-        && !host
-            .as_bytes()
-            .eq_ignore_ascii_case(authority.as_str().as_bytes())
-    {
-        return Err(ProxyError::BadRequest(
-            "the Host header and the request target name different hosts".into(),
-        ));
+    let bad = |why: &str| Err(ProxyError::BadRequest(why.to_owned()));
+    let mut hosts = request.headers().get_all(header::HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() {
+        return bad("more than one Host header");
     }
-    Ok(Some(authority.as_str().to_owned()))
+    let host = match host {
+        None => None,
+        Some(value) => match value.to_str().ok().filter(|h| is_authority(h)) {
+            Some(host) => Some(host),
+            None => return bad("the Host header is not a host[:port]"),
+        },
+    };
+    match (request.uri().authority(), host) {
+        (Some(authority), _) if !is_authority(authority.as_str()) => {
+            bad("the request target's authority is not a host[:port]")
+        }
+        (Some(authority), Some(host)) if !host.eq_ignore_ascii_case(authority.as_str()) => {
+            bad("the Host header and the request target name different hosts")
+        }
+        (Some(authority), _) => Ok(Some(authority.as_str().to_owned())),
+        (None, Some(host)) => Ok(Some(host.to_owned())),
+        (None, None) if request.version() == Version::HTTP_11 => bad("a Host header is required"),
+        (None, None) => Ok(None),
+    }
+}
+
+/// Whether `text` is a `host[:port]` (RFC 9110 §7.2), without userinfo.
+fn is_authority(text: &str) -> bool {
+    !text.is_empty()
+        && !text.contains('@')
+        && text
+            .parse::<http::uri::Authority>()
+            .is_ok_and(|a| a.as_str() == text)
 }
 
 /// Headers that concern one connection, not the message (RFC 9110 §7.6.1).
@@ -904,7 +926,7 @@ mod tests {
             host(&request("/a", Some("a.test"))),
             Ok(Some("a.test".into()))
         );
-        assert_eq!(host(&request("/a", None)), Ok(None));
+        assert!(host(&request("/a", None)).is_err(), "HTTP/1.1 needs a host");
         assert_eq!(
             host(&request("http://b.test/a", None)),
             Ok(Some("b.test".into()))
@@ -914,6 +936,26 @@ mod tests {
             Ok(Some("b.test".into()))
         );
         assert!(host(&request("http://b.test/a", Some("a.test"))).is_err());
+        assert!(host(&request("/a", Some("user@a.test"))).is_err());
+        assert!(host(&request("/a", Some("a.test/x"))).is_err());
+        assert!(host(&request("/a", Some(""))).is_err());
+        assert_eq!(
+            host(&request("/a", Some("[::1]:8080"))),
+            Ok(Some("[::1]:8080".into()))
+        );
+        let two = Request::builder()
+            .uri("/")
+            .header(header::HOST, "a.test")
+            .header(header::HOST, "a.test")
+            .body(())
+            .expect("request");
+        assert!(host(&two).is_err());
+        let http10 = Request::builder()
+            .version(Version::HTTP_10)
+            .uri("/")
+            .body(())
+            .expect("request");
+        assert_eq!(host(&http10), Ok(None));
     }
 
     fn view(uri: &str) -> RequestView {

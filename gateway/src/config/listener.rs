@@ -54,6 +54,32 @@ pub struct ListenerConfig {
     /// Limits of HTTP/2 connections (ALPN `h2` on TLS, or h2c).
     #[serde(default)]
     pub http2: Http2Config,
+    /// Limits of HTTP/1.1 connections.
+    #[serde(default)]
+    pub http1: Http1Config,
+}
+
+/// Limits of HTTP/1.1 connections on a listener.
+///
+/// ```toml
+/// [listeners.http1]
+/// max_head_bytes = 65536
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Http1Config {
+    /// Largest request head (request line and headers) a client may send;
+    /// a larger one is answered 431 and the connection closed. Also the
+    /// most a connection buffers while reading.
+    pub max_head_bytes: usize,
+}
+
+impl Default for Http1Config {
+    fn default() -> Self {
+        Self {
+            max_head_bytes: 64 * 1024,
+        }
+    }
 }
 
 /// Limits of HTTP/2 connections on a listener. The defaults resist the
@@ -279,6 +305,15 @@ pub(super) fn validate(listeners: &[ListenerConfig], problems: &mut Vec<Problem>
             1,
             10_000,
         );
+        if !(8192..=1024 * 1024).contains(&l.http1.max_head_bytes) {
+            bad(
+                format!("listeners[{i}].http1.max_head_bytes"),
+                format!(
+                    "must be between 8192 and 1048576, got {}",
+                    l.http1.max_head_bytes
+                ),
+            );
+        }
         let Some(tls) = &l.tls else { continue };
         if tls.certificates.is_empty() {
             bad(

@@ -20,7 +20,8 @@ mod listener;
 
 pub use alerts::{AlertsConfig, Severity, WebhookConfig};
 pub use listener::{
-    CertificateConfig, ClientAuthConfig, ClientAuthMode, Http2Config, ListenerConfig, TlsConfig,
+    CertificateConfig, ClientAuthConfig, ClientAuthMode, Http1Config, Http2Config, ListenerConfig,
+    TlsConfig,
 };
 
 /// The whole configuration file.

@@ -917,6 +917,7 @@ fn build(
             tls,
             h2c: listener.h2c,
             http2: listener.http2,
+            http1: listener.http1,
         }));
     }
     if !problems.is_empty() {

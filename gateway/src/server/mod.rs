@@ -24,7 +24,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
-use crate::config::Http2Config;
+use crate::config::{Http1Config, Http2Config};
 use crate::pipeline::{self, Connection, TlsSession};
 use crate::registry::Registry;
 
@@ -42,6 +42,8 @@ pub struct ListenerRuntime {
     pub h2c: bool,
     /// HTTP/2 limits.
     pub http2: Http2Config,
+    /// HTTP/1.1 limits.
+    pub http1: Http1Config,
 }
 
 /// Which HTTP a connection speaks.
@@ -166,7 +168,8 @@ async fn serve_http<S>(
         .http1()
         .keep_alive(true)
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_buf_size(settings.http1.max_head_bytes);
     let h2 = &settings.http2;
     builder
         .http2()
