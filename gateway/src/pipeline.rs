@@ -23,7 +23,7 @@
 //! * Bodies stream unless a plugin on the route reads them.
 
 use std::borrow::Cow;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -99,6 +99,8 @@ pub async fn handle(
 /// What the access log says about a request.
 #[derive(Default)]
 struct Record {
+    /// The client's address, when it is not the peer's (trusted proxies).
+    client: Option<IpAddr>,
     route: Option<Arc<str>>,
     decisions: Vec<String>,
     consumer: Option<String>,
@@ -130,7 +132,7 @@ impl Record {
             path,
             status = status.as_u16(),
             latency_ms = started.elapsed().as_secs_f64() * 1000.0,
-            client = %conn.peer.ip(),
+            client = %self.client.unwrap_or(conn.peer.ip()),
             tls = tls.map_or("-", |t| t.version),
             sni = tls.and_then(|t| t.server_name.as_deref()).unwrap_or("-"),
             consumer = self.consumer.as_deref().unwrap_or("-"),
@@ -179,6 +181,14 @@ async fn proxy(
         return Err(https_redirect(&request, original_host.as_deref(), port));
     }
     normalize_path(&mut request)?;
+    let (client_ip, via_trusted_proxy) = client_address(
+        conn.peer.ip(),
+        request.headers(),
+        &generation.trusted_proxies,
+    );
+    if client_ip != conn.peer.ip() {
+        record.client = Some(client_ip);
+    }
     let route = match generation.router.find(
         original_host.as_deref(),
         request.uri().path(),
@@ -211,7 +221,7 @@ async fn proxy(
     };
     let mut request = RequestView {
         head,
-        client_ip: conn.peer.ip(),
+        client_ip,
         client_certificate: conn.tls.as_ref().and_then(|t| t.client_certificate.clone()),
         route: route.name.clone(),
         identity: None,
@@ -272,7 +282,13 @@ async fn proxy(
             } else {
                 request.head.clone()
             };
-            let mut outgoing = upstream_request(head, body, conn, original_host.as_deref());
+            let mut outgoing = upstream_request(
+                head,
+                body,
+                conn,
+                original_host.as_deref(),
+                via_trusted_proxy,
+            );
             if client_upgrade.is_some() {
                 let headers = outgoing.headers_mut();
                 headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
@@ -738,6 +754,7 @@ fn upstream_request(
     body: ProxyBody,
     conn: &Connection,
     original_host: Option<&str>,
+    via_trusted_proxy: bool,
 ) -> Request<ProxyBody> {
     // `TE: trailers` says the client takes trailers; gRPC servers require
     // it. The only TE value that crosses a hop (as HTTP/2 allows).
@@ -774,9 +791,17 @@ fn upstream_request(
     if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
         head.headers.insert("x-forwarded-for", value);
     }
-    let proto = if conn.tls.is_some() { "https" } else { "http" };
-    head.headers
-        .insert("x-forwarded-proto", HeaderValue::from_static(proto));
+    // A trusted proxy's `X-Forwarded-Proto` stands (it may have terminated
+    // TLS); anyone else's is replaced by what the client really used.
+    let forwarded_proto = head
+        .headers
+        .get("x-forwarded-proto")
+        .filter(|v| *v == "https" || *v == "http");
+    if !(via_trusted_proxy && forwarded_proto.is_some()) {
+        let proto = if conn.tls.is_some() { "https" } else { "http" };
+        head.headers
+            .insert("x-forwarded-proto", HeaderValue::from_static(proto));
+    }
     if let Some(value) = original_host.and_then(|h| HeaderValue::from_str(h).ok()) {
         head.headers.insert("x-forwarded-host", value);
     }
@@ -804,6 +829,34 @@ fn https_redirect<B>(request: &Request<B>, host: Option<&str>, port: u16) -> Pro
         format!("https://{}:{port}{target}", authority.host())
     };
     ProxyError::HttpsRequired { location }
+}
+
+/// The client's address and whether the request came through a trusted
+/// proxy. From a trusted proxy, the client is the rightmost address of
+/// `X-Forwarded-For` that is not itself a trusted proxy (an entry that is
+/// not an address ends the walk at the last good one); from anyone else,
+/// the peer, whatever the headers say.
+fn client_address(peer: IpAddr, headers: &HeaderMap, trusted: &[ipnet::IpNet]) -> (IpAddr, bool) {
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
+    if trusted.is_empty() || !is_trusted(&peer) {
+        return (peer, false);
+    }
+    let mut client = peer;
+    let hops = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .rev()
+        .flat_map(|v| v.to_str().unwrap_or("").rsplit(','));
+    for hop in hops {
+        let Ok(ip) = hop.trim().parse::<IpAddr>() else {
+            break;
+        };
+        client = ip;
+        if !is_trusted(&ip) {
+            break;
+        }
+    }
+    (client, true)
 }
 
 /// HTTP/2 may split `Cookie` into one field per cookie; HTTP/1.1 wants one
@@ -858,7 +911,7 @@ mod tests {
             peer: "192.0.2.7:5000".parse().expect("addr"),
             tls: None,
         };
-        let out = upstream_request(head, body::empty(), &conn, Some("api.example.com"));
+        let out = upstream_request(head, body::empty(), &conn, Some("api.example.com"), false);
         assert_eq!(out.uri(), "/a?b=1");
         assert_eq!(out.headers()["x-forwarded-for"], "10.0.0.1, 192.0.2.7");
         assert_eq!(out.headers()["x-forwarded-proto"], "http");
@@ -884,12 +937,54 @@ mod tests {
                 client_certificate: None,
             }),
         };
-        let out = upstream_request(head, body::empty(), &conn, Some("api.example.com"));
+        let out = upstream_request(head, body::empty(), &conn, Some("api.example.com"), false);
         assert_eq!(out.version(), Version::HTTP_11);
         assert_eq!(out.uri(), "/a");
         assert_eq!(out.headers()[header::HOST], "api.example.com");
         assert_eq!(out.headers()[header::COOKIE], "a=1; b=2");
         assert_eq!(out.headers()["x-forwarded-proto"], "https");
+    }
+
+    #[test]
+    fn the_client_is_found_behind_trusted_proxies_only() {
+        let trusted: Vec<ipnet::IpNet> = ["10.0.0.0/8", "192.0.2.1"]
+            .iter()
+            .filter_map(|p| crate::config::parse_network(p))
+            .collect();
+        let headers = |xff: &[&str]| {
+            let mut h = HeaderMap::new();
+            for v in xff {
+                h.append("x-forwarded-for", HeaderValue::from_str(v).expect("value"));
+            }
+            h
+        };
+        let ip = |s: &str| s.parse::<IpAddr>().expect("ip");
+        let xff = headers(&["1.1.1.1, 203.0.113.9", "10.1.1.1"]);
+        // From an untrusted peer the headers are not believed.
+        assert_eq!(
+            client_address(ip("198.51.100.5"), &xff, &trusted),
+            (ip("198.51.100.5"), false)
+        );
+        assert_eq!(
+            client_address(ip("10.0.0.2"), &xff, &[]),
+            (ip("10.0.0.2"), false)
+        );
+        // From a trusted one: the rightmost untrusted hop, not the leftmost
+        // (which the client wrote).
+        assert_eq!(
+            client_address(ip("10.0.0.2"), &xff, &trusted),
+            (ip("203.0.113.9"), true)
+        );
+        assert_eq!(
+            client_address(ip("192.0.2.1"), &headers(&[]), &trusted),
+            (ip("192.0.2.1"), true)
+        );
+        // Garbage ends the walk at the last address known.
+        let junk = headers(&["1.1.1.1, junk, 10.2.2.2"]);
+        assert_eq!(
+            client_address(ip("10.0.0.2"), &junk, &trusted),
+            (ip("10.2.2.2"), true)
+        );
     }
 
     #[test]

@@ -7,7 +7,7 @@ use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, StreamBody};
 use portcullis_tests::echo::Echo;
 use portcullis_tests::{
-    Client, ClientBody, TestGateway, base_config, fixtures, route, sha256_hex, start_routes,
+    Client, ClientBody, TestGateway, base_config, fixtures, logged, route, sha256_hex, start_routes,
 };
 use sha2::{Digest, Sha256};
 
@@ -277,5 +277,55 @@ async fn paths_are_normalised_before_routing_so_dot_segments_cannot_skip_a_route
         assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{refused}");
         assert_eq!(reply.header("x-upstream"), None, "{refused}");
     }
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarding_headers_are_believed_from_trusted_proxies_only() {
+    let echo = Echo::start_local().await.expect("echo");
+    let request = |gw: &TestGateway, path: &str| {
+        let url = gw.url(path);
+        async move {
+            Client::new()
+                .get(
+                    &url,
+                    &[
+                        ("x-forwarded-for", "6.6.6.6, 203.0.113.9"),
+                        ("x-forwarded-proto", "https"),
+                    ],
+                )
+                .await
+                .expect("reply")
+        }
+    };
+
+    // Untrusted (the default): the peer is the client; the client's
+    // X-Forwarded-Proto is replaced, its X-Forwarded-For appended to.
+    let config = format!("{}{}", base_config(echo.addr), route("all", "/", &[]));
+    let gw = TestGateway::start(&config, &[]).await.expect("gateway");
+    let seen = request(&gw, "/untrusted").await.seen();
+    assert_eq!(seen.header("x-forwarded-proto"), Some("http"));
+    assert_eq!(
+        seen.header("x-forwarded-for"),
+        Some("6.6.6.6, 203.0.113.9, 127.0.0.1")
+    );
+    assert!(logged(&["path=\"/untrusted\"", "client=127.0.0.1"]));
+    gw.stop().await;
+
+    // Trusted: the client is the rightmost untrusted hop, and the proxy's
+    // X-Forwarded-Proto stands.
+    let config = format!(
+        "trusted_proxies = [\"127.0.0.0/8\"]\n{}{}",
+        base_config(echo.addr),
+        route("all", "/", &[])
+    );
+    let gw = TestGateway::start(&config, &[]).await.expect("gateway");
+    let seen = request(&gw, "/trusted").await.seen();
+    assert_eq!(seen.header("x-forwarded-proto"), Some("https"));
+    assert_eq!(
+        seen.header("x-forwarded-for"),
+        Some("6.6.6.6, 203.0.113.9, 127.0.0.1")
+    );
+    assert!(logged(&["path=\"/trusted\"", "client=203.0.113.9"]));
     gw.stop().await;
 }

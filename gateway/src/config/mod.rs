@@ -55,6 +55,12 @@ pub struct Config {
     /// Where the gateway accepts connections.
     #[serde(default)]
     pub listeners: Vec<ListenerConfig>,
+    /// Proxies in front of the gateway (addresses or CIDR blocks) whose
+    /// `X-Forwarded-For` and `X-Forwarded-Proto` are believed: for a
+    /// request from one of them, the client is the rightmost address of
+    /// `X-Forwarded-For` that is not a trusted proxy.
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
     /// Where plugin modules are loaded from.
     pub plugins: PluginsConfig,
     /// Resource limits for plugins and bodies.
@@ -663,6 +669,14 @@ impl Config {
         let mut problems = Vec::new();
         listener::validate(&self.listeners, &mut problems);
         let mut bad = |key: String, message: String| problems.push(Problem { key, message });
+        for (i, proxy) in self.trusted_proxies.iter().enumerate() {
+            if parse_network(proxy).is_none() {
+                bad(
+                    format!("trusted_proxies[{i}]"),
+                    format!("`{proxy}` is not an IP address or CIDR block, e.g. 10.0.0.0/8"),
+                );
+            }
+        }
 
         if !(10..=3_600_000).contains(&self.plugins.tick_interval_ms) {
             bad(
@@ -857,6 +871,15 @@ impl Config {
         self.alerts.validate(&mut problems);
         problems
     }
+}
+
+/// An IP address (one host) or a CIDR block.
+pub fn parse_network(text: &str) -> Option<ipnet::IpNet> {
+    text.parse::<ipnet::IpNet>().ok().or_else(|| {
+        text.parse::<std::net::IpAddr>()
+            .ok()
+            .map(ipnet::IpNet::from)
+    })
 }
 
 /// A plugin name is a file stem: lowercase letters, digits, `_` and `-`.

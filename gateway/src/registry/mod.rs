@@ -70,6 +70,8 @@ pub struct Generation {
     pub routes: Vec<RouteRuntime>,
     /// Each listener's protocol settings, in config order.
     pub listeners: Vec<Arc<ListenerRuntime>>,
+    /// The proxies whose forwarding headers are believed.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 /// What started a reload.
@@ -929,6 +931,11 @@ fn build(
         router,
         routes,
         listeners,
+        trusted_proxies: config
+            .trusted_proxies
+            .iter()
+            .filter_map(|p| crate::config::parse_network(p))
+            .collect(),
     })
 }
 
