@@ -49,6 +49,9 @@ pub enum ProxyError {
         /// The https URL of the same request, for `Location`.
         location: String,
     },
+    /// The route does not take WebSocket handshakes (`websocket = false`).
+    #[error("this route does not carry WebSocket connections")]
+    UpgradeRefused,
     /// The request is malformed in a way the gateway cannot forward.
     #[error("bad request: {0}")]
     BadRequest(String),
@@ -103,6 +106,7 @@ impl ProxyError {
             ProxyError::NoRoute
             | ProxyError::MethodNotAllowed { .. }
             | ProxyError::HttpsRequired { .. }
+            | ProxyError::UpgradeRefused
             | ProxyError::BadRequest(_) => Source::Client,
             ProxyError::Plugin { .. } | ProxyError::Overloaded { .. } => Source::Plugin,
             ProxyError::UpstreamConnect { .. }
@@ -120,6 +124,7 @@ impl ProxyError {
             // 308, not 301: the method and body are kept (RFC 9110 §15.4.9).
             ProxyError::HttpsRequired { .. } => StatusCode::PERMANENT_REDIRECT,
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::UpgradeRefused => StatusCode::FORBIDDEN,
             ProxyError::Plugin { .. } | ProxyError::Internal(_) => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }

@@ -24,7 +24,11 @@
 
 use std::borrow::Cow;
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -34,6 +38,7 @@ use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::body::{self, Buffered, ProxyBody};
 use crate::config::{ListenerConfig, OnError, UpstreamProtocol};
@@ -210,6 +215,9 @@ async fn proxy(
     } else {
         None
     };
+    if client_upgrade.is_some() && !route.websocket {
+        return Err(ProxyError::UpgradeRefused);
+    }
 
     let (head, incoming) = request.into_parts();
     let (mut body, body_view) = if route.request_body {
@@ -332,17 +340,23 @@ async fn proxy(
             }
         }
     };
-    let response = if responders.is_empty() {
-        response
-    } else {
-        response_phase(route, &responders, request, response, max_body, record).await?
-    };
-    if let (Some(client), Some(upstream)) = (client_upgrade, upstream_upgrade)
-        && response.status() == StatusCode::SWITCHING_PROTOCOLS
-    {
-        tokio::spawn(tunnel(client, upstream, conn.peer, route.name.clone()));
+    if let (Some(client), Some(upstream)) = (client_upgrade, upstream_upgrade) {
+        // A switch of protocols is not a response plugins can change: what
+        // follows is not HTTP.
+        let idle = route.upgrade_idle_timeout;
+        tokio::spawn(tunnel(
+            client,
+            upstream,
+            idle,
+            conn.peer,
+            route.name.clone(),
+        ));
+        return Ok(response);
     }
-    Ok(response)
+    if responders.is_empty() {
+        return Ok(response);
+    }
+    response_phase(route, &responders, request, response, max_body, record).await
 }
 
 /// The client's upgrade, if `request` is an HTTP/1.1 WebSocket handshake
@@ -374,8 +388,14 @@ fn websocket_upgrade(request: &mut Request<Incoming>) -> Option<OnUpgrade> {
 }
 
 /// Carries an upgraded connection's bytes both ways until either side
-/// closes.
-async fn tunnel(client: OnUpgrade, upstream: OnUpgrade, peer: SocketAddr, route: Arc<str>) {
+/// closes, or until no byte has moved either way for `idle`.
+async fn tunnel(
+    client: OnUpgrade,
+    upstream: OnUpgrade,
+    idle: Duration,
+    peer: SocketAddr,
+    route: Arc<str>,
+) {
     let (client, upstream) = match tokio::join!(client, upstream) {
         (Ok(client), Ok(upstream)) => (client, upstream),
         (Err(e), _) | (_, Err(e)) => {
@@ -383,13 +403,89 @@ async fn tunnel(client: OnUpgrade, upstream: OnUpgrade, peer: SocketAddr, route:
             return;
         }
     };
-    let (mut client, mut upstream) = (TokioIo::new(client), TokioIo::new(upstream));
-    match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
-        Ok((up, down)) => tracing::debug!(
-            client = %peer, %route, bytes_up = up, bytes_down = down,
-            "upgraded connection closed"
-        ),
-        Err(e) => tracing::debug!(client = %peer, %route, "upgraded connection failed: {e}"),
+    let started = Instant::now();
+    let last = Arc::new(AtomicU64::new(0));
+    let mut client = Active::new(TokioIo::new(client), &last, started);
+    let mut upstream = Active::new(TokioIo::new(upstream), &last, started);
+    let copy = tokio::io::copy_bidirectional(&mut client, &mut upstream);
+    tokio::pin!(copy);
+    loop {
+        let quiet_since = started + Duration::from_millis(last.load(Ordering::Relaxed));
+        tokio::select! {
+            done = &mut copy => {
+                match done {
+                    Ok((up, down)) => tracing::debug!(
+                        client = %peer, %route, bytes_up = up, bytes_down = down,
+                        "upgraded connection closed"
+                    ),
+                    Err(e) => tracing::debug!(client = %peer, %route, "upgraded connection failed: {e}"),
+                }
+                return;
+            }
+            _ = tokio::time::sleep_until((quiet_since + idle).into()) => {
+                let moved = started + Duration::from_millis(last.load(Ordering::Relaxed));
+                if moved == quiet_since {
+                    tracing::debug!(client = %peer, %route, "upgraded connection idle for {idle:?}: closed");
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// A stream that notes when bytes last moved through it (ms since
+/// `started`), for the idle timeout of a tunnel.
+struct Active<S> {
+    inner: S,
+    last: Arc<AtomicU64>,
+    started: Instant,
+}
+
+impl<S> Active<S> {
+    fn new(inner: S, last: &Arc<AtomicU64>, started: Instant) -> Self {
+        Self {
+            inner,
+            last: last.clone(),
+            started,
+        }
+    }
+
+    fn touch(&self) {
+        let ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last.store(ms, Ordering::Relaxed);
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Active<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.touch();
+        }
+        polled
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Active<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, data)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 
@@ -802,8 +898,15 @@ fn upstream_request(
         head.headers
             .insert("x-forwarded-proto", HeaderValue::from_static(proto));
     }
-    if let Some(value) = original_host.and_then(|h| HeaderValue::from_str(h).ok()) {
+    let kept_host = via_trusted_proxy && head.headers.contains_key("x-forwarded-host");
+    if !kept_host && let Some(value) = original_host.and_then(|h| HeaderValue::from_str(h).ok()) {
         head.headers.insert("x-forwarded-host", value);
+    }
+    if !via_trusted_proxy {
+        // What an untrusted client says about itself in these is a lie
+        // an upstream might believe.
+        head.headers.remove(header::FORWARDED);
+        head.headers.remove("x-real-ip");
     }
     if let Some(pq) = head.uri.path_and_query().cloned() {
         head.uri = Uri::from(pq);
@@ -901,6 +1004,8 @@ mod tests {
         let mut req = Request::builder()
             .uri("http://api.example.com/a?b=1")
             .header("x-forwarded-for", "10.0.0.1")
+            .header("forwarded", "for=1.2.3.4")
+            .header("x-real-ip", "1.2.3.4")
             .body(())
             .expect("request");
         req.headers_mut()
@@ -913,6 +1018,8 @@ mod tests {
         };
         let out = upstream_request(head, body::empty(), &conn, Some("api.example.com"), false);
         assert_eq!(out.uri(), "/a?b=1");
+        assert!(!out.headers().contains_key(header::FORWARDED));
+        assert!(!out.headers().contains_key("x-real-ip"));
         assert_eq!(out.headers()["x-forwarded-for"], "10.0.0.1, 192.0.2.7");
         assert_eq!(out.headers()["x-forwarded-proto"], "http");
         assert_eq!(out.headers()["x-forwarded-host"], "api.example.com");

@@ -207,6 +207,8 @@ mod tests {
             methods: methods.iter().map(|s| s.to_string()).collect(),
             upstream: "u".into(),
             plugins: vec![],
+            websocket: true,
+            upgrade_idle_timeout_ms: 300_000,
         }
     }
 

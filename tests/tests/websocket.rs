@@ -11,6 +11,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 async fn gateway(upstream: &TestUpstream) -> TestGateway {
+    gateway_with(upstream, "").await
+}
+
+/// Like [`gateway`], with `extra` route keys.
+async fn gateway_with(upstream: &TestUpstream, extra: &str) -> TestGateway {
     let config = format!(
         r#"
 state_directory = "state"
@@ -31,6 +36,11 @@ servers = ["{}"]
                 "key_auth",
                 r#"keys = [{ consumer = "demo", key = "demo-key" }]"#
             )]
+        )
+        .replacen(
+            "upstream = \"echo\"",
+            &format!("upstream = \"echo\"\n{extra}"),
+            1
         )
     );
     TestGateway::start(&config, &[("key_auth", fixtures::KEY_AUTH)])
@@ -86,5 +96,33 @@ async fn a_websocket_is_carried_both_ways_after_the_plugins_let_it_in() {
             .expect("read");
         assert_eq!(echoed, message);
     }
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_can_refuse_websockets_and_a_silent_one_is_closed() {
+    let upstream = TestUpstream::start(Protocol::Http1, None)
+        .await
+        .expect("upstream");
+    let gw = gateway_with(&upstream, "websocket = false").await;
+    let (_, refused) = handshake(&gw, "x-api-key: demo-key\r\n").await;
+    assert!(refused.starts_with("HTTP/1.1 403"), "{refused}");
+    gw.stop().await;
+
+    let gw = gateway_with(&upstream, "upgrade_idle_timeout_ms = 1000").await;
+    let (mut stream, head) = handshake(&gw, "x-api-key: demo-key\r\n").await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    stream.write_all(b"ping").await.expect("write");
+    let mut echoed = [0u8; 4];
+    stream.read_exact(&mut echoed).await.expect("echo");
+    assert_eq!(&echoed, b"ping");
+    // Then silence: the gateway closes the tunnel (the bound here is only
+    // against a hang).
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut rest))
+        .await
+        .expect("the idle tunnel is closed")
+        .expect("read");
+    assert!(rest.is_empty(), "{rest:?}");
     gw.stop().await;
 }

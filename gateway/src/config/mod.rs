@@ -401,11 +401,23 @@ pub struct RouteConfig {
     /// The plugin chain, run in this order for requests.
     #[serde(default)]
     pub plugins: Vec<RoutePlugin>,
+    /// Whether WebSocket handshakes are carried on; `false` answers them
+    /// 403 before any plugin runs.
+    #[serde(default = "yes")]
+    pub websocket: bool,
+    /// How long an upgraded (WebSocket) connection may carry no byte in
+    /// either direction before the gateway closes it, in ms.
+    #[serde(default = "RouteConfig::default_upgrade_idle_timeout")]
+    pub upgrade_idle_timeout_ms: u64,
 }
 
 impl RouteConfig {
     fn default_prefix() -> String {
         "/".to_owned()
+    }
+
+    fn default_upgrade_idle_timeout() -> u64 {
+        300_000
     }
 }
 
@@ -790,6 +802,15 @@ impl Config {
                 bad(
                     key("name"),
                     format!("route name `{}` is used by another route", route.name),
+                );
+            }
+            if !(1_000..=86_400_000).contains(&route.upgrade_idle_timeout_ms) {
+                bad(
+                    key("upgrade_idle_timeout_ms"),
+                    format!(
+                        "must be between 1000 and 86400000, got {}",
+                        route.upgrade_idle_timeout_ms
+                    ),
                 );
             }
             if !route.path_prefix.starts_with('/') {

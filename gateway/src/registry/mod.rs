@@ -55,6 +55,10 @@ pub struct RouteRuntime {
     pub request_body: bool,
     /// Whether a plugin reads the response body.
     pub response_body: bool,
+    /// Whether WebSocket handshakes are carried on.
+    pub websocket: bool,
+    /// How long an upgraded connection may stay silent.
+    pub upgrade_idle_timeout: Duration,
 }
 
 /// Everything a request needs, immutable once published.
@@ -896,6 +900,8 @@ fn build(
             name,
             upstream,
             chain,
+            websocket: route.websocket,
+            upgrade_idle_timeout: Duration::from_millis(route.upgrade_idle_timeout_ms),
         });
     }
     let mut listeners = Vec::with_capacity(config.listeners.len());
