@@ -20,8 +20,9 @@ for crate in "${plugins[@]}"; do
     mv "examples/plugins/.$plugin.wasm.tmp" "examples/plugins/$plugin.wasm"
 done
 
-echo "==> building the gateway and the echo upstream"
-cargo build -p portcullis --bin portcullis -p portcullis-tests --bin echo-upstream
+echo "==> building the gateway, the echo upstream and the demo certificate maker"
+cargo build -p portcullis --bin portcullis -p portcullis-tests --bin echo-upstream --bin demo-cert
+target/debug/demo-cert examples/certs
 
 target/debug/echo-upstream 127.0.0.1:9000 &
 echo_pid=$!
@@ -29,9 +30,14 @@ trap 'kill $echo_pid 2>/dev/null || true' EXIT
 
 cat <<'TRY'
 
-==> Portcullis is starting on http://127.0.0.1:8080 (Ctrl-C to stop). Try (from the repository root):
+==> Portcullis is starting on http://127.0.0.1:8080 and https://127.0.0.1:8443 (Ctrl-C to stop).
+    Try (from the repository root):
 
   curl -i localhost:8080/hello                                          # public: 200
+  curl -i --cacert examples/certs/ca.pem https://localhost:8443/hello   # HTTPS, HTTP/2: 200, x-forwarded-proto https
+  curl -i --http1.1 --cacert examples/certs/ca.pem https://localhost:8443/hello  # HTTPS, HTTP/1.1
+  curl -i -N -H 'connection: upgrade' -H 'upgrade: websocket' -H 'sec-websocket-version: 13' \
+       -H 'sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==' localhost:8080/hello/ws  # WebSocket: 101 (Ctrl-C to end)
   curl -i localhost:8080/api/me                                         # no key: 401
   curl -i -H 'x-api-key: demo-key' localhost:8080/api/me                # 200 with RateLimit headers
   curl -i -H 'x-api-key: demo-key' localhost:8080/api/tenants/globex/x  # another tenant: 403

@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use http::Method;
 use portcullis_tests::echo::Echo;
+use portcullis_tests::tls::TestCa;
 use portcullis_tests::{Client, POLICY_PLUGINS, TestGateway, base_config, route};
 
 /// One configuration to measure.
@@ -227,6 +228,10 @@ async fn main() {
             r#"address = "127.0.0.1:0""#,
         )
         .replace(
+            r#"address = "127.0.0.1:8443""#,
+            r#"address = "127.0.0.1:0""#,
+        )
+        .replace(
             r#"servers = ["127.0.0.1:9000"]"#,
             &format!(r#"servers = ["{}"]"#, echo.addr),
         );
@@ -279,6 +284,13 @@ async fn main() {
             )
             .expect("copy key file");
         }
+        // The example's HTTPS listener needs the demo certificate.
+        let certs = dir.path().join("certs");
+        std::fs::create_dir(&certs).expect("certs dir");
+        TestCa::new()
+            .issue(&["localhost"], -1, 30)
+            .write(&certs, "localhost")
+            .expect("certificate");
         results.push((case.name, measure(&binary, dir.path(), case.used).await));
     }
     println!("resident memory (VmRSS) after the README's requests");

@@ -8,6 +8,9 @@
 //! rewrite response bodies), the `Seen` JSON going into the header
 //! `x-seen` instead.
 //!
+//! A WebSocket handshake (on any path) is answered `101` and every message
+//! then comes back as it was sent.
+//!
 //! It also reports, through [`Echo::first_chunk`], when the first body bytes
 //! of a request arrive, which lets a test prove the gateway streams bodies.
 
@@ -17,6 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::{SinkExt as _, StreamExt as _};
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -84,6 +88,7 @@ impl Echo {
                     let _ = http1::Builder::new()
                         .keep_alive(true)
                         .serve_connection(TokioIo::new(stream), service)
+                        .with_upgrades()
                         .await;
                 });
             }
@@ -106,7 +111,49 @@ impl Echo {
     }
 }
 
-async fn answer(req: Request<Incoming>, chunk_tx: &watch::Sender<u64>) -> Response<Full<Bytes>> {
+/// Answers a WebSocket handshake with 101 and echoes its messages, if
+/// `req` is one.
+fn websocket(req: &mut Request<Incoming>) -> Option<Response<Full<Bytes>>> {
+    let wants = req
+        .headers()
+        .get(http::header::UPGRADE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
+    let key = req.headers().get("sec-websocket-key")?.as_bytes().to_vec();
+    if !wants {
+        return None;
+    }
+    let upgrade = hyper::upgrade::on(req);
+    tokio::spawn(async move {
+        let Ok(upgraded) = upgrade.await else { return };
+        let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+            TokioIo::new(upgraded),
+            tokio_tungstenite::tungstenite::protocol::Role::Server,
+            None,
+        )
+        .await;
+        while let Some(Ok(message)) = ws.next().await {
+            if (message.is_text() || message.is_binary()) && ws.send(message).await.is_err() {
+                break;
+            }
+        }
+    });
+    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(&key);
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(http::header::CONNECTION, "upgrade")
+        .header(http::header::UPGRADE, "websocket")
+        .header("sec-websocket-accept", accept)
+        .body(Full::new(Bytes::new()))
+        .ok()
+}
+
+async fn answer(
+    mut req: Request<Incoming>,
+    chunk_tx: &watch::Sender<u64>,
+) -> Response<Full<Bytes>> {
+    if let Some(response) = websocket(&mut req) {
+        return response;
+    }
     let (head, mut body) = req.into_parts();
     let reflect = head.uri.path().ends_with("/reflect");
     let mut kept = Vec::new();

@@ -6,9 +6,11 @@ use std::path::Path;
 use std::sync::Arc;
 
 use base64::Engine as _;
+use futures_util::{SinkExt as _, StreamExt as _};
 use http::{Method, StatusCode};
 use portcullis::clock::ManualClock;
 use portcullis_tests::echo::Echo;
+use portcullis_tests::tls::{self, TestCa};
 use portcullis_tests::{Client, POLICY_PLUGINS, Reply, TestGateway, logged_lines};
 
 /// 2026-12-01T10:00:00Z: the demo tokens are valid (but `expired.jwt`), v1
@@ -24,9 +26,11 @@ fn examples() -> &'static Path {
 fn example_config(echo: &Echo) -> String {
     let text = std::fs::read_to_string(examples().join("portcullis.toml")).expect("example config");
     let listener = r#"address = "127.0.0.1:8080""#;
+    let https = r#"address = "127.0.0.1:8443""#;
     let upstream = r#"servers = ["127.0.0.1:9000"]"#;
-    assert!(text.contains(listener) && text.contains(upstream));
+    assert!(text.contains(listener) && text.contains(https) && text.contains(upstream));
     text.replace(listener, r#"address = "127.0.0.1:0""#)
+        .replace(https, r#"address = "127.0.0.1:0""#)
         .replace(upstream, &format!(r#"servers = ["{}"]"#, echo.addr))
 }
 
@@ -37,8 +41,14 @@ fn token(name: &str) -> String {
         .to_owned()
 }
 
-async fn start(echo: &Echo, clock: &Arc<ManualClock>) -> TestGateway {
+/// Starts the example with the certificate `scripts/demo.sh` would make
+/// (for `localhost`, signed by `ca`).
+async fn start(echo: &Echo, clock: &Arc<ManualClock>, ca: &TestCa) -> TestGateway {
     let dir = TestGateway::prepare(&example_config(echo), &POLICY_PLUGINS).expect("prepare");
+    std::fs::create_dir(dir.path().join("certs")).expect("certs dir");
+    ca.issue(&["localhost", "127.0.0.1"], -1, 365)
+        .write(&dir.path().join("certs"), "localhost")
+        .expect("demo certificate");
     std::fs::create_dir(dir.path().join("keys")).expect("keys dir");
     for file in ["jwks.json", "users.htpasswd"] {
         std::fs::copy(
@@ -63,11 +73,37 @@ async fn get(gw: &TestGateway, path: &str, headers: &[(&str, &str)]) -> Reply {
 async fn the_readme_curl_lines_do_what_the_readme_says() {
     let echo = Echo::start_local().await.expect("echo starts");
     let clock = Arc::new(ManualClock::new(NOW_MS));
-    let gw = start(&echo, &clock).await;
+    let ca = TestCa::new();
+    let gw = start(&echo, &clock, &ca).await;
     let demo = [("x-api-key", "demo-key")];
 
     // Public route.
     get(&gw, "/hello", &[]).await.assert_ok();
+
+    // The same over HTTPS on the second listener, HTTP/2 then HTTP/1.1.
+    let https = gw.handle.local_addrs()[1];
+    for (alpn, version) in [(&b"h2"[..], "h2"), (b"http/1.1", "http/1.1")] {
+        let (session, reply) = tls::get(https, "localhost", ca.client_config(&[alpn]), "/hello")
+            .await
+            .expect("HTTPS request");
+        assert_eq!(session.alpn.as_deref(), Some(alpn), "{version}");
+        reply.assert_ok();
+        assert_eq!(reply.seen().header("x-forwarded-proto"), Some("https"));
+    }
+
+    // A WebSocket through the public route: the echo upstream echoes.
+    let tcp = tokio::net::TcpStream::connect(gw.addr)
+        .await
+        .expect("connect");
+    let (mut ws, response) = tokio_tungstenite::client_async("ws://localhost/hello/ws", tcp)
+        .await
+        .expect("WebSocket handshake");
+    assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
+    ws.send(tokio_tungstenite::tungstenite::Message::text("hi"))
+        .await
+        .expect("send");
+    let echoed = ws.next().await.expect("a message").expect("echo");
+    assert_eq!(echoed.into_text().expect("text").as_str(), "hi");
 
     // /api: no key, then a good key; the key is stripped, rewrite adds a
     // header upstream and one to the response, rate limits are announced.
