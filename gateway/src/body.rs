@@ -9,6 +9,8 @@
 
 use std::collections::VecDeque;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
@@ -41,6 +43,114 @@ where
     B::Error: Into<BoxError>,
 {
     body.map_err(Into::into).boxed_unsync()
+}
+
+/// What went wrong with a client's request body, as the pipeline learns it
+/// after the fact (an upstream send that failed because the body did).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientBodyFault {
+    /// The body broke its framing or the client went away mid-body.
+    Broken,
+    /// The body grew past the route's limit.
+    TooLarge,
+}
+
+/// Why the client's body stopped, as its stream's error.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientBodyError {
+    /// The body is larger than the limit.
+    #[error("the request body is larger than {limit} bytes")]
+    TooLarge {
+        /// The limit.
+        limit: u64,
+    },
+    /// Reading it failed (bad chunk, connection closed...).
+    #[error("the client's request body failed: {0}")]
+    Broken(BoxError),
+}
+
+/// Tells, after the fact, whether and how a client body failed.
+#[derive(Debug, Clone, Default)]
+pub struct BodyWatch(Arc<AtomicU8>);
+
+impl BodyWatch {
+    /// The fault, if the body failed.
+    pub fn fault(&self) -> Option<ClientBodyFault> {
+        match self.0.load(Ordering::Acquire) {
+            1 => Some(ClientBodyFault::Broken),
+            2 => Some(ClientBodyFault::TooLarge),
+            _ => None,
+        }
+    }
+}
+
+/// The client's request body, failing with [`ClientBodyError::TooLarge`]
+/// as soon as more than `limit` bytes have come (while streaming, not only
+/// when a plugin buffers), and recording any failure in the returned
+/// [`BodyWatch`] so that an upstream error it causes is not blamed on the
+/// upstream.
+pub fn client_body<B>(body: B, limit: u64) -> (ProxyBody, BodyWatch)
+where
+    B: Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<BoxError>,
+{
+    let watch = BodyWatch::default();
+    let body = Limited {
+        inner: body,
+        seen: 0,
+        limit,
+        state: watch.0.clone(),
+    };
+    (body.boxed_unsync(), watch)
+}
+
+struct Limited<B> {
+    inner: B,
+    seen: u64,
+    limit: u64,
+    state: Arc<AtomicU8>,
+}
+
+impl<B> Body for Limited<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    self.seen += data.len() as u64;
+                    if self.seen > self.limit {
+                        self.state.store(2, Ordering::Release);
+                        let limit = self.limit;
+                        return Poll::Ready(Some(Err(ClientBodyError::TooLarge { limit }.into())));
+                    }
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                self.state.store(1, Ordering::Release);
+                Poll::Ready(Some(Err(ClientBodyError::Broken(e.into()).into())))
+            }
+            other => other.map(|o| o.map(|r| r.map_err(Into::into))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// The result of reading a body for a plugin.
@@ -136,6 +246,26 @@ mod tests {
             .map(|p| Ok(Frame::data(Bytes::from_static(p.as_bytes()))))
             .collect();
         StreamBody::new(futures_util::stream::iter(frames)).boxed_unsync()
+    }
+
+    #[tokio::test]
+    async fn a_client_body_past_its_limit_fails_and_says_so() {
+        let (body, watch) = client_body(chunks(&["abc", "def"]), 5);
+        let error = body.collect().await.expect_err("too large");
+        assert_eq!(error.to_string(), "the request body is larger than 5 bytes");
+        assert_eq!(watch.fault(), Some(ClientBodyFault::TooLarge));
+
+        let (body, watch) = client_body(chunks(&["abc", "de"]), 5);
+        assert_eq!(body.collect().await.expect("fits").to_bytes(), "abcde");
+        assert_eq!(watch.fault(), None);
+
+        let broken: Vec<Result<Frame<Bytes>, BoxError>> = vec![
+            Ok(Frame::data(Bytes::from_static(b"a"))),
+            Err("reset".into()),
+        ];
+        let (body, watch) = client_body(StreamBody::new(futures_util::stream::iter(broken)), 5);
+        assert!(body.collect().await.is_err());
+        assert_eq!(watch.fault(), Some(ClientBodyFault::Broken));
     }
 
     #[tokio::test]

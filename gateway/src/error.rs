@@ -49,6 +49,16 @@ pub enum ProxyError {
         /// The https URL of the same request, for `Location`.
         location: String,
     },
+    /// The request body is larger than the route takes.
+    #[error("the request body is larger than {limit} bytes")]
+    PayloadTooLarge {
+        /// The route's limit.
+        limit: u64,
+    },
+    /// The client's body broke its framing or stopped mid-way; whatever
+    /// had gone upstream was aborted.
+    #[error("bad request body: {0}")]
+    ClientBody(String),
     /// The route does not take WebSocket handshakes (`websocket = false`).
     #[error("this route does not carry WebSocket connections")]
     UpgradeRefused,
@@ -107,6 +117,8 @@ impl ProxyError {
             | ProxyError::MethodNotAllowed { .. }
             | ProxyError::HttpsRequired { .. }
             | ProxyError::UpgradeRefused
+            | ProxyError::PayloadTooLarge { .. }
+            | ProxyError::ClientBody(_)
             | ProxyError::BadRequest(_) => Source::Client,
             ProxyError::Plugin { .. } | ProxyError::Overloaded { .. } => Source::Plugin,
             ProxyError::UpstreamConnect { .. }
@@ -125,6 +137,8 @@ impl ProxyError {
             ProxyError::HttpsRequired { .. } => StatusCode::PERMANENT_REDIRECT,
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::UpgradeRefused => StatusCode::FORBIDDEN,
+            ProxyError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::ClientBody(_) => StatusCode::BAD_REQUEST,
             ProxyError::Plugin { .. } | ProxyError::Internal(_) => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
@@ -144,6 +158,7 @@ impl ProxyError {
                 "a policy plugin failed while handling this request".into()
             }
             ProxyError::Internal(_) => "internal gateway error".into(),
+            ProxyError::ClientBody(_) => "the request body broke its framing or ended early".into(),
             ProxyError::Overloaded { .. } => "the gateway is at capacity, retry later".into(),
             ProxyError::UpstreamConnect { upstream, .. } => {
                 format!("upstream `{upstream}` is unreachable")
@@ -176,7 +191,10 @@ impl ProxyError {
         {
             headers.insert(header::ALLOW, value);
         }
-        if let ProxyError::BadRequest(_) = &self {
+        if let ProxyError::BadRequest(_)
+        | ProxyError::ClientBody(_)
+        | ProxyError::PayloadTooLarge { .. } = &self
+        {
             // After a malformed request the rest of the connection cannot
             // be trusted to be framed as the client meant (RFC 9112 §11.2).
             headers.insert(header::CONNECTION, HeaderValue::from_static("close"));

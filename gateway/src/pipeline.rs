@@ -220,12 +220,22 @@ async fn proxy(
     }
 
     let (head, incoming) = request.into_parts();
+    let limit = route.max_request_body;
+    let declared = head
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > limit) {
+        return Err(ProxyError::PayloadTooLarge { limit });
+    }
+    let (incoming, body_watch) = body::client_body(incoming, limit);
     let (mut body, body_view) = if route.request_body {
-        read_body(body::boxed(incoming), max_body)
+        read_body(incoming, max_body)
             .await
-            .map_err(|e| ProxyError::BadRequest(format!("cannot read the request body: {e}")))?
+            .map_err(|e| client_body_error(&body_watch, limit, &*e))?
     } else {
-        (body::boxed(incoming), BodyView::NotRequested)
+        (incoming, BodyView::NotRequested)
     };
     let mut request = RequestView {
         head,
@@ -303,6 +313,15 @@ async fn proxy(
                 headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
             }
             match route.upstream.send(outgoing).await {
+                Ok(response) if let Some(why) = ambiguous_framing(response.headers()) => {
+                    let error = ProxyError::Upstream {
+                        upstream: route.upstream.name().to_owned(),
+                        reason: format!("a response framed two ways: {why}"),
+                    };
+                    tracing::warn!(route = %route.name, "{error}");
+                    record.fail(&error);
+                    error.into_response()
+                }
                 Ok(mut response) => {
                     let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
                     if switching && client_upgrade.is_some() {
@@ -311,6 +330,8 @@ async fn proxy(
                     let (mut head, incoming) = response.into_parts();
                     let upgrade_token = head.headers.get(header::UPGRADE).cloned();
                     strip_hop_by_hop(&mut head.headers);
+                    // hyper frames the response to the client itself.
+                    head.headers.remove(header::TRANSFER_ENCODING);
                     match (switching, upstream_upgrade.is_some(), upgrade_token) {
                         (true, true, Some(token)) => {
                             head.headers
@@ -333,6 +354,12 @@ async fn proxy(
                     }
                 }
                 Err(error) => {
+                    // A send that failed because the client's body did is
+                    // the client's fault, not the upstream's.
+                    let error = match body_watch.fault() {
+                        Some(_) => client_body_error(&body_watch, limit, &error),
+                        None => error,
+                    };
                     tracing::warn!(route = %route.name, "{error}");
                     record.fail(&error);
                     error.into_response()
@@ -531,6 +558,38 @@ async fn response_phase(
         }
     }
     Ok(Response::from_parts(response.head, body))
+}
+
+/// Why an upstream response head could be read two ways (RFC 9112 §6.3),
+/// if it could: such a response is not passed on.
+fn ambiguous_framing(headers: &HeaderMap) -> Option<&'static str> {
+    let lengths: Vec<&HeaderValue> = headers.get_all(header::CONTENT_LENGTH).iter().collect();
+    if lengths.is_empty() {
+        return None;
+    }
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        return Some("both Content-Length and Transfer-Encoding");
+    }
+    let valid = |v: &&HeaderValue| !v.is_empty() && v.as_bytes().iter().all(u8::is_ascii_digit);
+    if !lengths.iter().all(valid) {
+        return Some("an invalid Content-Length");
+    }
+    if lengths.windows(2).any(|pair| pair[0] != pair[1]) {
+        return Some("differing Content-Length values");
+    }
+    None
+}
+
+/// The error of a request whose client body failed, as its watch tells.
+fn client_body_error(
+    watch: &body::BodyWatch,
+    limit: u64,
+    error: &dyn std::fmt::Display,
+) -> ProxyError {
+    match watch.fault() {
+        Some(body::ClientBodyFault::TooLarge) => ProxyError::PayloadTooLarge { limit },
+        _ => ProxyError::ClientBody(error.to_string()),
+    }
 }
 
 /// Reads a body for the plugins, up to `max` bytes.

@@ -208,6 +208,7 @@ mod tests {
             upstream: "u".into(),
             plugins: vec![],
             websocket: true,
+            max_request_body_bytes: None,
             upgrade_idle_timeout_ms: 300_000,
         }
     }

@@ -96,7 +96,17 @@ async fn ambiguous_or_malformed_requests_are_refused_and_the_connection_closed()
         (
             "a bad chunk size",
             "POST / HTTP/1.1\r\nhost: a.test\r\ntransfer-encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n",
-            "",
+            "400",
+        ),
+        (
+            "a chunk longer than its size",
+            "POST / HTTP/1.1\r\nhost: a.test\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabcdef\r\n0\r\n\r\n",
+            "400",
+        ),
+        (
+            "a bare LF in a chunk line",
+            "POST / HTTP/1.1\r\nhost: a.test\r\ntransfer-encoding: chunked\r\n\r\n3\nabc\r\n0\r\n\r\n",
+            "400",
         ),
     ];
     let mut failures = Vec::new();
@@ -144,4 +154,94 @@ async fn ambiguous_or_malformed_requests_are_refused_and_the_connection_closed()
         &response[..response.len().min(200)]
     );
     gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_bodies_past_the_route_limit_are_413_declared_or_streamed() {
+    let routes = route("small", "/", &[]).replace(
+        "upstream = \"echo\"",
+        "upstream = \"echo\"\nmax_request_body_bytes = 16",
+    );
+    let (gw, _echo) = start_routes(&routes, &[]).await;
+    let declared = exchange(
+        gw.addr,
+        "POST / HTTP/1.1\r\nhost: a.test\r\ncontent-length: 17\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status(&declared), "413", "{declared}");
+    assert!(!declared.contains("x-upstream"), "{declared}");
+    let streamed = exchange(
+        gw.addr,
+        "POST / HTTP/1.1\r\nhost: a.test\r\ntransfer-encoding: chunked\r\n\r\n\
+         a\r\n0123456789\r\na\r\n0123456789\r\n0\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status(&streamed), "413", "{streamed}");
+    let fits = exchange(
+        gw.addr,
+        "POST / HTTP/1.1\r\nhost: a.test\r\ncontent-length: 16\r\nconnection: close\r\n\r\n0123456789abcdef",
+    )
+    .await;
+    assert_eq!(status(&fits), "200", "{fits}");
+    assert!(fits.contains("\"body_len\":16"), "{fits}");
+    gw.stop().await;
+}
+
+/// An upstream that answers every connection with `raw`, then closes.
+async fn raw_upstream(raw: &'static str) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = stream.read(&mut buf).await;
+                let _ = stream.write_all(raw.as_bytes()).await;
+                let _ = stream.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_answer_framed_two_ways_is_502() {
+    for (what, raw) in [
+        (
+            "Content-Length and Transfer-Encoding",
+            "HTTP/1.1 200 OK\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+        ),
+        (
+            "two Content-Lengths",
+            "HTTP/1.1 200 OK\r\ncontent-length: 3\r\ncontent-length: 4\r\n\r\nabcd",
+        ),
+        (
+            "an invalid Content-Length",
+            "HTTP/1.1 200 OK\r\ncontent-length: 3x\r\n\r\nabc",
+        ),
+    ] {
+        let upstream = raw_upstream(raw).await;
+        let config = format!(
+            "{}{}",
+            portcullis_tests::base_config(upstream),
+            route("all", "/", &[])
+        );
+        let gw = portcullis_tests::TestGateway::start(&config, &[])
+            .await
+            .expect("gateway");
+        let reply = portcullis_tests::Client::new().get(&gw.url("/"), &[]).await;
+        match reply {
+            Ok(reply) => assert_eq!(
+                reply.status,
+                http::StatusCode::BAD_GATEWAY,
+                "{what}: {:?} {:?}",
+                reply.headers,
+                reply.body
+            ),
+            Err(e) => panic!("{what}: the client got no answer: {e}"),
+        }
+        gw.stop().await;
+    }
 }

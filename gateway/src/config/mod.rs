@@ -160,6 +160,12 @@ pub struct Limits {
     /// Most alerts waiting for delivery; more are dropped and counted.
     #[serde(default = "Limits::default_alert_queue")]
     pub alert_queue: usize,
+    /// Largest request body a route takes, unless the route says
+    /// otherwise: a larger `Content-Length` is answered 413 at once, a
+    /// body that grows past it while streaming is cut off and answered
+    /// 413 (the upstream request is aborted).
+    #[serde(default = "Limits::default_request_body")]
+    pub max_request_body_bytes: u64,
 }
 
 impl Limits {
@@ -184,6 +190,9 @@ impl Limits {
     fn default_alert_queue() -> usize {
         1024
     }
+    fn default_request_body() -> u64 {
+        64 * 1024 * 1024
+    }
 }
 
 impl Default for Limits {
@@ -196,6 +205,7 @@ impl Default for Limits {
             state_max_entries: Self::default_state_entries(),
             state_max_bytes: Self::default_state_bytes(),
             alert_queue: Self::default_alert_queue(),
+            max_request_body_bytes: Self::default_request_body(),
         }
     }
 }
@@ -405,6 +415,10 @@ pub struct RouteConfig {
     /// 403 before any plugin runs.
     #[serde(default = "yes")]
     pub websocket: bool,
+    /// Largest request body, in bytes; default
+    /// `limits.max_request_body_bytes`.
+    #[serde(default)]
+    pub max_request_body_bytes: Option<u64>,
     /// How long an upgraded (WebSocket) connection may carry no byte in
     /// either direction before the gateway closes it, in ms.
     #[serde(default = "RouteConfig::default_upgrade_idle_timeout")]

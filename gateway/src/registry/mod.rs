@@ -57,6 +57,8 @@ pub struct RouteRuntime {
     pub response_body: bool,
     /// Whether WebSocket handshakes are carried on.
     pub websocket: bool,
+    /// The largest request body it takes.
+    pub max_request_body: u64,
     /// How long an upgraded connection may stay silent.
     pub upgrade_idle_timeout: Duration,
 }
@@ -901,6 +903,9 @@ fn build(
             upstream,
             chain,
             websocket: route.websocket,
+            max_request_body: route
+                .max_request_body_bytes
+                .unwrap_or(config.limits.max_request_body_bytes),
             upgrade_idle_timeout: Duration::from_millis(route.upgrade_idle_timeout_ms),
         });
     }
