@@ -13,11 +13,13 @@
 //! # Ok(()) }
 //! ```
 
+pub mod access_log;
 pub mod alerts;
 pub mod body;
 pub mod clock;
 pub mod config;
 pub mod error;
+pub mod forward;
 pub mod path;
 pub mod pipeline;
 pub mod plugin;

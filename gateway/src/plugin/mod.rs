@@ -17,6 +17,7 @@
 //! first tick moves to the engine's plugin threads (see [`pool`]), so no
 //! plugin holds a runtime worker for more than two ticks.
 
+pub mod apply;
 pub mod cache;
 pub mod engine;
 mod host;
