@@ -1,17 +1,25 @@
-//! The access-log record: one line per request, written when the
-//! response head is ready.
+//! The access log: one line per request, written when the client has the
+//! whole response (or when it went away before), with what it really got:
+//! status, bytes in and out, time to the response head and to the last
+//! byte, whether the response body was cut short, the upstream server,
+//! and TLS version and SNI.
 
 use std::net::IpAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Instant;
 
-use http::{Method, StatusCode};
+use bytes::Bytes;
+use http::{Method, Response, StatusCode};
+use http_body::{Body, Frame, SizeHint};
 
+use crate::body::{BodyWatch, BoxError, ProxyBody};
 use crate::error::ProxyError;
 use crate::forward::Connection;
 use crate::registry::ChainLink;
 
-/// What the access log says about a request.
+/// What the access log says about a request, gathered on its way.
 #[derive(Default)]
 pub(crate) struct Record {
     /// The client's address, when it is not the peer's (trusted proxies).
@@ -20,6 +28,10 @@ pub(crate) struct Record {
     pub(crate) decisions: Vec<String>,
     pub(crate) consumer: Option<String>,
     pub(crate) error: Option<String>,
+    /// The upstream server that answered.
+    pub(crate) upstream: Option<String>,
+    /// The client's request body, to count its bytes.
+    pub(crate) body_in: Option<BodyWatch>,
 }
 
 impl Record {
@@ -30,29 +42,107 @@ impl Record {
     pub(crate) fn fail(&mut self, error: &ProxyError) {
         self.error = Some(format!("{}: {error}", error.source_kind().as_str()));
     }
+}
 
-    pub(crate) fn log(
-        &self,
-        method: &Method,
-        path: &str,
-        conn: &Connection,
-        status: StatusCode,
-        started: Instant,
-    ) {
-        let tls = conn.tls.as_ref();
+/// A request whose line waits for the end of its response body.
+pub(crate) struct Pending {
+    pub(crate) record: Record,
+    pub(crate) method: Method,
+    pub(crate) path: String,
+    pub(crate) conn: Arc<Connection>,
+    pub(crate) started: Instant,
+}
+
+/// `response`, whose body writes the access-log line when it ends, fails
+/// or is dropped (the client went away: `aborted=true`).
+pub(crate) fn logged(response: Response<ProxyBody>, pending: Pending) -> Response<ProxyBody> {
+    let status = response.status();
+    let head_ms = pending.started.elapsed().as_secs_f64() * 1000.0;
+    response.map(|inner| {
+        http_body_util::BodyExt::boxed_unsync(Logged {
+            inner,
+            pending: Some(pending),
+            status,
+            head_ms,
+            bytes_out: 0,
+        })
+    })
+}
+
+struct Logged {
+    inner: ProxyBody,
+    pending: Option<Pending>,
+    status: StatusCode,
+    head_ms: f64,
+    bytes_out: u64,
+}
+
+impl Logged {
+    fn finish(&mut self, aborted: bool) {
+        let Some(p) = self.pending.take() else { return };
+        let r = &p.record;
+        let tls = p.conn.tls.as_ref();
         tracing::info!(
             target: "portcullis::access",
-            route = self.route.as_deref().unwrap_or("-"),
-            method = %method,
-            path,
-            status = status.as_u16(),
-            latency_ms = started.elapsed().as_secs_f64() * 1000.0,
-            client = %self.client.unwrap_or(conn.peer.ip()),
+            route = r.route.as_deref().unwrap_or("-"),
+            method = %p.method,
+            path = p.path,
+            status = self.status.as_u16(),
+            latency_ms = p.started.elapsed().as_secs_f64() * 1000.0,
+            head_ms = self.head_ms,
+            bytes_in = r.body_in.as_ref().map_or(0, BodyWatch::bytes),
+            bytes_out = self.bytes_out,
+            aborted,
+            client = %r.client.unwrap_or(p.conn.peer.ip()),
+            upstream = r.upstream.as_deref().unwrap_or("-"),
             tls = tls.map_or("-", |t| t.version),
             sni = tls.and_then(|t| t.server_name.as_deref()).unwrap_or("-"),
-            consumer = self.consumer.as_deref().unwrap_or("-"),
-            plugins = %self.decisions.join(" "),
-            error = self.error.as_deref().unwrap_or(""),
+            consumer = r.consumer.as_deref().unwrap_or("-"),
+            plugins = %r.decisions.join(" "),
+            error = r.error.as_deref().unwrap_or(""),
         );
+    }
+}
+
+impl Body for Logged {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    self.bytes_out += data.len() as u64;
+                }
+                if self.inner.is_end_stream() {
+                    self.finish(false);
+                }
+            }
+            Poll::Ready(None) => self.finish(false),
+            Poll::Ready(Some(Err(_))) => self.finish(true),
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for Logged {
+    fn drop(&mut self) {
+        // A body nobody read to its end: the client went away, unless
+        // there was nothing to read (HEAD, 204, 304).
+        let aborted = !self.inner.is_end_stream();
+        self.finish(aborted);
     }
 }

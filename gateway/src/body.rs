@@ -10,7 +10,7 @@
 use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
@@ -69,18 +69,30 @@ pub enum ClientBodyError {
     Broken(BoxError),
 }
 
-/// Tells, after the fact, whether and how a client body failed.
+/// Tells, after the fact, whether and how a client body failed, and how
+/// many bytes of it came.
 #[derive(Debug, Clone, Default)]
-pub struct BodyWatch(Arc<AtomicU8>);
+pub struct BodyWatch(Arc<WatchState>);
+
+#[derive(Debug, Default)]
+struct WatchState {
+    fault: AtomicU8,
+    bytes: AtomicU64,
+}
 
 impl BodyWatch {
     /// The fault, if the body failed.
     pub fn fault(&self) -> Option<ClientBodyFault> {
-        match self.0.load(Ordering::Acquire) {
+        match self.0.fault.load(Ordering::Acquire) {
             1 => Some(ClientBodyFault::Broken),
             2 => Some(ClientBodyFault::TooLarge),
             _ => None,
         }
+    }
+
+    /// Body bytes received so far.
+    pub fn bytes(&self) -> u64 {
+        self.0.bytes.load(Ordering::Relaxed)
     }
 }
 
@@ -99,7 +111,7 @@ where
         inner: body,
         seen: 0,
         limit,
-        state: watch.0.clone(),
+        state: watch.clone(),
     };
     (body.boxed_unsync(), watch)
 }
@@ -108,7 +120,7 @@ struct Limited<B> {
     inner: B,
     seen: u64,
     limit: u64,
-    state: Arc<AtomicU8>,
+    state: BodyWatch,
 }
 
 impl<B> Body for Limited<B>
@@ -128,8 +140,9 @@ where
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     self.seen += data.len() as u64;
+                    self.state.0.bytes.store(self.seen, Ordering::Relaxed);
                     if self.seen > self.limit {
-                        self.state.store(2, Ordering::Release);
+                        self.state.0.fault.store(2, Ordering::Release);
                         let limit = self.limit;
                         return Poll::Ready(Some(Err(ClientBodyError::TooLarge { limit }.into())));
                     }
@@ -137,7 +150,7 @@ where
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => {
-                self.state.store(1, Ordering::Release);
+                self.state.0.fault.store(1, Ordering::Release);
                 Poll::Ready(Some(Err(ClientBodyError::Broken(e.into()).into())))
             }
             other => other.map(|o| o.map(|r| r.map_err(Into::into))),

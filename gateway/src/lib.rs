@@ -18,6 +18,7 @@ pub mod alerts;
 pub mod body;
 pub mod clock;
 pub mod config;
+pub mod crypto;
 pub mod error;
 pub mod forward;
 pub mod path;

@@ -28,6 +28,7 @@
 //! [`crate::access_log`]'s.
 
 use std::borrow::Cow;
+use std::sync::Arc;
 use std::time::Instant;
 
 use http::header::{self, HeaderValue};
@@ -36,7 +37,7 @@ use http::{Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 
-use crate::access_log::Record;
+use crate::access_log::{self, Pending, Record};
 use crate::body::{self, Buffered, ProxyBody};
 use crate::config::{ListenerConfig, OnError, UpstreamProtocol};
 use crate::error::ProxyError;
@@ -50,13 +51,14 @@ use crate::plugin::view::{BodyView, RequestView, ResponseView};
 use crate::plugin::{Hooks, PluginError};
 use crate::registry::{ChainLink, Generation, Registry, RouteRuntime};
 use crate::router::Match;
+use crate::upstream::UpstreamServer;
 
 /// Serves one request with the registry's current generation, and writes
 /// its access-log line.
 pub async fn handle(
     registry: &Registry,
     request: Request<Incoming>,
-    conn: &Connection,
+    conn: &Arc<Connection>,
 ) -> Response<ProxyBody> {
     let started = Instant::now();
     let generation = registry.current();
@@ -74,10 +76,19 @@ pub async fn handle(
             error.into_response()
         }
     };
-    if let Some((method, path)) = access {
-        record.log(&method, &path, conn, response.status(), started);
+    match access {
+        Some((method, path)) => access_log::logged(
+            response,
+            Pending {
+                record,
+                method,
+                path,
+                conn: conn.clone(),
+                started,
+            },
+        ),
+        None => response,
     }
-    response
 }
 
 /// Replaces the request's path by its normal form (see [`crate::path`]), or
@@ -163,6 +174,7 @@ async fn proxy(
         return Err(ProxyError::PayloadTooLarge { limit });
     }
     let (incoming, body_watch) = body::client_body(incoming, limit);
+    record.body_in = Some(body_watch.clone());
     let (mut body, body_view) = if route.request_body {
         read_body(incoming, max_body)
             .await
@@ -256,6 +268,10 @@ async fn proxy(
                     error.into_response()
                 }
                 Ok(mut response) => {
+                    record.upstream = response
+                        .extensions()
+                        .get::<UpstreamServer>()
+                        .map(|s| s.0.to_string());
                     let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
                     if switching && client_upgrade.is_some() {
                         upstream_upgrade = Some(hyper::upgrade::on(&mut response));

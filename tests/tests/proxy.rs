@@ -329,3 +329,59 @@ async fn forwarding_headers_are_believed_from_trusted_proxies_only() {
     assert!(logged(&["path=\"/trusted\"", "client=203.0.113.9"]));
     gw.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_access_log_says_what_the_client_really_got() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (gw, echo) = start_routes(&route("all", "/", &[]), &[]).await;
+
+    // Whole: bytes in and out, the upstream that answered.
+    let reply = Client::new()
+        .request(
+            Method::POST,
+            &gw.url("/whole/reflect"),
+            &[],
+            vec![b'x'; 1000],
+        )
+        .await
+        .expect("reply");
+    reply.assert_ok();
+    let upstream = format!("upstream=\"{}\"", echo.addr);
+    assert!(
+        logged(&[
+            "path=\"/whole/reflect\"",
+            "bytes_in=1000",
+            "bytes_out=1000",
+            "aborted=false",
+            &upstream
+        ]),
+        "{:?}",
+        portcullis_tests::logged_lines(&["/whole/reflect"])
+    );
+
+    // Cut short: a 4 MiB answer the client stops reading after its head.
+    const SIZE: usize = 4 * 1024 * 1024;
+    let mut stream = tokio::net::TcpStream::connect(gw.addr)
+        .await
+        .expect("connect");
+    let head =
+        format!("POST /cut/reflect HTTP/1.1\r\nhost: a.test\r\ncontent-length: {SIZE}\r\n\r\n");
+    stream.write_all(head.as_bytes()).await.expect("write");
+    stream.write_all(&vec![b'y'; SIZE]).await.expect("write");
+    let mut first = [0u8; 1024];
+    let n = stream.read(&mut first).await.expect("read");
+    assert!(first[..n].starts_with(b"HTTP/1.1 200"));
+    drop(stream);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !logged(&["path=\"/cut/reflect\"", "aborted=true"]) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no aborted line: {:?}",
+            portcullis_tests::logged_lines(&["/cut/reflect"])
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let line = portcullis_tests::logged_lines(&["path=\"/cut/reflect\""]).join("\n");
+    assert!(!line.contains(&format!("bytes_out={SIZE}")), "{line}");
+    gw.stop().await;
+}

@@ -105,7 +105,7 @@ impl Endpoint {
         http.enforce_http(false);
         http.set_connect_timeout(Some(Duration::from_millis(config.timeout_ms)));
         let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())?
+            .with_provider_and_webpki_roots(Arc::unwrap_or_clone(crate::crypto::provider()))?
             .https_or_http()
             .enable_http1()
             .wrap_connector(http);

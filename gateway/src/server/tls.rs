@@ -132,7 +132,7 @@ impl ListenerTls {
         {
             return Ok(previous.clone());
         }
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let provider = crate::crypto::provider();
         let mut problems = Vec::new();
         let mut keys = Vec::with_capacity(tls.certificates.len());
         let mut certificates = Vec::with_capacity(tls.certificates.len());
@@ -176,8 +176,8 @@ impl ListenerTls {
         // Stateless resumption (TLS 1.2 tickets, TLS 1.3 tickets) with
         // keys that rotate every six hours; the in-memory cache stays for
         // stateful resumption.
-        server.ticketer = rustls::crypto::ring::Ticketer::new()
-            .map_err(|e| vec![name(format!("session tickets: {e}"))])?;
+        server.ticketer =
+            crate::crypto::ticketer().map_err(|e| vec![name(format!("session tickets: {e}"))])?;
 
         Ok(Arc::new(Self {
             server: Arc::new(server),
@@ -496,7 +496,7 @@ mod tests {
             key: "key.pem".into(),
             default: false,
         };
-        let provider = rustls::crypto::ring::default_provider();
+        let provider = crate::crypto::provider();
         load_pair(
             &config,
             pair.cert.as_bytes(),

@@ -22,6 +22,11 @@ use crate::body::ProxyBody;
 use crate::config::{UpstreamConfig, UpstreamProtocol, UpstreamTlsConfig, server_authority};
 use crate::error::ProxyError;
 
+/// The server that answered, in the response's extensions (for the
+/// access log).
+#[derive(Debug, Clone)]
+pub struct UpstreamServer(pub Authority);
+
 /// One named group of servers.
 pub struct Upstream {
     name: Arc<str>,
@@ -136,7 +141,7 @@ impl Upstream {
         let authority = self.pick().clone();
         let mut parts = std::mem::take(request.uri_mut()).into_parts();
         parts.scheme = Some(self.scheme.clone());
-        parts.authority = Some(authority);
+        parts.authority = Some(authority.clone());
         if parts.path_and_query.is_none() {
             parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
         }
@@ -164,7 +169,10 @@ impl Upstream {
                 upstream: self.name.to_string(),
                 reason: error_chain(&e),
             }),
-            Ok(Ok(response)) => Ok(response),
+            Ok(Ok(mut response)) => {
+                response.extensions_mut().insert(UpstreamServer(authority));
+                Ok(response)
+            }
         }
     }
 }
@@ -194,7 +202,7 @@ fn read_files(config: &UpstreamConfig) -> Result<([Option<Vec<u8>>; 3], [u8; 32]
 /// certificate, if any. Plain groups get one that is never used.
 fn client_tls(config: &UpstreamConfig) -> Result<(rustls::ClientConfig, [u8; 32]), String> {
     let ([ca, cert, key], digest) = read_files(config)?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = crate::crypto::provider();
     let mut roots = rustls::RootCertStore::empty();
     let tls = config.tls.as_ref();
     match ca {
