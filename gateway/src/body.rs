@@ -12,6 +12,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
@@ -53,6 +54,8 @@ pub enum ClientBodyFault {
     Broken,
     /// The body grew past the route's limit.
     TooLarge,
+    /// No byte of it came for the idle timeout.
+    Idle,
 }
 
 /// Why the client's body stopped, as its stream's error.
@@ -64,6 +67,9 @@ pub enum ClientBodyError {
         /// The limit.
         limit: u64,
     },
+    /// No byte came for the idle timeout.
+    #[error("no request body byte for {0:?}")]
+    Idle(Duration),
     /// Reading it failed (bad chunk, connection closed...).
     #[error("the client's request body failed: {0}")]
     Broken(BoxError),
@@ -86,6 +92,7 @@ impl BodyWatch {
         match self.0.fault.load(Ordering::Acquire) {
             1 => Some(ClientBodyFault::Broken),
             2 => Some(ClientBodyFault::TooLarge),
+            3 => Some(ClientBodyFault::Idle),
             _ => None,
         }
     }
@@ -98,10 +105,12 @@ impl BodyWatch {
 
 /// The client's request body, failing with [`ClientBodyError::TooLarge`]
 /// as soon as more than `limit` bytes have come (while streaming, not only
-/// when a plugin buffers), and recording any failure in the returned
-/// [`BodyWatch`] so that an upstream error it causes is not blamed on the
-/// upstream.
-pub fn client_body<B>(body: B, limit: u64) -> (ProxyBody, BodyWatch)
+/// when a plugin buffers), or with [`ClientBodyError::Idle`] when the
+/// gateway waits `idle` for a byte that does not come (a wait that the
+/// upstream's back-pressure causes does not count: the body is not read
+/// then), and recording any failure in the returned [`BodyWatch`] so that
+/// an upstream error it causes is not blamed on the upstream.
+pub fn client_body<B>(body: B, limit: u64, idle: Duration) -> (ProxyBody, BodyWatch)
 where
     B: Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<BoxError>,
@@ -112,6 +121,8 @@ where
         seen: 0,
         limit,
         state: watch.clone(),
+        idle,
+        timer: None,
     };
     (body.boxed_unsync(), watch)
 }
@@ -121,6 +132,9 @@ struct Limited<B> {
     seen: u64,
     limit: u64,
     state: BodyWatch,
+    idle: Duration,
+    /// Armed while the gateway waits for the next frame.
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl<B> Body for Limited<B>
@@ -136,6 +150,19 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if polled.is_pending() {
+            let idle = self.idle;
+            let timer = self
+                .timer
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
+            if timer.as_mut().poll(cx).is_ready() {
+                self.state.0.fault.store(3, Ordering::Release);
+                return Poll::Ready(Some(Err(ClientBodyError::Idle(idle).into())));
+            }
+            return Poll::Pending;
+        }
+        // A frame came: the next wait starts a new timer.
+        self.timer = None;
         match polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
@@ -263,12 +290,13 @@ mod tests {
 
     #[tokio::test]
     async fn a_client_body_past_its_limit_fails_and_says_so() {
-        let (body, watch) = client_body(chunks(&["abc", "def"]), 5);
+        let idle = Duration::from_secs(30);
+        let (body, watch) = client_body(chunks(&["abc", "def"]), 5, idle);
         let error = body.collect().await.expect_err("too large");
         assert_eq!(error.to_string(), "the request body is larger than 5 bytes");
         assert_eq!(watch.fault(), Some(ClientBodyFault::TooLarge));
 
-        let (body, watch) = client_body(chunks(&["abc", "de"]), 5);
+        let (body, watch) = client_body(chunks(&["abc", "de"]), 5, idle);
         assert_eq!(body.collect().await.expect("fits").to_bytes(), "abcde");
         assert_eq!(watch.fault(), None);
 
@@ -276,9 +304,32 @@ mod tests {
             Ok(Frame::data(Bytes::from_static(b"a"))),
             Err("reset".into()),
         ];
-        let (body, watch) = client_body(StreamBody::new(futures_util::stream::iter(broken)), 5);
+        let (body, watch) =
+            client_body(StreamBody::new(futures_util::stream::iter(broken)), 5, idle);
         assert!(body.collect().await.is_err());
         assert_eq!(watch.fault(), Some(ClientBodyFault::Broken));
+    }
+
+    #[tokio::test]
+    async fn a_client_body_that_stops_arriving_fails_after_the_idle_timeout() {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, BoxError>>(1);
+        let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|item| (item, rx))
+        });
+        let (mut body, watch) = client_body(
+            StreamBody::new(Box::pin(stream)),
+            100,
+            Duration::from_millis(100),
+        );
+        tx.send(Ok(Frame::data(Bytes::from_static(b"a"))))
+            .await
+            .expect("send");
+        assert!(body.frame().await.expect("frame").is_ok());
+        // Then nothing (the sender is still open): the idle timer ends it.
+        let error = body.frame().await.expect("an error").expect_err("idle");
+        assert_eq!(error.to_string(), "no request body byte for 100ms");
+        assert_eq!(watch.fault(), Some(ClientBodyFault::Idle));
+        drop(tx);
     }
 
     #[tokio::test]

@@ -55,6 +55,21 @@ pub enum ProxyError {
         /// The route's limit.
         limit: u64,
     },
+    /// The request target is longer than `limits.max_uri_bytes`.
+    #[error("the request target is longer than {limit} bytes")]
+    UriTooLong {
+        /// The limit.
+        limit: usize,
+    },
+    /// The client's body stopped arriving for the idle timeout.
+    #[error("the request body stopped arriving")]
+    RequestTimeout,
+    /// The route's deadline passed before the response head was ready.
+    #[error("the route's deadline of {timeout_ms} ms passed")]
+    RouteTimeout {
+        /// The route's `timeout_ms`.
+        timeout_ms: u64,
+    },
     /// The client's body broke its framing or stopped mid-way; whatever
     /// had gone upstream was aborted.
     #[error("bad request body: {0}")]
@@ -118,11 +133,14 @@ impl ProxyError {
             | ProxyError::HttpsRequired { .. }
             | ProxyError::UpgradeRefused
             | ProxyError::PayloadTooLarge { .. }
+            | ProxyError::UriTooLong { .. }
+            | ProxyError::RequestTimeout
             | ProxyError::ClientBody(_)
             | ProxyError::BadRequest(_) => Source::Client,
             ProxyError::Plugin { .. } | ProxyError::Overloaded { .. } => Source::Plugin,
             ProxyError::UpstreamConnect { .. }
             | ProxyError::UpstreamTimeout { .. }
+            | ProxyError::RouteTimeout { .. }
             | ProxyError::Upstream { .. } => Source::Upstream,
             ProxyError::Internal(_) => Source::Internal,
         }
@@ -138,6 +156,9 @@ impl ProxyError {
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::UpgradeRefused => StatusCode::FORBIDDEN,
             ProxyError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::UriTooLong { .. } => StatusCode::URI_TOO_LONG,
+            ProxyError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
+            ProxyError::RouteTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::ClientBody(_) => StatusCode::BAD_REQUEST,
             ProxyError::Plugin { .. } | ProxyError::Internal(_) => {
                 StatusCode::INTERNAL_SERVER_ERROR
@@ -193,7 +214,9 @@ impl ProxyError {
         }
         if let ProxyError::BadRequest(_)
         | ProxyError::ClientBody(_)
-        | ProxyError::PayloadTooLarge { .. } = &self
+        | ProxyError::PayloadTooLarge { .. }
+        | ProxyError::UriTooLong { .. }
+        | ProxyError::RequestTimeout = &self
         {
             // After a malformed request the rest of the connection cannot
             // be trusted to be framed as the client meant (RFC 9112 §11.2).

@@ -167,6 +167,7 @@ impl GatewayBuilder {
             tasks.push(tokio::spawn(server::serve(
                 listener,
                 index,
+                listeners_config[index].max_connections,
                 registry.clone(),
                 shutdown_rx.clone(),
             )));

@@ -29,7 +29,7 @@
 
 use std::borrow::Cow;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use http::header::{self, HeaderValue};
 use http::uri::PathAndQuery;
@@ -120,6 +120,14 @@ async fn proxy(
     conn: &Connection,
     record: &mut Record,
 ) -> Result<Response<ProxyBody>, ProxyError> {
+    let max_uri = generation.config.limits.max_uri_bytes;
+    if request
+        .uri()
+        .path_and_query()
+        .is_some_and(|pq| pq.as_str().len() > max_uri)
+    {
+        return Err(ProxyError::UriTooLong { limit: max_uri });
+    }
     let original_host = host_of(&request)?;
     if let Some(port) = generation
         .config
@@ -151,6 +159,41 @@ async fn proxy(
         Match::NotFound => return Err(ProxyError::NoRoute),
     };
     record.route = Some(route.name.clone());
+    let journey = serve_route(
+        generation,
+        route,
+        request,
+        conn,
+        record,
+        original_host,
+        client_ip,
+        via_trusted_proxy,
+    );
+    match route.timeout {
+        None => journey.await,
+        Some(deadline) => tokio::time::timeout(deadline, journey)
+            .await
+            .unwrap_or_else(|_| {
+                Err(ProxyError::RouteTimeout {
+                    timeout_ms: u64::try_from(deadline.as_millis()).unwrap_or(u64::MAX),
+                })
+            }),
+    }
+}
+
+/// The request phase, the upstream and the response phase of a request
+/// whose route is known.
+#[allow(clippy::too_many_arguments)]
+async fn serve_route(
+    generation: &Generation,
+    route: &RouteRuntime,
+    mut request: Request<Incoming>,
+    conn: &Connection,
+    record: &mut Record,
+    original_host: Option<String>,
+    client_ip: std::net::IpAddr,
+    via_trusted_proxy: bool,
+) -> Result<Response<ProxyBody>, ProxyError> {
     let max_body = generation.config.limits.max_body_bytes;
     // The client's side of a WebSocket upgrade, if it asks for one and the
     // upstream speaks HTTP/1.1 (the only way to carry it on).
@@ -173,7 +216,8 @@ async fn proxy(
     if declared.is_some_and(|length| length > limit) {
         return Err(ProxyError::PayloadTooLarge { limit });
     }
-    let (incoming, body_watch) = body::client_body(incoming, limit);
+    let idle = Duration::from_millis(generation.config.limits.request_body_idle_timeout_ms);
+    let (incoming, body_watch) = body::client_body(incoming, limit, idle);
     record.body_in = Some(body_watch.clone());
     let (mut body, body_view) = if route.request_body {
         read_body(incoming, max_body)
@@ -387,6 +431,7 @@ fn client_body_error(
 ) -> ProxyError {
     match watch.fault() {
         Some(body::ClientBodyFault::TooLarge) => ProxyError::PayloadTooLarge { limit },
+        Some(body::ClientBodyFault::Idle) => ProxyError::RequestTimeout,
         _ => ProxyError::ClientBody(error.to_string()),
     }
 }

@@ -209,6 +209,7 @@ mod tests {
             plugins: vec![],
             websocket: true,
             max_request_body_bytes: None,
+            timeout_ms: None,
             upgrade_idle_timeout_ms: 300_000,
         }
     }

@@ -245,3 +245,184 @@ async fn an_upstream_answer_framed_two_ways_is_502() {
         gw.stop().await;
     }
 }
+
+/// A gateway on the echo upstream whose config is `base_config` with
+/// `replace` applied, and `routes`.
+async fn gateway_with(
+    echo: &portcullis_tests::echo::Echo,
+    replace: (&str, &str),
+    routes: &str,
+    plugins: &[(&str, &str)],
+) -> portcullis_tests::TestGateway {
+    let base = portcullis_tests::base_config(echo.addr);
+    assert!(base.contains(replace.0), "{}", replace.0);
+    let config = format!("{}{routes}", base.replace(replace.0, replace.1));
+    portcullis_tests::TestGateway::start(&config, plugins)
+        .await
+        .expect("gateway starts")
+}
+
+const LISTENER: &str = "[[listeners]]\naddress = \"127.0.0.1:0\"\n";
+const LIMITS: &str = "[limits]\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_targets_slow_bodies_and_slow_routes_get_their_statuses() {
+    let echo = portcullis_tests::echo::Echo::start_local()
+        .await
+        .expect("echo");
+    let routes = route("slow", "/delay", &[]).replace(
+        "upstream = \"echo\"",
+        "upstream = \"echo\"\ntimeout_ms = 200",
+    ) + &route("all", "/", &[]);
+    let gw = gateway_with(
+        &echo,
+        (
+            LIMITS,
+            "[limits]\nmax_uri_bytes = 1024\nrequest_body_idle_timeout_ms = 300\n",
+        ),
+        &routes,
+        &[],
+    )
+    .await;
+
+    let long = format!("GET /{} HTTP/1.1\r\nhost: a.test\r\n\r\n", "a".repeat(2000));
+    let response = exchange(gw.addr, &long).await;
+    assert_eq!(status(&response), "414", "{response}");
+
+    // A body announced but never sent: 408 once it has been idle.
+    let response = exchange(
+        gw.addr,
+        "POST / HTTP/1.1\r\nhost: a.test\r\ncontent-length: 10\r\n\r\nabc",
+    )
+    .await;
+    assert_eq!(status(&response), "408", "{response}");
+
+    // A route whose deadline passes before the upstream answers: 504.
+    let response = exchange(
+        gw.addr,
+        "GET /delay/1500 HTTP/1.1\r\nhost: a.test\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status(&response), "504", "{response}");
+    assert!(response.contains("deadline of 200 ms"), "{response}");
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expect_100_continue_is_answered_only_once_the_plugins_let_the_request_in() {
+    let echo = portcullis_tests::echo::Echo::start_local()
+        .await
+        .expect("echo");
+    let routes = route(
+        "api",
+        "/",
+        &[(
+            "key_auth",
+            r#"keys = [{ consumer = "demo", key = "demo-key" }]"#,
+        )],
+    );
+    let gw = gateway_with(
+        &echo,
+        (LIMITS, LIMITS),
+        &routes,
+        &[("key_auth", portcullis_tests::fixtures::KEY_AUTH)],
+    )
+    .await;
+    // Refused: the answer comes without a 100 Continue, and the body is
+    // never asked for.
+    let mut stream = TcpStream::connect(gw.addr).await.expect("connect");
+    stream
+        .write_all(
+            b"POST / HTTP/1.1\r\nhost: a.test\r\ncontent-length: 5\r\nexpect: 100-continue\r\n\r\n",
+        )
+        .await
+        .expect("write");
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(20), stream.read(&mut buf))
+        .await
+        .expect("an answer")
+        .expect("read");
+    let first = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(first.starts_with("HTTP/1.1 401"), "{first}");
+
+    // Let in: 100 Continue, then the upstream's answer to the body.
+    let mut stream = TcpStream::connect(gw.addr).await.expect("connect");
+    stream
+        .write_all(b"POST / HTTP/1.1\r\nhost: a.test\r\nx-api-key: demo-key\r\ncontent-length: 5\r\nexpect: 100-continue\r\n\r\n")
+        .await
+        .expect("write");
+    let n = tokio::time::timeout(Duration::from_secs(20), stream.read(&mut buf))
+        .await
+        .expect("an answer")
+        .expect("read");
+    let interim = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(interim.starts_with("HTTP/1.1 100 Continue"), "{interim}");
+    stream.write_all(b"hello").await.expect("write");
+    let mut rest = interim;
+    while !rest.contains("\"body_len\":5") {
+        let n = tokio::time::timeout(Duration::from_secs(20), stream.read(&mut buf))
+            .await
+            .expect("the answer")
+            .expect("read");
+        assert!(n > 0, "closed early: {rest}");
+        rest.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    assert!(rest.contains("HTTP/1.1 200"), "{rest}");
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_keep_alive_connections_close_and_a_full_listener_waits() {
+    let echo = portcullis_tests::echo::Echo::start_local()
+        .await
+        .expect("echo");
+    let gw = gateway_with(
+        &echo,
+        (
+            LISTENER,
+            "[[listeners]]\naddress = \"127.0.0.1:0\"\nmax_connections = 1\n[listeners.http1]\nheader_read_timeout_ms = 2000\n",
+        ),
+        &route("all", "/", &[]),
+        &[],
+    )
+    .await;
+
+    // The one slot, held by a keep-alive connection after one request.
+    let mut first = TcpStream::connect(gw.addr).await.expect("connect");
+    first
+        .write_all(b"GET / HTTP/1.1\r\nhost: a.test\r\n\r\n")
+        .await
+        .expect("write");
+    let mut buf = vec![0u8; 8192];
+    let n = first.read(&mut buf).await.expect("read");
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+
+    // A second client is accepted by the kernel but not served while the
+    // slot is taken.
+    let mut second = TcpStream::connect(gw.addr).await.expect("connect");
+    second
+        .write_all(b"GET / HTTP/1.1\r\nhost: a.test\r\nconnection: close\r\n\r\n")
+        .await
+        .expect("write");
+    let waiting = tokio::time::timeout(Duration::from_millis(200), second.read(&mut buf)).await;
+    assert!(waiting.is_err(), "served while the listener was full");
+
+    // The idle first connection is closed by the header timeout, which
+    // frees the slot for the second.
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(20), first.read_to_end(&mut rest))
+        .await
+        .expect("the idle connection is closed")
+        .expect("read");
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(20), second.read_to_end(&mut answer))
+        .await
+        .expect("the second client is served")
+        .expect("read");
+    assert!(
+        answer.starts_with(b"HTTP/1.1 200"),
+        "{:?}",
+        String::from_utf8_lossy(&answer)
+    );
+    gw.stop().await;
+}

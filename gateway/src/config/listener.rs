@@ -57,6 +57,17 @@ pub struct ListenerConfig {
     /// Limits of HTTP/1.1 connections.
     #[serde(default)]
     pub http1: Http1Config,
+    /// Connections open at once on this listener; past it the listener
+    /// stops accepting until one closes (clients wait in the kernel's
+    /// backlog). Changes with a restart.
+    #[serde(default = "ListenerConfig::default_max_connections")]
+    pub max_connections: usize,
+}
+
+impl ListenerConfig {
+    fn default_max_connections() -> usize {
+        10_000
+    }
 }
 
 /// Limits of HTTP/1.1 connections on a listener.
@@ -72,12 +83,17 @@ pub struct Http1Config {
     /// a larger one is answered 431 and the connection closed. Also the
     /// most a connection buffers while reading.
     pub max_head_bytes: usize,
+    /// How long a client may take to send a request head, counted from
+    /// when the connection is ready for one: so also how long an idle
+    /// keep-alive connection is kept. In ms.
+    pub header_read_timeout_ms: u64,
 }
 
 impl Default for Http1Config {
     fn default() -> Self {
         Self {
             max_head_bytes: 64 * 1024,
+            header_read_timeout_ms: 30_000,
         }
     }
 }
@@ -305,6 +321,21 @@ pub(super) fn validate(listeners: &[ListenerConfig], problems: &mut Vec<Problem>
             1,
             10_000,
         );
+        if !(100..=3_600_000).contains(&l.http1.header_read_timeout_ms) {
+            bad(
+                format!("listeners[{i}].http1.header_read_timeout_ms"),
+                format!(
+                    "must be between 100 and 3600000, got {}",
+                    l.http1.header_read_timeout_ms
+                ),
+            );
+        }
+        if !(1..=1_000_000).contains(&l.max_connections) {
+            bad(
+                format!("listeners[{i}].max_connections"),
+                format!("must be between 1 and 1000000, got {}", l.max_connections),
+            );
+        }
         if !(8192..=1024 * 1024).contains(&l.http1.max_head_bytes) {
             bad(
                 format!("listeners[{i}].http1.max_head_bytes"),

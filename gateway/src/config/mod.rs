@@ -166,6 +166,14 @@ pub struct Limits {
     /// 413 (the upstream request is aborted).
     #[serde(default = "Limits::default_request_body")]
     pub max_request_body_bytes: u64,
+    /// Longest request target (path and query) taken; longer is 414.
+    #[serde(default = "Limits::default_uri")]
+    pub max_uri_bytes: usize,
+    /// How long a request body may go without a byte arriving, in ms;
+    /// past it the request is answered 408 (the upstream request is
+    /// aborted).
+    #[serde(default = "Limits::default_body_idle")]
+    pub request_body_idle_timeout_ms: u64,
 }
 
 impl Limits {
@@ -193,6 +201,12 @@ impl Limits {
     fn default_request_body() -> u64 {
         64 * 1024 * 1024
     }
+    fn default_uri() -> usize {
+        8 * 1024
+    }
+    fn default_body_idle() -> u64 {
+        30_000
+    }
 }
 
 impl Default for Limits {
@@ -206,6 +220,8 @@ impl Default for Limits {
             state_max_bytes: Self::default_state_bytes(),
             alert_queue: Self::default_alert_queue(),
             max_request_body_bytes: Self::default_request_body(),
+            max_uri_bytes: Self::default_uri(),
+            request_body_idle_timeout_ms: Self::default_body_idle(),
         }
     }
 }
@@ -415,6 +431,11 @@ pub struct RouteConfig {
     /// 403 before any plugin runs.
     #[serde(default = "yes")]
     pub websocket: bool,
+    /// Deadline for the whole request up to the response head (plugins,
+    /// the upstream and any wait), in ms; past it the client gets 504.
+    /// Default: none beyond the upstream's `timeout_ms`.
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
     /// Largest request body, in bytes; default
     /// `limits.max_request_body_bytes`.
     #[serde(default)]
@@ -739,6 +760,24 @@ impl Config {
                 format!("must be between 1 and 100000, got {}", limits.max_instances),
             );
         }
+        if !(256..=1024 * 1024).contains(&limits.max_uri_bytes) {
+            bad(
+                "limits.max_uri_bytes".into(),
+                format!(
+                    "must be between 256 and 1048576, got {}",
+                    limits.max_uri_bytes
+                ),
+            );
+        }
+        if !(100..=3_600_000).contains(&limits.request_body_idle_timeout_ms) {
+            bad(
+                "limits.request_body_idle_timeout_ms".into(),
+                format!(
+                    "must be between 100 and 3600000, got {}",
+                    limits.request_body_idle_timeout_ms
+                ),
+            );
+        }
         if limits.alert_queue == 0 {
             bad("limits.alert_queue".into(), "must be at least 1".into());
         }
@@ -816,6 +855,14 @@ impl Config {
                 bad(
                     key("name"),
                     format!("route name `{}` is used by another route", route.name),
+                );
+            }
+            if let Some(ms) = route.timeout_ms
+                && !(1..=3_600_000).contains(&ms)
+            {
+                bad(
+                    key("timeout_ms"),
+                    format!("must be between 1 and 3600000, got {ms}"),
                 );
             }
             if !(1_000..=86_400_000).contains(&route.upgrade_idle_timeout_ms) {

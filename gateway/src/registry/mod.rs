@@ -59,6 +59,8 @@ pub struct RouteRuntime {
     pub websocket: bool,
     /// The largest request body it takes.
     pub max_request_body: u64,
+    /// Its deadline up to the response head, if it has one.
+    pub timeout: Option<Duration>,
     /// How long an upgraded connection may stay silent.
     pub upgrade_idle_timeout: Duration,
 }
@@ -903,6 +905,7 @@ fn build(
             upstream,
             chain,
             websocket: route.websocket,
+            timeout: route.timeout_ms.map(Duration::from_millis),
             max_request_body: route
                 .max_request_body_bytes
                 .unwrap_or(config.limits.max_request_body_bytes),

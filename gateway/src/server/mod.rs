@@ -21,7 +21,7 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::{Http1Config, Http2Config};
@@ -30,8 +30,6 @@ use crate::registry::Registry;
 
 /// How long shutdown waits for requests in flight.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a client may take to send a request head.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A listener's settings as connections use them, part of a generation.
 #[derive(Debug)]
@@ -63,11 +61,22 @@ enum Speaks {
 pub async fn serve(
     listener: TcpListener,
     index: usize,
+    max_connections: usize,
     registry: Arc<Registry>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let graceful = GracefulShutdown::new();
+    let slots = Arc::new(Semaphore::new(max_connections));
     loop {
+        // A free slot first: at the limit the listener stops accepting
+        // and new clients wait in the kernel's backlog.
+        let slot = tokio::select! {
+            slot = slots.clone().acquire_owned() => match slot {
+                Ok(slot) => slot,
+                Err(_) => break,
+            },
+            _ = shutdown.changed() => break,
+        };
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
@@ -76,8 +85,12 @@ pub async fn serve(
                         continue;
                     };
                     let watcher = graceful.watcher();
+                    let registry = registry.clone();
                     let conn = Connection { listener: index, peer, tls: None };
-                    tokio::spawn(connection(stream, conn, settings, registry.clone(), watcher));
+                    tokio::spawn(async move {
+                        connection(stream, conn, settings, registry, watcher).await;
+                        drop(slot);
+                    });
                 }
                 Err(e) => {
                     // Typically out of file descriptors: back off briefly.
@@ -168,7 +181,7 @@ async fn serve_http<S>(
         .http1()
         .keep_alive(true)
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .header_read_timeout(Duration::from_millis(settings.http1.header_read_timeout_ms))
         .max_buf_size(settings.http1.max_head_bytes);
     let h2 = &settings.http2;
     builder
