@@ -280,5 +280,14 @@ mod tests {
     fn ipv6_hosts_keep_their_colons() {
         assert_eq!(normalize_host("[::1]:8080"), "[::1]");
         assert_eq!(normalize_host("Example.com"), "example.com");
+        let r = Router::build(&[route("v6", &["[::1]"], "/", &[])]).expect("builds");
+        assert!(matches!(
+            r.find(Some("[::1]:8080"), "/", &Method::GET),
+            Match::Route(0)
+        ));
+        assert!(matches!(
+            r.find(Some("[::2]"), "/", &Method::GET),
+            Match::NotFound
+        ));
     }
 }

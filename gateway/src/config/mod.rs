@@ -990,12 +990,30 @@ fn check_authority(server: &str) -> Result<(), String> {
     }
 }
 
+/// A route host: a name, `*.suffix`, or an IPv6 address in brackets. A
+/// port is refused: requests are matched on the host alone, so a route
+/// host with a port would never match anything.
 fn check_host_pattern(host: &str) -> Result<(), String> {
+    if let Some(inner) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        return match inner.parse::<std::net::Ipv6Addr>() {
+            Ok(_) => Ok(()),
+            Err(_) => Err(format!("`{host}` is not an IPv6 address in brackets")),
+        };
+    }
+    if host.contains(':') {
+        return Err(if host.parse::<std::net::Ipv6Addr>().is_ok() {
+            format!("write an IPv6 address in brackets, as in a Host header: `[{host}]`")
+        } else {
+            format!(
+                "`{host}` has a port: routes match the host alone (any port), so write it without `:port`"
+            )
+        });
+    }
     let name = host.strip_prefix("*.").unwrap_or(host);
     let ok = !name.is_empty()
         && name
             .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b':')
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
         && !name.starts_with('.')
         && !name.ends_with('.');
     if ok {
@@ -1055,6 +1073,18 @@ mod tests {
         let err = Config::parse(&format!("{MINIMAL}\n[limits]\nplugin_memory = 3\n"))
             .expect_err("unknown key");
         assert!(err.contains("unknown field `plugin_memory`"), "{err}");
+    }
+
+    #[test]
+    fn route_hosts_have_no_port_and_ipv6_takes_brackets() {
+        assert!(check_host_pattern("api.example.com").is_ok());
+        assert!(check_host_pattern("*.example.com").is_ok());
+        assert!(check_host_pattern("[::1]").is_ok());
+        let port = check_host_pattern("api.example.com:8080").expect_err("port");
+        assert!(port.contains("has a port"), "{port}");
+        let bare = check_host_pattern("::1").expect_err("bare IPv6");
+        assert!(bare.contains("`[::1]`"), "{bare}");
+        assert!(check_host_pattern("[nope]").is_err());
     }
 
     #[test]
