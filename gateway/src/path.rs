@@ -11,7 +11,10 @@
 //! - `.` and `..` segments are removed (RFC 3986, section 5.2.4); `..`
 //!   never climbs above the root;
 //! - an encoded slash or backslash (`%2F`, `%5C`), a raw backslash, a bad
-//!   escape (`%zz`) or a control character refuses the request (400).
+//!   escape (`%zz`) or a control character refuses the request (400);
+//! - so does a dot segment with parameters (`..;`, `.;x`): Tomcat and the
+//!   servers that copy it read `/open/..;/admin` as `/admin`, a path this
+//!   gateway would route as `/open/...`.
 
 use std::borrow::Cow;
 
@@ -30,6 +33,10 @@ pub enum PathError {
     /// A control character.
     #[error("control character in the path")]
     Control,
+    /// `..;` or `.;...`: a dot segment some servers resolve and others do
+    /// not.
+    #[error("a dot segment with parameters (`..;`) in the path")]
+    DotSegmentParameters,
     /// Not starting with `/`.
     #[error("the path must start with `/`")]
     NotAbsolute,
@@ -46,6 +53,14 @@ pub fn normalize(path: &str) -> Result<Cow<'_, str>, PathError> {
         };
     }
     let decoded = decode_unreserved(path)?;
+    let dot_with_parameters = decoded.split('/').any(|segment| {
+        segment
+            .split_once(';')
+            .is_some_and(|(name, _)| name == "." || name == "..")
+    });
+    if dot_with_parameters {
+        return Err(PathError::DotSegmentParameters);
+    }
     if is_normal(&decoded) {
         return Ok(decoded);
     }
@@ -165,6 +180,28 @@ mod tests {
         assert_eq!(ok("/%7Euser/%61pi"), "/~user/api");
         assert_eq!(ok("/x%20y"), "/x%20y");
         assert_eq!(ok("/caf%c3%a9"), "/caf%C3%A9");
+    }
+
+    #[test]
+    fn dot_segments_with_parameters_are_refused() {
+        for path in [
+            "/open/..;/admin",
+            "/open/..;x=1/admin",
+            "/a/.;/b",
+            "/open/%2e%2e;/admin",
+        ] {
+            assert_eq!(
+                normalize(path),
+                Err(PathError::DotSegmentParameters),
+                "{path}"
+            );
+        }
+        assert_eq!(
+            ok("/a;v=1/b"),
+            "/a;v=1/b",
+            "parameters on other segments stay"
+        );
+        assert_eq!(ok("/a/..x;/b"), "/a/..x;/b");
     }
 
     #[test]

@@ -127,6 +127,11 @@ pub(crate) fn apply_request(
         if !path.starts_with('/') {
             return Err(bad(format!("path `{path}` does not start with `/`")));
         }
+        // The plugins after this one and the upstream see the normal form,
+        // as for a client's path: a rewrite cannot bring back `..`.
+        let path = crate::path::normalize(&path)
+            .map_err(|e| bad(format!("path `{path}`: {e}")))?
+            .into_owned();
         let query = match query {
             Some(q) if q.is_empty() => None,
             Some(q) => Some(q),
@@ -240,6 +245,24 @@ mod tests {
             identity: None,
             body: None,
         }
+    }
+
+    #[test]
+    fn a_rewritten_path_is_normalised_or_refused() {
+        let mut request = view("/api/x");
+        let mut body = body::empty();
+        let mut change = changes();
+        change.path = Some("/api/../admin//x".into());
+        apply_request(&mut request, &mut body, change).expect("applies");
+        assert_eq!(request.head.uri.path(), "/admin/x");
+        let mut change = changes();
+        change.path = Some("/open/..;/admin".into());
+        assert!(apply_request(&mut request, &mut body, change).is_err());
+        assert_eq!(
+            request.head.uri.path(),
+            "/admin/x",
+            "unchanged when refused"
+        );
     }
 
     #[test]
