@@ -142,3 +142,39 @@ async fn a_rapid_reset_flood_closes_that_connection_only() {
         .assert_ok();
     gw.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_concurrent_streams_on_one_connection_are_all_served() {
+    let echo = Echo::start_local().await.expect("echo");
+    let gw = h2c_gateway(&echo).await;
+    let io = TokioIo::new(TcpStream::connect(gw.addr).await.expect("connect"));
+    let (sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+        .await
+        .expect("h2c handshake");
+    tokio::spawn(conn);
+    // 32 streams in flight at once on the one connection, each to the
+    // HTTP/1.1 upstream, each answered with its own path.
+    let calls = (0..32).map(|i| {
+        let mut sender = sender.clone();
+        async move {
+            let request = Request::get(format!("http://h2c.test/stream/{i}"))
+                .version(Version::HTTP_2)
+                .body(Empty::<Bytes>::new())
+                .expect("request");
+            let response = sender.send_request(request).await.expect("response");
+            assert_eq!(response.status(), StatusCode::OK);
+            let body = response
+                .into_body()
+                .collect()
+                .await
+                .expect("body")
+                .to_bytes();
+            let seen: portcullis_tests::echo::Seen = serde_json::from_slice(&body).expect("echo");
+            seen.path
+        }
+    });
+    let paths = futures_util::future::join_all(calls).await;
+    let expected: Vec<String> = (0..32).map(|i| format!("/stream/{i}")).collect();
+    assert_eq!(paths, expected);
+    gw.stop().await;
+}
