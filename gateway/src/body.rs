@@ -121,8 +121,7 @@ where
         seen: 0,
         limit,
         state: watch.clone(),
-        idle,
-        timer: None,
+        idle: IdleTimer::new(idle),
     };
     (body.boxed_unsync(), watch)
 }
@@ -132,9 +131,36 @@ struct Limited<B> {
     seen: u64,
     limit: u64,
     state: BodyWatch,
-    idle: Duration,
-    /// Armed while the gateway waits for the next frame.
+    idle: IdleTimer,
+}
+
+/// How long a body may keep the gateway waiting for its next frame: armed
+/// when a poll finds nothing, disarmed by the next frame.
+struct IdleTimer {
+    limit: Duration,
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl IdleTimer {
+    fn new(limit: Duration) -> Self {
+        Self { limit, timer: None }
+    }
+
+    /// Whether the wait that this poll found has lasted `limit` (arming
+    /// the timer on the first such poll).
+    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+        let limit = self.limit;
+        self.timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)))
+            .as_mut()
+            .poll(cx)
+            .is_ready()
+    }
+
+    /// A frame came: the next wait starts afresh.
+    fn reset(&mut self) {
+        self.timer = None;
+    }
 }
 
 impl<B> Body for Limited<B>
@@ -151,18 +177,14 @@ where
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         if polled.is_pending() {
-            let idle = self.idle;
-            let timer = self
-                .timer
-                .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
-            if timer.as_mut().poll(cx).is_ready() {
+            if self.idle.expired(cx) {
                 self.state.0.fault.store(3, Ordering::Release);
+                let idle = self.idle.limit;
                 return Poll::Ready(Some(Err(ClientBodyError::Idle(idle).into())));
             }
             return Poll::Pending;
         }
-        // A frame came: the next wait starts a new timer.
-        self.timer = None;
+        self.idle.reset();
         match polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
@@ -182,6 +204,57 @@ where
             }
             other => other.map(|o| o.map(|r| r.map_err(Into::into))),
         }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// An upstream's response body that fails with [`StalledBody`] when it
+/// keeps the gateway waiting `idle` for its next frame (like nginx's
+/// `proxy_read_timeout`), so that a stalled upstream does not hold the
+/// client's connection forever. The client sees the response cut short;
+/// the access log says `aborted`.
+pub fn idle_bounded(body: ProxyBody, idle: Duration) -> ProxyBody {
+    IdleBounded {
+        inner: body,
+        idle: IdleTimer::new(idle),
+    }
+    .boxed_unsync()
+}
+
+/// The error of an upstream body that stalled.
+#[derive(Debug, thiserror::Error)]
+#[error("the upstream sent no response body byte for {0:?}")]
+pub struct StalledBody(pub Duration);
+
+struct IdleBounded {
+    inner: ProxyBody,
+    idle: IdleTimer,
+}
+
+impl Body for IdleBounded {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if polled.is_pending() {
+            if self.idle.expired(cx) {
+                return Poll::Ready(Some(Err(StalledBody(self.idle.limit).into())));
+            }
+            return Poll::Pending;
+        }
+        self.idle.reset();
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
@@ -329,6 +402,28 @@ mod tests {
         let error = body.frame().await.expect("an error").expect_err("idle");
         assert_eq!(error.to_string(), "no request body byte for 100ms");
         assert_eq!(watch.fault(), Some(ClientBodyFault::Idle));
+        drop(tx);
+    }
+
+    #[tokio::test]
+    async fn a_stalled_upstream_body_fails_after_its_idle_timeout() {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, BoxError>>(1);
+        let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|item| (item, rx))
+        });
+        let mut body = idle_bounded(
+            StreamBody::new(Box::pin(stream)).boxed_unsync(),
+            Duration::from_millis(100),
+        );
+        tx.send(Ok(Frame::data(Bytes::from_static(b"a"))))
+            .await
+            .expect("send");
+        assert!(body.frame().await.expect("frame").is_ok());
+        let error = body.frame().await.expect("an error").expect_err("stalled");
+        assert_eq!(
+            error.to_string(),
+            "the upstream sent no response body byte for 100ms"
+        );
         drop(tx);
     }
 

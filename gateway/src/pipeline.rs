@@ -343,7 +343,11 @@ async fn serve_route(
                             upstream_upgrade = None;
                             error.into_response()
                         }
-                        _ => Response::from_parts(head, body::boxed(incoming)),
+                        _ => {
+                            let idle = route.upstream.body_idle_timeout();
+                            let body = body::idle_bounded(body::boxed(incoming), idle);
+                            Response::from_parts(head, body)
+                        }
                     }
                 }
                 Err(error) => {

@@ -426,3 +426,49 @@ async fn idle_keep_alive_connections_close_and_a_full_listener_waits() {
     );
     gw.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_body_that_stalls_is_cut_short() {
+    // An upstream that promises 10 bytes, sends 3, then keeps the
+    // connection open without a word.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let upstream = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = stream.read(&mut buf).await;
+                let _ = stream
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nabc")
+                    .await;
+                tokio::time::sleep(Duration::from_secs(120)).await;
+            });
+        }
+    });
+    let base = portcullis_tests::base_config(upstream).replace(
+        "timeout_ms = 2000\n",
+        "timeout_ms = 2000\nbody_idle_timeout_ms = 300\n",
+    );
+    assert!(base.contains("body_idle_timeout_ms = 300"));
+    let config = format!("{base}{}", route("all", "/", &[]));
+    let gw = portcullis_tests::TestGateway::start(&config, &[])
+        .await
+        .expect("gateway");
+    let response = exchange(gw.addr, "GET /stall HTTP/1.1\r\nhost: a.test\r\n\r\n").await;
+    assert!(
+        response.starts_with("HTTP/1.1 200"),
+        "the head went out before the stall: {response}"
+    );
+    assert!(response.ends_with("abc"), "{response}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !portcullis_tests::logged(&["path=\"/stall\"", "aborted=true", "bytes_out=3"]) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no aborted access-log line"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    gw.stop().await;
+}

@@ -147,20 +147,13 @@ async fn paths_that_could_escape_a_pattern_never_reach_another_tenant() {
         let reply = call(&gw, Method::GET, path, Some("bob-key")).await;
         reply.assert_refused(StatusCode::FORBIDDEN, "forbidden");
     }
-    // What the gateway leaves alone and upstreams may still read as `..`
-    // (`..;` is a path parameter to Tomcat and Spring): rbac refuses it.
-    (call(
-        &gw,
-        Method::GET,
-        "/api/tenants/acme/..;/globex/orders",
-        Some("bob-key"),
-    )
-    .await)
-        .assert_refused(StatusCode::BAD_REQUEST, "invalid request path");
-    // Encoded slashes and bad escapes never get past the gateway.
+    // Encoded slashes, bad escapes and dot segments with parameters
+    // (`..;`, which Tomcat and Spring read as `..`) never get past the
+    // gateway: refused before any plugin (rbac has its own check too).
     for path in [
         "/api/tenants/acme%2F..%2Fglobex/orders",
         "/api/tenants/acme/%zz",
+        "/api/tenants/acme/..;/globex/orders",
     ] {
         let reply = call(&gw, Method::GET, path, Some("bob-key")).await;
         assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{path}");

@@ -306,6 +306,10 @@ pub struct UpstreamConfig {
     /// Idle keep-alive connections kept per server.
     #[serde(default = "UpstreamConfig::default_max_idle")]
     pub max_idle_per_server: usize,
+    /// How long the response body may go without a byte, in ms; past it
+    /// the response is cut short (nginx's `proxy_read_timeout`).
+    #[serde(default = "UpstreamConfig::default_body_idle")]
+    pub body_idle_timeout_ms: u64,
     /// The protocol spoken to the servers.
     #[serde(default)]
     pub protocol: UpstreamProtocol,
@@ -388,6 +392,9 @@ impl UpstreamConfig {
     }
     fn default_max_idle() -> usize {
         64
+    }
+    fn default_body_idle() -> u64 {
+        60_000
     }
 }
 
@@ -843,6 +850,15 @@ impl Config {
             }
             if up.timeout_ms == 0 {
                 bad(key("timeout_ms"), "must be at least 1".into());
+            }
+            if !(100..=86_400_000).contains(&up.body_idle_timeout_ms) {
+                bad(
+                    key("body_idle_timeout_ms"),
+                    format!(
+                        "must be between 100 and 86400000, got {}",
+                        up.body_idle_timeout_ms
+                    ),
+                );
             }
         }
 

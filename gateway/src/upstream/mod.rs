@@ -112,6 +112,11 @@ impl Upstream {
             && read_files(config).is_ok_and(|(_, digest)| digest == self.files_digest)
     }
 
+    /// How long a response body may stall.
+    pub fn body_idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.config.body_idle_timeout_ms)
+    }
+
     /// The protocol the group speaks.
     pub fn protocol(&self) -> UpstreamProtocol {
         self.config.protocol
