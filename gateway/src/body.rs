@@ -138,28 +138,38 @@ struct Limited<B> {
 /// when a poll finds nothing, disarmed by the next frame.
 struct IdleTimer {
     limit: Duration,
+    /// Allocated on the body's first wait and re-armed (not re-allocated)
+    /// on later ones.
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    armed: bool,
 }
 
 impl IdleTimer {
     fn new(limit: Duration) -> Self {
-        Self { limit, timer: None }
+        Self {
+            limit,
+            timer: None,
+            armed: false,
+        }
     }
 
     /// Whether the wait that this poll found has lasted `limit` (arming
-    /// the timer on the first such poll).
+    /// the timer on the first poll of a wait).
     fn expired(&mut self, cx: &mut Context<'_>) -> bool {
         let limit = self.limit;
-        self.timer
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)))
-            .as_mut()
-            .poll(cx)
-            .is_ready()
+        let timer = self
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        if !self.armed {
+            timer.as_mut().reset(tokio::time::Instant::now() + limit);
+            self.armed = true;
+        }
+        timer.as_mut().poll(cx).is_ready()
     }
 
     /// A frame came: the next wait starts afresh.
     fn reset(&mut self) {
-        self.timer = None;
+        self.armed = false;
     }
 }
 

@@ -14,12 +14,31 @@
 
 use std::sync::Arc;
 
+use rustls::RootCertStore;
 use rustls::crypto::CryptoProvider;
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject as _;
 
 /// The provider, with its default cipher suites (AEAD only) and key
 /// exchange groups.
 pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+/// The CA certificates of the PEM bundle `pem` (read from `file`, which
+/// errors name), for verifying peers; an empty bundle is an error.
+pub fn root_store(pem: &[u8], file: &dyn std::fmt::Display) -> Result<RootCertStore, String> {
+    let mut roots = RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(pem) {
+        let cert = cert.map_err(|e| format!("{file}: not a PEM certificate bundle: {e}"))?;
+        roots
+            .add(cert)
+            .map_err(|e| format!("{file}: not a usable CA certificate: {e}"))?;
+    }
+    if roots.is_empty() {
+        return Err(format!("{file}: no CA certificate in the file"));
+    }
+    Ok(roots)
 }
 
 /// Session-ticket keys for stateless resumption, rotated every six hours.

@@ -50,24 +50,11 @@ pub struct TlsSession {
 /// The client's upgrade, if `request` is an HTTP/1.1 WebSocket handshake
 /// (RFC 6455 §4.1: GET, `Connection: upgrade`, `Upgrade: websocket`).
 pub(crate) fn websocket_upgrade(request: &mut Request<Incoming>) -> Option<OnUpgrade> {
-    let tokens = |name: header::HeaderName| {
-        request
-            .headers()
-            .get_all(name)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(str::trim)
-            .collect::<Vec<_>>()
-    };
+    let headers = request.headers();
     let asks = request.version() == Version::HTTP_11
         && request.method() == Method::GET
-        && tokens(header::CONNECTION)
-            .iter()
-            .any(|t| t.eq_ignore_ascii_case("upgrade"))
-        && tokens(header::UPGRADE)
-            .iter()
-            .any(|t| t.eq_ignore_ascii_case("websocket"));
+        && has_token(headers, &header::CONNECTION, "upgrade")
+        && has_token(headers, &header::UPGRADE, "websocket");
     if asks {
         request.extensions_mut().remove::<OnUpgrade>()
     } else {
@@ -180,21 +167,35 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Active<S> {
 /// Why an upstream response head could be read two ways (RFC 9112 §6.3),
 /// if it could: such a response is not passed on.
 pub(crate) fn ambiguous_framing(headers: &HeaderMap) -> Option<&'static str> {
-    let lengths: Vec<&HeaderValue> = headers.get_all(header::CONTENT_LENGTH).iter().collect();
-    if lengths.is_empty() {
-        return None;
-    }
+    let mut lengths = headers.get_all(header::CONTENT_LENGTH).iter();
+    let first = lengths.next()?;
     if headers.contains_key(header::TRANSFER_ENCODING) {
         return Some("both Content-Length and Transfer-Encoding");
     }
-    let valid = |v: &&HeaderValue| !v.is_empty() && v.as_bytes().iter().all(u8::is_ascii_digit);
-    if !lengths.iter().all(valid) {
+    let valid = |v: &HeaderValue| !v.is_empty() && v.as_bytes().iter().all(u8::is_ascii_digit);
+    if !valid(first) {
         return Some("an invalid Content-Length");
     }
-    if lengths.windows(2).any(|pair| pair[0] != pair[1]) {
-        return Some("differing Content-Length values");
+    for other in lengths {
+        if !valid(other) {
+            return Some("an invalid Content-Length");
+        }
+        if other != first {
+            return Some("differing Content-Length values");
+        }
     }
     None
+}
+
+/// Whether a comma-separated header (`Connection`, `Upgrade`, `TE`) lists
+/// `token`, case-insensitively, in any of its lines.
+fn has_token(headers: &HeaderMap, name: &header::HeaderName, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
 }
 
 /// The host the request is for: the authority of its target (HTTP/2's
@@ -284,13 +285,7 @@ pub(crate) fn upstream_request(
 ) -> Request<ProxyBody> {
     // `TE: trailers` says the client takes trailers; gRPC servers require
     // it. The only TE value that crosses a hop (as HTTP/2 allows).
-    let trailers = head
-        .headers
-        .get_all(header::TE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case("trailers"));
+    let trailers = has_token(&head.headers, &header::TE, "trailers");
     strip_hop_by_hop(&mut head.headers);
     head.headers.remove(header::TRANSFER_ENCODING);
     if trailers {

@@ -208,28 +208,18 @@ fn read_files(config: &UpstreamConfig) -> Result<([Option<Vec<u8>>; 3], [u8; 32]
 fn client_tls(config: &UpstreamConfig) -> Result<(rustls::ClientConfig, [u8; 32]), String> {
     let ([ca, cert, key], digest) = read_files(config)?;
     let provider = crate::crypto::provider();
-    let mut roots = rustls::RootCertStore::empty();
     let tls = config.tls.as_ref();
-    match ca {
+    let roots = match ca {
         Some(pem) => {
             let file = tls
                 .and_then(|t| t.ca.as_ref())
                 .map(|p| p.display().to_string())
                 .unwrap_or_default();
-            for cert in CertificateDer::pem_slice_iter(&pem) {
-                let cert =
-                    cert.map_err(|e| format!("{file}: not a PEM certificate bundle: {e}"))?;
-                roots
-                    .add(cert)
-                    .map_err(|e| format!("{file}: not a usable CA certificate: {e}"))?;
-            }
-            if roots.is_empty() {
-                return Err(format!("{file}: no CA certificate in the file"));
-            }
+            crate::crypto::root_store(&pem, &file)?
         }
-        None if config.is_https() => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
-        None => {}
-    }
+        None if config.is_https() => webpki_roots::TLS_SERVER_ROOTS.iter().cloned().collect(),
+        None => rustls::RootCertStore::empty(),
+    };
     let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| e.to_string())?
