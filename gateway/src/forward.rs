@@ -20,13 +20,14 @@ use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::OwnedSemaphorePermit;
 
 use crate::body::ProxyBody;
 use crate::error::ProxyError;
 use crate::plugin::ClientCertificate;
 
 /// The client connection a request came on.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Connection {
     /// The index of the listener in the config.
     pub listener: usize,
@@ -34,6 +35,10 @@ pub struct Connection {
     pub peer: SocketAddr,
     /// The TLS session, on a TLS listener.
     pub tls: Option<TlsSession>,
+    /// One of the listener's `max_connections` slots, given back when the
+    /// last user of the connection (the HTTP connection, or the tunnel of
+    /// an upgrade that outlives it) drops it.
+    pub slot: Option<OwnedSemaphorePermit>,
 }
 
 /// What the TLS handshake settled.
@@ -63,14 +68,16 @@ pub(crate) fn websocket_upgrade(request: &mut Request<Incoming>) -> Option<OnUpg
 }
 
 /// Carries an upgraded connection's bytes both ways until either side
-/// closes, or until no byte has moved either way for `idle`.
+/// closes, or until no byte has moved either way for `idle`. Holds `conn`,
+/// so the tunnel keeps its listener's connection slot.
 pub(crate) async fn tunnel(
     client: OnUpgrade,
     upstream: OnUpgrade,
     idle: Duration,
-    peer: SocketAddr,
+    conn: Arc<Connection>,
     route: Arc<str>,
 ) {
+    let peer = conn.peer;
     let (client, upstream) = match tokio::join!(client, upstream) {
         (Ok(client), Ok(upstream)) => (client, upstream),
         (Err(e), _) | (_, Err(e)) => {
@@ -445,6 +452,7 @@ mod tests {
             listener: 0,
             peer: "192.0.2.7:5000".parse().expect("addr"),
             tls: None,
+            slot: None,
         };
         let out = upstream_request(head, body::empty(), &conn, Some("api.example.com"), false);
         assert_eq!(out.uri(), "/a?b=1");
@@ -473,6 +481,7 @@ mod tests {
                 server_name: Some("api.example.com".into()),
                 client_certificate: None,
             }),
+            slot: None,
         };
         let out = upstream_request(head, body::empty(), &conn, Some("api.example.com"), false);
         assert_eq!(out.version(), Version::HTTP_11);

@@ -117,7 +117,7 @@ fn normalize_path(request: &mut Request<Incoming>) -> Result<(), ProxyError> {
 async fn proxy(
     generation: &Generation,
     mut request: Request<Incoming>,
-    conn: &Connection,
+    conn: &Arc<Connection>,
     record: &mut Record,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let max_uri = generation.config.limits.max_uri_bytes;
@@ -188,7 +188,7 @@ async fn serve_route(
     generation: &Generation,
     route: &RouteRuntime,
     mut request: Request<Incoming>,
-    conn: &Connection,
+    conn: &Arc<Connection>,
     record: &mut Record,
     original_host: Option<String>,
     client_ip: std::net::IpAddr,
@@ -372,7 +372,7 @@ async fn serve_route(
             client,
             upstream,
             idle,
-            conn.peer,
+            conn.clone(),
             route.name.clone(),
         ));
         return Ok(response);

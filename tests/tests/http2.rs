@@ -1,7 +1,8 @@
 //! HTTP/2 from clients: h2c with prior knowledge on a plain listener that
 //! enables it (HTTP/1.1 still served there), and the rapid-reset attack
 //! (CVE-2023-44487) answered by closing the attacking connection while
-//! other connections keep being served.
+//! other connections keep being served, and the idle timeout of a
+//! connection with no stream open.
 
 use std::time::Duration;
 
@@ -17,11 +18,19 @@ use tokio::net::TcpStream;
 const PLAIN_LISTENER: &str = "[[listeners]]\naddress = \"127.0.0.1:0\"\n";
 
 async fn h2c_gateway(echo: &Echo) -> TestGateway {
+    h2c_gateway_with(echo, "").await
+}
+
+/// An h2c gateway whose listener also has `listener_tables` (TOML).
+async fn h2c_gateway_with(echo: &Echo, listener_tables: &str) -> TestGateway {
     let base = base_config(echo.addr);
     assert!(base.contains(PLAIN_LISTENER));
     let config = format!(
         "{}{}",
-        base.replace(PLAIN_LISTENER, &format!("{PLAIN_LISTENER}h2c = true\n")),
+        base.replace(
+            PLAIN_LISTENER,
+            &format!("{PLAIN_LISTENER}h2c = true\n{listener_tables}\n")
+        ),
         route("all", "/", &[])
     );
     TestGateway::start(&config, &[])
@@ -63,6 +72,52 @@ async fn h2c_with_prior_knowledge_and_http1_share_a_listener() {
         .await
         .expect("HTTP/1.1 on the same listener")
         .assert_ok();
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_connection_is_closed_but_not_while_a_stream_is_open() {
+    let echo = Echo::start_local().await.expect("echo");
+    let idle_ms = 600;
+    let gw = h2c_gateway_with(
+        &echo,
+        &format!("[listeners.http2]\nidle_timeout_ms = {idle_ms}"),
+    )
+    .await;
+
+    let io = TokioIo::new(TcpStream::connect(gw.addr).await.expect("connect"));
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+        .await
+        .expect("h2c handshake");
+    let conn = tokio::spawn(conn);
+    // A request whose answer takes two and a half idle timeouts (within
+    // the upstream's 2 s timeout) keeps the connection open: had the
+    // gateway sent GOAWAY meanwhile, the next request on the connection
+    // would be refused.
+    let request = Request::get(format!("http://h2c.test/delay/{}", 5 * idle_ms / 2))
+        .version(Version::HTTP_2)
+        .body(Empty::<Bytes>::new())
+        .expect("request");
+    let response = sender.send_request(request).await.expect("response");
+    assert_eq!(response.status(), StatusCode::OK);
+    response.into_body().collect().await.expect("whole body");
+    let request = Request::get("http://h2c.test/next")
+        .version(Version::HTTP_2)
+        .body(Empty::<Bytes>::new())
+        .expect("request");
+    let response = sender
+        .send_request(request)
+        .await
+        .expect("the connection still takes requests");
+    assert_eq!(response.status(), StatusCode::OK);
+    response.into_body().collect().await.expect("whole body");
+    // Then, with nothing in flight, the gateway ends the connection
+    // (GOAWAY), which the client sees as the connection finishing.
+    let ended = tokio::time::timeout(Duration::from_secs(30), conn).await;
+    assert!(
+        matches!(ended, Ok(Ok(Ok(())))),
+        "the idle connection was not closed cleanly: {ended:?}"
+    );
     gw.stop().await;
 }
 

@@ -16,11 +16,21 @@ async fn gateway(upstream: &TestUpstream) -> TestGateway {
 
 /// Like [`gateway`], with `extra` route keys.
 async fn gateway_with(upstream: &TestUpstream, extra: &str) -> TestGateway {
+    gateway_with_listener(upstream, "", extra).await
+}
+
+/// Like [`gateway_with`], with `listener` keys too.
+async fn gateway_with_listener(
+    upstream: &TestUpstream,
+    listener: &str,
+    extra: &str,
+) -> TestGateway {
     let config = format!(
         r#"
 state_directory = "state"
 [[listeners]]
 address = "127.0.0.1:0"
+{listener}
 [plugins]
 directory = "plugins"
 [limits]
@@ -124,5 +134,44 @@ async fn a_route_can_refuse_websockets_and_a_silent_one_is_closed() {
         .expect("the idle tunnel is closed")
         .expect("read");
     assert!(rest.is_empty(), "{rest:?}");
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_websocket_holds_its_listener_connection_slot() {
+    let upstream = TestUpstream::start(Protocol::Http1, None)
+        .await
+        .expect("upstream");
+    let gw = gateway_with_listener(&upstream, "max_connections = 1", "").await;
+    let (mut stream, head) = handshake(&gw, "x-api-key: demo-key\r\n").await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    stream.write_all(b"ping").await.expect("write");
+    let mut echoed = [0u8; 4];
+    stream.read_exact(&mut echoed).await.expect("echo");
+
+    // The tunnel holds the only slot: another client waits in the backlog.
+    let addr = gw.addr;
+    let waiting = tokio::spawn(async move {
+        let mut other = TcpStream::connect(addr).await.expect("connect");
+        other
+            .write_all(b"GET /x HTTP/1.1\r\nhost: ws.test\r\nconnection: close\r\n\r\n")
+            .await
+            .expect("write");
+        let mut answer = Vec::new();
+        other.read_to_end(&mut answer).await.expect("read");
+        String::from_utf8_lossy(&answer).into_owned()
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !waiting.is_finished(),
+        "a client was served past max_connections while a WebSocket was open"
+    );
+    // Closing the WebSocket gives the slot back.
+    drop(stream);
+    let answer = tokio::time::timeout(Duration::from_secs(20), waiting)
+        .await
+        .expect("served once the tunnel closed")
+        .expect("task");
+    assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
     gw.stop().await;
 }

@@ -111,6 +111,7 @@ impl Default for Http1Config {
 /// initial_stream_window_size = 1048576
 /// initial_connection_window_size = 1048576
 /// max_pending_accept_reset_streams = 20
+/// idle_timeout_ms = 300000
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -128,6 +129,10 @@ pub struct Http2Config {
     /// Streams a client may open and reset before the gateway accepted
     /// them; past it the connection is closed with `ENHANCE_YOUR_CALM`.
     pub max_pending_accept_reset_streams: usize,
+    /// How long a connection may stay open with no stream in flight
+    /// before the gateway closes it with GOAWAY (streams still open then
+    /// finish first). In ms.
+    pub idle_timeout_ms: u64,
 }
 
 impl Default for Http2Config {
@@ -138,6 +143,7 @@ impl Default for Http2Config {
             initial_stream_window_size: 1024 * 1024,
             initial_connection_window_size: 1024 * 1024,
             max_pending_accept_reset_streams: 20,
+            idle_timeout_ms: 300_000,
         }
     }
 }
@@ -321,6 +327,7 @@ pub(super) fn validate(listeners: &[ListenerConfig], problems: &mut Vec<Problem>
             1,
             10_000,
         );
+        range("idle_timeout_ms", h2.idle_timeout_ms, 100, 86_400_000);
         if !(100..=3_600_000).contains(&l.http1.header_read_timeout_ms) {
             bad(
                 format!("listeners[{i}].http1.header_read_timeout_ms"),

@@ -7,7 +7,12 @@
 //! listener's handshake timeout, so a slow or silent client holds only its
 //! own connection. A listener's TLS settings are read from the generation
 //! current at accept time (see [`tls`]).
+//!
+//! Every connection holds one of its listener's `max_connections` slots
+//! until it ends (an upgraded connection until its tunnel ends), so
+//! draining is waiting for all the slots to come back.
 
+mod idle;
 pub mod tls;
 
 use std::convert::Infallible;
@@ -18,7 +23,6 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
@@ -65,7 +69,6 @@ pub async fn serve(
     registry: Arc<Registry>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let graceful = GracefulShutdown::new();
     let slots = Arc::new(Semaphore::new(max_connections));
     loop {
         // A free slot first: at the limit the listener stops accepting
@@ -84,13 +87,10 @@ pub async fn serve(
                     let Some(settings) = registry.current().listeners.get(index).cloned() else {
                         continue;
                     };
-                    let watcher = graceful.watcher();
                     let registry = registry.clone();
-                    let conn = Connection { listener: index, peer, tls: None };
-                    tokio::spawn(async move {
-                        connection(stream, conn, settings, registry, watcher).await;
-                        drop(slot);
-                    });
+                    let shutdown = shutdown.clone();
+                    let conn = Connection { listener: index, peer, tls: None, slot: Some(slot) };
+                    tokio::spawn(connection(stream, conn, settings, registry, shutdown));
                 }
                 Err(e) => {
                     // Typically out of file descriptors: back off briefly.
@@ -102,8 +102,10 @@ pub async fn serve(
         }
     }
     drop(listener);
+    // Validated to at most a million, so this never saturates.
+    let all = u32::try_from(max_connections).unwrap_or(u32::MAX);
     tokio::select! {
-        _ = graceful.shutdown() => tracing::debug!("all connections drained"),
+        _ = slots.acquire_many(all) => tracing::debug!("all connections drained"),
         _ = tokio::time::sleep(DRAIN_TIMEOUT) => tracing::warn!("drain timeout: closing remaining connections"),
     }
 }
@@ -114,7 +116,7 @@ async fn connection(
     mut conn: Connection,
     settings: Arc<ListenerRuntime>,
     registry: Arc<Registry>,
-    watcher: Watcher,
+    shutdown: watch::Receiver<bool>,
 ) {
     let peer = conn.peer;
     let Some(tls) = settings.tls.clone() else {
@@ -123,7 +125,15 @@ async fn connection(
         } else {
             Speaks::Http1
         };
-        return serve_http(stream, speaks, &settings, Arc::new(conn), registry, watcher).await;
+        return serve_http(
+            stream,
+            speaks,
+            &settings,
+            Arc::new(conn),
+            registry,
+            shutdown,
+        )
+        .await;
     };
     let acceptor = TlsAcceptor::from(tls.server.clone());
     let stream = match tokio::time::timeout(tls.handshake_timeout, acceptor.accept(stream)).await {
@@ -155,26 +165,44 @@ async fn connection(
             .and_then(<[_]>::first)
             .and_then(|der| tls::client_certificate(der).map(Arc::new)),
     });
-    serve_http(stream, speaks, &settings, Arc::new(conn), registry, watcher).await;
+    serve_http(
+        stream,
+        speaks,
+        &settings,
+        Arc::new(conn),
+        registry,
+        shutdown,
+    )
+    .await;
 }
 
 /// Serves HTTP on an established stream, with upgrades (WebSocket) on
-/// HTTP/1.1.
+/// HTTP/1.1, until the client closes, the connection is idle past the
+/// HTTP/2 idle timeout, or the gateway shuts down; the last two close
+/// gracefully (GOAWAY, or `Connection: close` after the request in flight).
 async fn serve_http<S>(
     stream: S,
     speaks: Speaks,
     settings: &ListenerRuntime,
     conn: Arc<Connection>,
     registry: Arc<Registry>,
-    watcher: Watcher,
+    mut shutdown: watch::Receiver<bool>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let peer = conn.peer;
-    let service = service_fn(move |request: hyper::Request<Incoming>| {
-        let registry = registry.clone();
-        let conn = conn.clone();
-        async move { Ok::<_, Infallible>(pipeline::handle(&registry, request, &conn).await) }
+    let activity = Arc::new(idle::Activity::default());
+    let service = service_fn({
+        let activity = activity.clone();
+        move |request: hyper::Request<Incoming>| {
+            let in_flight = activity.start();
+            let registry = registry.clone();
+            let conn = conn.clone();
+            async move {
+                let response = pipeline::handle(&registry, request, &conn).await;
+                Ok::<_, Infallible>(response.map(|body| idle::Tracked::new(body, in_flight)))
+            }
+        }
     });
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -197,8 +225,35 @@ async fn serve_http<S>(
         Speaks::Http2 => builder.http2_only(),
         Speaks::Either => builder,
     };
+    // HTTP/1.1 keep-alive connections are bounded by the header read
+    // timeout already; hyper has no such bound for HTTP/2.
+    let idle_timeout =
+        (speaks != Speaks::Http1).then(|| Duration::from_millis(settings.http2.idle_timeout_ms));
+    let idle = async {
+        match idle_timeout {
+            Some(timeout) => activity.idle_for(timeout).await,
+            None => std::future::pending().await,
+        }
+    };
+    let mut idle = std::pin::pin!(idle);
     let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-    if let Err(e) = watcher.watch(connection).await {
+    let mut connection = std::pin::pin!(connection);
+    let mut closing = false;
+    let ended = loop {
+        tokio::select! {
+            ended = connection.as_mut() => break ended,
+            () = &mut idle, if !closing => {
+                tracing::debug!(client = %peer, "closing an idle connection");
+                closing = true;
+                connection.as_mut().graceful_shutdown();
+            }
+            _ = shutdown.wait_for(|down| *down), if !closing => {
+                closing = true;
+                connection.as_mut().graceful_shutdown();
+            }
+        }
+    };
+    if let Err(e) = ended {
         tracing::debug!(client = %peer, "connection ended with an error: {e}");
     }
 }
