@@ -52,6 +52,11 @@ pub struct Config {
     /// beside the config file.
     #[serde(default)]
     pub state_directory: Option<PathBuf>,
+    /// Threads that serve connections and run plugins. Default: the CPUs
+    /// this process may run on (its affinity mask, so `taskset -c 0`
+    /// gives one).
+    #[serde(default)]
+    pub workers: Option<usize>,
     /// Where the gateway accepts connections.
     #[serde(default)]
     pub listeners: Vec<ListenerConfig>,
@@ -723,6 +728,14 @@ impl Config {
         let mut problems = Vec::new();
         listener::validate(&self.listeners, &mut problems);
         let mut bad = |key: String, message: String| problems.push(Problem { key, message });
+        if let Some(workers) = self.workers
+            && !(1..=1024).contains(&workers)
+        {
+            bad(
+                "workers".into(),
+                format!("must be between 1 and 1024, got {workers}"),
+            );
+        }
         for (i, proxy) in self.trusted_proxies.iter().enumerate() {
             if parse_network(proxy).is_none() {
                 bad(

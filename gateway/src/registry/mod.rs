@@ -662,6 +662,10 @@ fn keep_static_settings(old: &Config, new: &mut Config) {
         tracing::warn!("config reload: `state_directory` changes only with a restart");
         new.state_directory = old.state_directory.clone();
     }
+    if new.workers != old.workers {
+        tracing::warn!("config reload: `workers` changes only with a restart");
+        new.workers = old.workers;
+    }
     if new.plugins != old.plugins {
         tracing::warn!(
             "config reload: `[plugins]` changed; the plugin directory changes only with a restart"

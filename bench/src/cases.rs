@@ -1,0 +1,394 @@
+//! The cases: which proxy, configured how, under which load; and one
+//! measured run of a case.
+
+use std::path::Path;
+use std::process::Command;
+
+use crate::Options;
+use crate::load::Load;
+use crate::procs::{self, Proc};
+use crate::setup::{
+    self, Env, PROXY_CPU, PROXY_PORT, PROXY_TLS_PORT, UPSTREAM_PORT, nginx_http_paths, nginx_main,
+};
+
+/// Groups of cases, chosen with `--cases`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Group {
+    /// Plain HTTP/1.1: direct, nginx, Portcullis without plugins.
+    Proxy,
+    /// Portcullis with plugins.
+    Plugins,
+    /// HTTPS: keep-alive, and a new connection (full handshake) per request.
+    Tls,
+    /// HTTP/2 over TLS, many streams on one connection.
+    H2,
+}
+
+impl Group {
+    /// Every group, in report order.
+    pub(crate) const ALL: [Group; 4] = [Group::Proxy, Group::Plugins, Group::Tls, Group::H2];
+
+    /// The group named `name` on the command line.
+    pub(crate) fn parse(name: &str) -> Option<Self> {
+        match name {
+            "proxy" => Some(Group::Proxy),
+            "plugins" => Some(Group::Plugins),
+            "tls" => Some(Group::Tls),
+            "h2" => Some(Group::H2),
+            _ => None,
+        }
+    }
+}
+
+/// The proxy a case measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Proxy {
+    /// None: the load goes straight to the upstream.
+    Direct,
+    /// nginx, one worker, upstream keep-alive.
+    Nginx,
+    /// Portcullis, one worker thread, with this plugin chain.
+    Portcullis(Chain),
+}
+
+/// A Portcullis route's plugins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Chain {
+    /// No plugins.
+    Empty,
+    /// key_auth.
+    KeyAuth,
+    /// alerts, key_auth, rate_limit (never trips), rewrite.
+    Four,
+}
+
+/// The API key the plugin cases send (its SHA-256 is in the config).
+const KEY: (&str, &str) = ("x-api-key", "bench-key");
+const KEY_SHA256: &str = "b0962662e937d44c699c8305d90cbf190b3150c59b13863d1380b5cc3c711bb7";
+
+/// One case.
+#[derive(Debug, Clone)]
+pub(crate) struct Case {
+    /// As reported.
+    pub(crate) name: &'static str,
+    /// Its group.
+    pub(crate) group: Group,
+    /// What it measures.
+    pub(crate) proxy: Proxy,
+    /// Under which load.
+    pub(crate) load: Load,
+    /// The case it is compared with in the report, by name.
+    pub(crate) baseline: Option<&'static str>,
+}
+
+/// The cases of `groups`.
+pub(crate) fn all(groups: &[Group]) -> Vec<Case> {
+    let plain = format!("http://127.0.0.1:{PROXY_PORT}/");
+    let tls = format!("https://127.0.0.1:{PROXY_TLS_PORT}/");
+    let wrk = |url: &str, headers: Vec<(&'static str, &'static str)>| Load::Wrk {
+        url: url.to_string(),
+        headers,
+    };
+    let close = vec![("Connection", "close")];
+    let h2 = Load::H2 {
+        url: tls.clone(),
+        streams: 32,
+    };
+    let portcullis = Proxy::Portcullis(Chain::Empty);
+    let case = |name, group, proxy, load, baseline| Case {
+        name,
+        group,
+        proxy,
+        load,
+        baseline,
+    };
+    let cases = vec![
+        case(
+            "direct to the upstream",
+            Group::Proxy,
+            Proxy::Direct,
+            wrk(&format!("http://127.0.0.1:{UPSTREAM_PORT}/"), vec![]),
+            None,
+        ),
+        case(
+            "nginx proxy_pass",
+            Group::Proxy,
+            Proxy::Nginx,
+            wrk(&plain, vec![]),
+            None,
+        ),
+        case(
+            "portcullis, no plugins",
+            Group::Proxy,
+            portcullis,
+            wrk(&plain, vec![]),
+            Some("nginx proxy_pass"),
+        ),
+        case(
+            "portcullis, key_auth",
+            Group::Plugins,
+            Proxy::Portcullis(Chain::KeyAuth),
+            wrk(&plain, vec![KEY]),
+            Some("portcullis, no plugins"),
+        ),
+        case(
+            "portcullis, four plugins",
+            Group::Plugins,
+            Proxy::Portcullis(Chain::Four),
+            wrk(&plain, vec![KEY]),
+            Some("portcullis, no plugins"),
+        ),
+        case(
+            "nginx https keep-alive",
+            Group::Tls,
+            Proxy::Nginx,
+            wrk(&tls, vec![]),
+            None,
+        ),
+        case(
+            "portcullis https keep-alive",
+            Group::Tls,
+            portcullis,
+            wrk(&tls, vec![]),
+            Some("nginx https keep-alive"),
+        ),
+        case(
+            "nginx https, handshake per request",
+            Group::Tls,
+            Proxy::Nginx,
+            wrk(&tls, close.clone()),
+            None,
+        ),
+        case(
+            "portcullis https, handshake per request",
+            Group::Tls,
+            portcullis,
+            wrk(&tls, close),
+            Some("nginx https, handshake per request"),
+        ),
+        case(
+            "nginx h2, 32 streams",
+            Group::H2,
+            Proxy::Nginx,
+            h2.clone(),
+            None,
+        ),
+        case(
+            "portcullis h2, 32 streams",
+            Group::H2,
+            portcullis,
+            h2,
+            Some("nginx h2, 32 streams"),
+        ),
+    ];
+    cases
+        .into_iter()
+        .filter(|c| groups.contains(&c.group))
+        .collect()
+}
+
+/// One measured run of a case, as the report keeps it.
+#[derive(Debug, Clone)]
+pub(crate) struct Sample {
+    /// Completed requests per second.
+    pub(crate) requests_per_second: f64,
+    /// Median latency, ms.
+    pub(crate) p50_ms: Option<f64>,
+    /// 99th percentile latency, ms.
+    pub(crate) p99_ms: Option<f64>,
+    /// Peak RSS of the proxy (all its processes), MiB.
+    pub(crate) peak_rss_mib: Option<f64>,
+    /// CPU time of the proxy per request, us.
+    pub(crate) cpu_us_per_request: f64,
+    /// Answers other than 2xx/3xx, and socket errors.
+    pub(crate) failures: u64,
+}
+
+/// Starts the case's proxy, warms it up, measures, stops it.
+pub(crate) fn measure(case: &Case, env: &Env, options: &Options) -> Result<Sample, String> {
+    let ready = match case.proxy {
+        Proxy::Portcullis(Chain::KeyAuth | Chain::Four) => vec![KEY],
+        _ => vec![],
+    };
+    let mut proxy = match case.proxy {
+        Proxy::Direct => None,
+        Proxy::Nginx => Some(start_nginx(env)?),
+        Proxy::Portcullis(chain) => Some(start_portcullis(env, chain)?),
+    };
+    let port = match case.proxy {
+        Proxy::Direct => UPSTREAM_PORT,
+        _ => PROXY_PORT,
+    };
+    procs::wait_ready(port, &ready, 200)?;
+    let log = env.work.join("logs/h2load.tsv");
+    case.load.run(options.warmup, options.connections, &log)?;
+    let pids = proxy.as_ref().map(Proc::tree).unwrap_or_default();
+    let before = procs::cpu_ticks(&pids);
+    let run = case.load.run(options.duration, options.connections, &log)?;
+    let cpu_seconds = (procs::cpu_ticks(&pids) - before) as f64 / procs::ticks_per_second();
+    let peak_rss_mib = proxy
+        .as_ref()
+        .map(|_| procs::peak_rss_kib(&pids) as f64 / 1024.0);
+    if let Some(proxy) = proxy.as_mut()
+        && !proxy.running()
+    {
+        return Err(format!(
+            "the proxy of `{}` exited during the run; see {}",
+            case.name,
+            env.work.join("logs").display()
+        ));
+    }
+    drop(proxy);
+    Ok(Sample {
+        requests_per_second: run.requests_per_second,
+        p50_ms: run.p50_ms,
+        p99_ms: run.p99_ms,
+        peak_rss_mib,
+        cpu_us_per_request: if run.requests == 0 || pids.is_empty() {
+            f64::NAN
+        } else {
+            cpu_seconds * 1e6 / run.requests as f64
+        },
+        failures: run.non_2xx + run.errors,
+    })
+}
+
+fn start_nginx(env: &Env) -> Result<Proc, String> {
+    let work = &env.work;
+    let conf = work.join("nginx/proxy.conf");
+    setup::write(&conf, &nginx_proxy_conf(work))?;
+    Proc::start(
+        Command::new("taskset")
+            .args(["-c", PROXY_CPU])
+            .arg(&env.nginx)
+            .arg("-p")
+            .arg(work.join("nginx"))
+            .arg("-c")
+            .arg(&conf),
+        &work.join("logs/nginx-proxy.log"),
+    )
+}
+
+/// nginx as the reference proxy: HTTP/1.1 to the upstream with keep-alive,
+/// the same forwarded headers Portcullis sets, the same certificate.
+fn nginx_proxy_conf(work: &Path) -> String {
+    let certs = work.join("certs");
+    let certs = certs.display();
+    format!(
+        "{main}http {{\n{paths}keepalive_requests 1000000;\n\
+         upstream backend {{ server 127.0.0.1:{UPSTREAM_PORT}; keepalive 64; }}\n\
+         server {{\n\
+         listen 127.0.0.1:{PROXY_PORT} backlog=4096;\n\
+         listen 127.0.0.1:{PROXY_TLS_PORT} ssl http2 backlog=4096;\n\
+         ssl_certificate {certs}/cert.pem;\n\
+         ssl_certificate_key {certs}/key.pem;\n\
+         ssl_protocols TLSv1.2 TLSv1.3;\n\
+         location / {{\n\
+         proxy_pass http://backend;\n\
+         proxy_http_version 1.1;\n\
+         proxy_set_header Connection \"\";\n\
+         proxy_set_header Host $host;\n\
+         proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;\n\
+         proxy_set_header X-Forwarded-Proto $scheme;\n\
+         }}\n}}\n}}\n",
+        main = nginx_main(work, "proxy"),
+        paths = nginx_http_paths(work, "proxy"),
+    )
+}
+
+fn start_portcullis(env: &Env, chain: Chain) -> Result<Proc, String> {
+    let work = &env.work;
+    let conf = work.join("portcullis.toml");
+    setup::write(&conf, &portcullis_conf(chain))?;
+    Proc::start(
+        Command::new("taskset")
+            .args(["-c", PROXY_CPU])
+            .arg(&env.portcullis)
+            .arg("run")
+            .arg("--config")
+            .arg(&conf),
+        &work.join("logs/portcullis.log"),
+    )
+}
+
+/// Portcullis as the proxy: one worker thread, no access log (nginx's is
+/// off too), the plain and TLS listeners nginx has, optimized plugin
+/// builds only.
+fn portcullis_conf(chain: Chain) -> String {
+    let mut conf = format!(
+        r#"state_directory = "state"
+workers = 1
+
+[[listeners]]
+address = "127.0.0.1:{PROXY_PORT}"
+
+[[listeners]]
+address = "127.0.0.1:{PROXY_TLS_PORT}"
+[[listeners.tls.certificates]]
+cert = "certs/cert.pem"
+key = "certs/key.pem"
+
+[plugins]
+directory = "plugins"
+# Measure the optimized builds only: no Winch build serving while Cranelift
+# compiles on the proxy's CPU. The first case to load a module compiles it
+# before it answers; the cache in state/ serves the cases after it.
+baseline_compiler = false
+
+[log]
+level = "warn"
+access_log = false
+
+[upstreams.bench]
+servers = ["127.0.0.1:{UPSTREAM_PORT}"]
+
+[[routes]]
+name = "bench"
+path_prefix = "/"
+upstream = "bench"
+"#
+    );
+    let key_auth = format!(
+        r#"
+[[routes.plugins]]
+name = "key_auth"
+[routes.plugins.config]
+header = "{header}"
+keys = [{{ consumer = "bench", sha256 = "{KEY_SHA256}", roles = ["member"] }}]
+"#,
+        header = KEY.0
+    );
+    match chain {
+        Chain::Empty => {}
+        Chain::KeyAuth => conf.push_str(&key_auth),
+        Chain::Four => {
+            conf.push_str(
+                r#"
+[[routes.plugins]]
+name = "alerts"
+[routes.plugins.config.auth_failures]
+threshold = 5
+window_s = 60
+"#,
+            );
+            conf.push_str(&key_auth);
+            conf.push_str(
+                r#"
+[[routes.plugins]]
+name = "rate_limit"
+[routes.plugins.config]
+by = ["consumer"]
+limits = [{ rate = 1000000, per = "second" }]
+
+[[routes.plugins]]
+name = "rewrite"
+[routes.plugins.config.request_headers]
+set = { x-gateway = "portcullis" }
+[routes.plugins.config.response_headers]
+set = { cache-control = "no-store" }
+"#,
+            );
+        }
+    }
+    conf
+}
