@@ -4,6 +4,7 @@
 
 pub mod bench;
 pub mod echo;
+pub mod h2;
 pub mod tls;
 pub mod upstream;
 pub mod webhook;

@@ -11,8 +11,8 @@ use http::{Request, StatusCode, Version};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use portcullis_tests::echo::Echo;
+use portcullis_tests::h2;
 use portcullis_tests::{Client, TestGateway, base_config, route};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 const PLAIN_LISTENER: &str = "[[listeners]]\naddress = \"127.0.0.1:0\"\n";
@@ -121,40 +121,15 @@ async fn an_idle_connection_is_closed_but_not_while_a_stream_is_open() {
     gw.stop().await;
 }
 
-/// An HTTP/2 frame header: length, type, flags, stream.
-fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-    let len = payload.len() as u32;
-    let mut out = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
-    out.extend_from_slice(&stream.to_be_bytes());
-    out.extend_from_slice(payload);
-    out
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rapid_reset_flood_closes_that_connection_only() {
     let echo = Echo::start_local().await.expect("echo");
     let gw = h2c_gateway(&echo).await;
 
-    // The flood: the preface, then 5000 requests each reset at once
-    // (HEADERS with `GET /` from HPACK's static table, then RST_STREAM
-    // CANCEL), written in one go.
-    let mut flood = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
-    flood.extend(frame(0x4, 0, 0, &[]));
-    for i in 0..5000u32 {
-        let stream = 2 * i + 1;
-        flood.extend(frame(0x1, 0x5, stream, &[0x82, 0x86, 0x84]));
-        flood.extend(frame(0x3, 0, stream, &8u32.to_be_bytes()));
-    }
-    let mut attacker = TcpStream::connect(gw.addr).await.expect("connect");
-    let writing = tokio::spawn(async move {
-        // The gateway may close the connection before all is written.
-        let _ = attacker.write_all(&flood).await;
-        let mut received = Vec::new();
-        let _ = tokio::time::timeout(Duration::from_secs(30), attacker.read_to_end(&mut received))
-            .await
-            .expect("the gateway closes the flooding connection");
-        received
-    });
+    // The flood: 5000 requests each reset at once, written in one go.
+    let flood = h2::rapid_reset_flood(5000);
+    let addr = gw.addr;
+    let writing = tokio::spawn(async move { h2::send_flood(addr, &flood).await });
 
     // Meanwhile another client is served.
     let client = Client::new();
@@ -167,22 +142,7 @@ async fn a_rapid_reset_flood_closes_that_connection_only() {
     }
 
     let received = writing.await.expect("attacker task");
-    // Walk the frames the gateway sent, looking for GOAWAY.
-    let mut goaway = None;
-    let mut at = 0;
-    while at + 9 <= received.len() {
-        let len = (usize::from(received[at]) << 16)
-            | (usize::from(received[at + 1]) << 8)
-            | usize::from(received[at + 2]);
-        let kind = received[at + 3];
-        let payload = &received[(at + 9).min(received.len())..(at + 9 + len).min(received.len())];
-        if kind == 0x7 && payload.len() >= 8 {
-            goaway = Some(u32::from_be_bytes([
-                payload[4], payload[5], payload[6], payload[7],
-            ]));
-        }
-        at += 9 + len;
-    }
+    let goaway = h2::goaway_code(&received);
     assert_eq!(
         goaway,
         Some(0xb),
