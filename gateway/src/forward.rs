@@ -23,6 +23,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::OwnedSemaphorePermit;
 
 use crate::body::ProxyBody;
+use crate::config::ForwardedHeaders;
 use crate::error::ProxyError;
 use crate::plugin::ClientCertificate;
 
@@ -282,13 +283,14 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// The request as it goes upstream: origin-form URI, HTTP/1.1 with a
 /// `Host` (the client's, as plugins left it, or HTTP/2's `:authority`
 /// when there is none, RFC 9113 §8.3.1) and one `Cookie` line (§8.2.3), hop-by-hop headers
-/// removed, `X-Forwarded-*` set.
+/// removed, `X-Forwarded-*` or RFC 7239 `Forwarded` (or both) set.
 pub(crate) fn upstream_request(
     mut head: http::request::Parts,
     body: ProxyBody,
     conn: &Connection,
     original_host: Option<&str>,
     via_trusted_proxy: bool,
+    style: ForwardedHeaders,
 ) -> Request<ProxyBody> {
     // `TE: trailers` says the client takes trailers; gRPC servers require
     // it. The only TE value that crosses a hop (as HTTP/2 allows).
@@ -307,32 +309,21 @@ pub(crate) fn upstream_request(
     if head.version == Version::HTTP_2 {
         join_cookies(&mut head.headers);
     }
-    let client = conn.peer.ip().to_string();
-    let forwarded_for = match head
-        .headers
-        .get("x-forwarded-for")
-        .and_then(|v| v.to_str().ok())
-    {
-        Some(earlier) => format!("{earlier}, {client}"),
-        None => client,
-    };
-    if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
-        head.headers.insert("x-forwarded-for", value);
-    }
-    // A trusted proxy's `X-Forwarded-Proto` stands (it may have terminated
-    // TLS); anyone else's is replaced by what the client really used.
-    let forwarded_proto = head
-        .headers
-        .get("x-forwarded-proto")
-        .filter(|v| *v == "https" || *v == "http");
-    if !(via_trusted_proxy && forwarded_proto.is_some()) {
-        let proto = if conn.tls.is_some() { "https" } else { "http" };
-        head.headers
-            .insert("x-forwarded-proto", HeaderValue::from_static(proto));
-    }
-    let kept_host = via_trusted_proxy && head.headers.contains_key("x-forwarded-host");
-    if !kept_host && let Some(value) = original_host.and_then(|h| HeaderValue::from_str(h).ok()) {
-        head.headers.insert("x-forwarded-host", value);
+    let proto = if conn.tls.is_some() { "https" } else { "http" };
+    if style == ForwardedHeaders::Forwarded {
+        if !via_trusted_proxy {
+            for name in ["x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"] {
+                head.headers.remove(name);
+            }
+        }
+    } else {
+        set_x_forwarded(
+            &mut head.headers,
+            conn,
+            proto,
+            original_host,
+            via_trusted_proxy,
+        );
     }
     if !via_trusted_proxy {
         // What an untrusted client says about itself in these is a lie
@@ -340,11 +331,92 @@ pub(crate) fn upstream_request(
         head.headers.remove(header::FORWARDED);
         head.headers.remove("x-real-ip");
     }
+    if style != ForwardedHeaders::XForwarded {
+        append_forwarded(&mut head.headers, conn.peer.ip(), proto, original_host);
+    }
     if let Some(pq) = head.uri.path_and_query().cloned() {
         head.uri = Uri::from(pq);
     }
     head.version = Version::HTTP_11;
     Request::from_parts(head, body)
+}
+
+/// Appends this hop to `X-Forwarded-For`, and sets `X-Forwarded-Proto` and
+/// `-Host` to what this hop saw unless a trusted proxy sent them.
+fn set_x_forwarded(
+    headers: &mut HeaderMap,
+    conn: &Connection,
+    proto: &'static str,
+    original_host: Option<&str>,
+    via_trusted_proxy: bool,
+) {
+    let client = conn.peer.ip().to_string();
+    let forwarded_for = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(earlier) => format!("{earlier}, {client}"),
+        None => client,
+    };
+    if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
+        headers.insert("x-forwarded-for", value);
+    }
+    // A trusted proxy's `X-Forwarded-Proto` stands (it may have terminated
+    // TLS); anyone else's is replaced by what the client really used.
+    let forwarded_proto = headers
+        .get("x-forwarded-proto")
+        .filter(|v| *v == "https" || *v == "http");
+    if !(via_trusted_proxy && forwarded_proto.is_some()) {
+        headers.insert("x-forwarded-proto", HeaderValue::from_static(proto));
+    }
+    let kept_host = via_trusted_proxy && headers.contains_key("x-forwarded-host");
+    if !kept_host && let Some(value) = original_host.and_then(|h| HeaderValue::from_str(h).ok()) {
+        headers.insert("x-forwarded-host", value);
+    }
+}
+
+/// Appends this hop's element to `Forwarded` (RFC 7239 §4): `for` the
+/// client (an IPv6 address bracketed and quoted, §6), `proto`, and `host`
+/// (quoted when it is not a token, as with a port).
+fn append_forwarded(
+    headers: &mut HeaderMap,
+    client: std::net::IpAddr,
+    proto: &str,
+    host: Option<&str>,
+) {
+    let mut element = match client {
+        std::net::IpAddr::V4(ip) => format!("for={ip};proto={proto}"),
+        std::net::IpAddr::V6(ip) => format!("for=\"[{ip}]\";proto={proto}"),
+    };
+    if let Some(host) = host {
+        let token = !host.is_empty()
+            && host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+        if token {
+            element.push_str(";host=");
+            element.push_str(host);
+        } else {
+            element.push_str(";host=\"");
+            for c in host.chars() {
+                if c == '"' || c == '\\' {
+                    element.push('\\');
+                }
+                element.push(c);
+            }
+            element.push('"');
+        }
+    }
+    let earlier: Vec<&str> = headers
+        .get_all(header::FORWARDED)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    let value = if earlier.is_empty() {
+        element
+    } else {
+        format!("{}, {element}", earlier.join(", "))
+    };
+    if let Ok(value) = HeaderValue::from_str(&value) {
+        headers.insert(header::FORWARDED, value);
+    }
 }
 
 /// The redirect of a request to the same host, path and query over https
@@ -454,13 +526,75 @@ mod tests {
             tls: None,
             slot: None,
         };
-        let out = upstream_request(head, body::empty(), &conn, Some("api.example.com"), false);
+        let out = upstream_request(
+            head,
+            body::empty(),
+            &conn,
+            Some("api.example.com"),
+            false,
+            ForwardedHeaders::XForwarded,
+        );
         assert_eq!(out.uri(), "/a?b=1");
         assert!(!out.headers().contains_key(header::FORWARDED));
         assert!(!out.headers().contains_key("x-real-ip"));
         assert_eq!(out.headers()["x-forwarded-for"], "10.0.0.1, 192.0.2.7");
         assert_eq!(out.headers()["x-forwarded-proto"], "http");
         assert_eq!(out.headers()["x-forwarded-host"], "api.example.com");
+    }
+
+    #[test]
+    fn rfc7239_forwarded_is_appended_and_untrusted_x_forwarded_removed() {
+        let request = |forwarded: &str| {
+            Request::builder()
+                .uri("/a")
+                .header(header::HOST, "api.example.com:8443")
+                .header("forwarded", forwarded)
+                .header("x-forwarded-for", "1.2.3.4")
+                .header("x-forwarded-proto", "https")
+                .body(())
+                .expect("request")
+                .into_parts()
+                .0
+        };
+        let conn = |peer: &str| Connection {
+            listener: 0,
+            peer: peer.parse().expect("addr"),
+            tls: None,
+            slot: None,
+        };
+        let host = Some("api.example.com:8443");
+        // From an untrusted peer: its claims go, this hop's element is the
+        // only one.
+        let out = upstream_request(
+            request("for=6.6.6.6"),
+            body::empty(),
+            &conn("192.0.2.7:5000"),
+            host,
+            false,
+            ForwardedHeaders::Forwarded,
+        );
+        assert_eq!(
+            out.headers()[header::FORWARDED],
+            "for=192.0.2.7;proto=http;host=\"api.example.com:8443\""
+        );
+        assert!(!out.headers().contains_key("x-forwarded-for"));
+        assert!(!out.headers().contains_key("x-forwarded-proto"));
+        // From a trusted proxy over IPv6: appended to what it sent, the
+        // address bracketed and quoted; with `both`, X-Forwarded-* too.
+        let out = upstream_request(
+            request("for=198.51.100.17;proto=https"),
+            body::empty(),
+            &conn("[2001:db8::1]:5000"),
+            Some("api.example.com"),
+            true,
+            ForwardedHeaders::Both,
+        );
+        assert_eq!(
+            out.headers()[header::FORWARDED],
+            "for=198.51.100.17;proto=https, for=\"[2001:db8::1]\";proto=http;host=api.example.com"
+        );
+        assert_eq!(out.headers()["x-forwarded-for"], "1.2.3.4, 2001:db8::1");
+        assert_eq!(out.headers()["x-forwarded-proto"], "https");
     }
 
     #[test]
@@ -483,7 +617,14 @@ mod tests {
             }),
             slot: None,
         };
-        let out = upstream_request(head, body::empty(), &conn, Some("api.example.com"), false);
+        let out = upstream_request(
+            head,
+            body::empty(),
+            &conn,
+            Some("api.example.com"),
+            false,
+            ForwardedHeaders::XForwarded,
+        );
         assert_eq!(out.version(), Version::HTTP_11);
         assert_eq!(out.uri(), "/a");
         assert_eq!(out.headers()[header::HOST], "api.example.com");

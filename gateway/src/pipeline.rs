@@ -295,6 +295,7 @@ async fn serve_route(
                 conn,
                 original_host.as_deref(),
                 via_trusted_proxy,
+                generation.config.forwarded_headers,
             );
             if client_upgrade.is_some() {
                 let headers = outgoing.headers_mut();

@@ -16,13 +16,15 @@ use crate::config::{Problem, RouteConfig};
 #[derive(Debug, Clone)]
 struct Entry {
     prefix: String,
+    /// Whether the prefix matches letter case exactly.
+    case_sensitive: bool,
     methods: Methods,
     route: usize,
 }
 
 impl Entry {
     fn path_matches(&self, path: &str) -> bool {
-        prefix_matches(&self.prefix, path)
+        prefix_matches(&self.prefix, path, self.case_sensitive)
     }
 
     fn method_matches(&self, method: &Method) -> bool {
@@ -31,15 +33,20 @@ impl Entry {
 }
 
 /// Segment-aware prefix match: `/api` takes `/api` and `/api/...` but not
-/// `/apix`; a prefix ending in `/` takes everything below it.
-fn prefix_matches(prefix: &str, path: &str) -> bool {
-    if prefix == "/" || prefix.ends_with('/') {
-        return path.starts_with(prefix);
-    }
-    match path.strip_prefix(prefix) {
-        Some(rest) => rest.is_empty() || rest.starts_with('/'),
+/// `/apix`; a prefix ending in `/` takes everything below it. Without
+/// `case_sensitive`, ASCII letters match either case.
+fn prefix_matches(prefix: &str, path: &str, case_sensitive: bool) -> bool {
+    let head = path.as_bytes().get(..prefix.len());
+    let starts = match head {
+        Some(head) if case_sensitive => head == prefix.as_bytes(),
+        Some(head) => head.eq_ignore_ascii_case(prefix.as_bytes()),
         None => false,
+    };
+    if !starts {
+        return false;
     }
+    let rest = &path.as_bytes()[prefix.len()..];
+    prefix.ends_with('/') || rest.is_empty() || rest.starts_with(b"/")
 }
 
 /// The outcome of a lookup.
@@ -100,7 +107,14 @@ impl Router {
                 route.hosts.iter().map(|h| h.to_ascii_lowercase()).collect()
             };
             for host in hosts {
-                let key = (host.clone(), route.path_prefix.clone());
+                // Case-insensitive prefixes that differ only in case take
+                // the same requests.
+                let prefix_key = if route.case_sensitive {
+                    route.path_prefix.clone()
+                } else {
+                    route.path_prefix.to_ascii_lowercase()
+                };
+                let key = (host.clone(), prefix_key);
                 let earlier = seen.entry(key).or_default();
                 if let Some((j, _)) = earlier.iter().find(|(_, m)| overlap(m, &methods)) {
                     problems.push(Problem {
@@ -117,6 +131,7 @@ impl Router {
                 earlier.push((i, methods.clone()));
                 let entry = Entry {
                     prefix: route.path_prefix.clone(),
+                    case_sensitive: route.case_sensitive,
                     methods: methods.clone(),
                     route: i,
                 };
@@ -204,6 +219,7 @@ mod tests {
             name: name.into(),
             hosts: hosts.iter().map(|s| s.to_string()).collect(),
             path_prefix: prefix.into(),
+            case_sensitive: true,
             methods: methods.iter().map(|s| s.to_string()).collect(),
             upstream: "u".into(),
             plugins: vec![],
@@ -221,6 +237,25 @@ mod tests {
         assert_eq!(r.find(None, "/api", &Method::GET), Match::Route(1));
         assert_eq!(r.find(None, "/api/x", &Method::GET), Match::Route(1));
         assert_eq!(r.find(None, "/apix", &Method::GET), Match::Route(0));
+    }
+
+    #[test]
+    fn a_case_insensitive_prefix_takes_any_letter_case_on_whole_segments() {
+        let mut admin = route("admin", &[], "/Admin", &[]);
+        admin.case_sensitive = false;
+        let r = Router::build(&[route("root", &[], "/", &[]), admin.clone()]).expect("builds");
+        for path in ["/admin", "/ADMIN/users", "/aDmIn/"] {
+            assert_eq!(r.find(None, path, &Method::GET), Match::Route(1), "{path}");
+        }
+        assert_eq!(r.find(None, "/adminx", &Method::GET), Match::Route(0));
+        // Case-sensitive by default.
+        let r = Router::build(&[route("root", &[], "/", &[]), route("a", &[], "/Admin", &[])])
+            .expect("builds");
+        assert_eq!(r.find(None, "/admin", &Method::GET), Match::Route(0));
+        // Two case-insensitive prefixes that differ only in case conflict.
+        let mut other = admin.clone();
+        other.path_prefix = "/ADMIN".into();
+        assert!(Router::build(&[admin, other]).is_err());
     }
 
     #[test]

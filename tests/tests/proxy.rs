@@ -331,6 +331,48 @@ async fn forwarding_headers_are_believed_from_trusted_proxies_only() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rfc7239_forwarded_and_a_case_insensitive_route_from_the_config() {
+    let echo = Echo::start_local().await.expect("echo");
+    let admin = route(
+        "admin",
+        "/Admin",
+        &[(
+            "key_auth",
+            r#"keys = [{ consumer = "demo", key = "demo-key" }]"#,
+        )],
+    )
+    .replacen(
+        "upstream = \"echo\"",
+        "upstream = \"echo\"\ncase_sensitive = false",
+        1,
+    );
+    let config = format!(
+        "forwarded_headers = \"forwarded\"\n{}{}{}",
+        base_config(echo.addr),
+        admin,
+        route("all", "/", &[])
+    );
+    let gw = TestGateway::start(&config, &[("key_auth", fixtures::KEY_AUTH)])
+        .await
+        .expect("gateway");
+    // The admin route's policy holds whatever the letter case.
+    for path in ["/admin/users", "/ADMIN/users"] {
+        let reply = Client::new().get(&gw.url(path), &[]).await.expect("reply");
+        assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{path}");
+    }
+    // Forwarded instead of X-Forwarded-*, the client's claim removed.
+    let seen = Client::new()
+        .get(&gw.url("/x"), &[("x-forwarded-for", "6.6.6.6")])
+        .await
+        .expect("reply")
+        .seen();
+    let expected = format!("for=127.0.0.1;proto=http;host=\"{}\"", gw.addr);
+    assert_eq!(seen.header("forwarded"), Some(expected.as_str()));
+    assert_eq!(seen.header("x-forwarded-for"), None);
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_access_log_says_what_the_client_really_got() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let (gw, echo) = start_routes(&route("all", "/", &[]), &[]).await;

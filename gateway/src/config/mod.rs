@@ -66,6 +66,9 @@ pub struct Config {
     /// `X-Forwarded-For` that is not a trusted proxy.
     #[serde(default)]
     pub trusted_proxies: Vec<String>,
+    /// Which headers tell the upstream about the client and this hop.
+    #[serde(default)]
+    pub forwarded_headers: ForwardedHeaders,
     /// Where plugin modules are loaded from.
     pub plugins: PluginsConfig,
     /// Resource limits for plugins and bodies.
@@ -87,6 +90,23 @@ pub struct Config {
     /// (not a key).
     #[serde(skip)]
     pub base_directory: PathBuf,
+}
+
+/// Which headers tell the upstream who the client is and how it reached
+/// this hop (`forwarded_headers`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+pub enum ForwardedHeaders {
+    /// `X-Forwarded-For`, `-Proto` and `-Host`, what most upstreams read.
+    #[default]
+    #[serde(rename = "x-forwarded")]
+    XForwarded,
+    /// RFC 7239 `Forwarded: for=...;proto=...;host=...` only; untrusted
+    /// peers' `X-Forwarded-*` headers are removed rather than passed on.
+    #[serde(rename = "forwarded")]
+    Forwarded,
+    /// Both.
+    #[serde(rename = "both")]
+    Both,
 }
 
 /// The plugin directory.
@@ -431,6 +451,10 @@ pub struct RouteConfig {
     /// `/api/x` but not `/apix`.
     #[serde(default = "RouteConfig::default_prefix")]
     pub path_prefix: String,
+    /// Whether `path_prefix` matches letter case exactly; `false` also
+    /// takes `/API/x` on `/api` (ASCII letters only).
+    #[serde(default = "RouteConfig::default_case_sensitive")]
+    pub case_sensitive: bool,
     /// Allowed methods; empty means any method.
     #[serde(default)]
     pub methods: Vec<String>,
@@ -461,6 +485,10 @@ pub struct RouteConfig {
 impl RouteConfig {
     fn default_prefix() -> String {
         "/".to_owned()
+    }
+
+    fn default_case_sensitive() -> bool {
+        true
     }
 
     fn default_upgrade_idle_timeout() -> u64 {
