@@ -266,6 +266,30 @@ const LISTENER: &str = "[[listeners]]\naddress = \"127.0.0.1:0\"\n";
 const LIMITS: &str = "[limits]\n";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_number_of_header_fields_is_bounded_and_configurable() {
+    let echo = portcullis_tests::echo::Echo::start_local()
+        .await
+        .expect("echo");
+    let raw = |fields: usize| {
+        let fields: String = (0..fields)
+            .map(|i| format!("x-field-{i}: {i}\r\n"))
+            .collect();
+        format!("GET / HTTP/1.1\r\nhost: a.test\r\n{fields}connection: close\r\n\r\n")
+    };
+    // 122 fields (120, host, connection): past the default of 100.
+    let gw = gateway_with(&echo, (LISTENER, LISTENER), &route("all", "/", &[]), &[]).await;
+    assert_eq!(status(&exchange(gw.addr, &raw(120)).await), "431");
+    assert_eq!(status(&exchange(gw.addr, &raw(60)).await), "200");
+    gw.stop().await;
+    // Lowered to 40: 62 fields are refused, 32 pass.
+    let lowered = format!("{LISTENER}[listeners.http1]\nmax_headers = 40\n");
+    let gw = gateway_with(&echo, (LISTENER, &lowered), &route("all", "/", &[]), &[]).await;
+    assert_eq!(status(&exchange(gw.addr, &raw(60)).await), "431");
+    assert_eq!(status(&exchange(gw.addr, &raw(30)).await), "200");
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn long_targets_slow_bodies_and_slow_routes_get_their_statuses() {
     let echo = portcullis_tests::echo::Echo::start_local()
         .await

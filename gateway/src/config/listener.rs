@@ -75,6 +75,8 @@ impl ListenerConfig {
 /// ```toml
 /// [listeners.http1]
 /// max_head_bytes = 65536
+/// header_read_timeout_ms = 30000
+/// max_headers = 100
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -87,6 +89,14 @@ pub struct Http1Config {
     /// when the connection is ready for one: so also how long an idle
     /// keep-alive connection is kept. In ms.
     pub header_read_timeout_ms: u64,
+    /// Most header fields a request head may have; more are answered 431.
+    pub max_headers: usize,
+}
+
+impl Http1Config {
+    /// hyper's own limit, kept on the stack; any other value costs an
+    /// allocation per request.
+    pub const DEFAULT_MAX_HEADERS: usize = 100;
 }
 
 impl Default for Http1Config {
@@ -94,6 +104,7 @@ impl Default for Http1Config {
         Self {
             max_head_bytes: 64 * 1024,
             header_read_timeout_ms: 30_000,
+            max_headers: Http1Config::DEFAULT_MAX_HEADERS,
         }
     }
 }
@@ -335,6 +346,12 @@ pub(super) fn validate(listeners: &[ListenerConfig], problems: &mut Vec<Problem>
                     "must be between 100 and 3600000, got {}",
                     l.http1.header_read_timeout_ms
                 ),
+            );
+        }
+        if !(1..=10_000).contains(&l.http1.max_headers) {
+            bad(
+                format!("listeners[{i}].http1.max_headers"),
+                format!("must be between 1 and 10000, got {}", l.http1.max_headers),
             );
         }
         if !(1..=1_000_000).contains(&l.max_connections) {

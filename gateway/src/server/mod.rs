@@ -211,6 +211,11 @@ async fn serve_http<S>(
         .timer(TokioTimer::new())
         .header_read_timeout(Duration::from_millis(settings.http1.header_read_timeout_ms))
         .max_buf_size(settings.http1.max_head_bytes);
+    if settings.http1.max_headers != Http1Config::DEFAULT_MAX_HEADERS {
+        // hyper keeps its default header array on the stack; another size
+        // is a heap allocation per request, so only when asked for.
+        builder.http1().max_headers(settings.http1.max_headers);
+    }
     let h2 = &settings.http2;
     builder
         .http2()
