@@ -22,11 +22,19 @@ pub(crate) enum Group {
     Tls,
     /// HTTP/2 over TLS, many streams on one connection.
     H2,
+    /// Instructions per request under callgrind.
+    Callgrind,
 }
 
 impl Group {
     /// Every group, in report order.
-    pub(crate) const ALL: [Group; 4] = [Group::Proxy, Group::Plugins, Group::Tls, Group::H2];
+    pub(crate) const ALL: [Group; 5] = [
+        Group::Proxy,
+        Group::Plugins,
+        Group::Tls,
+        Group::H2,
+        Group::Callgrind,
+    ];
 
     /// The group named `name` on the command line.
     pub(crate) fn parse(name: &str) -> Option<Self> {
@@ -35,6 +43,7 @@ impl Group {
             "plugins" => Some(Group::Plugins),
             "tls" => Some(Group::Tls),
             "h2" => Some(Group::H2),
+            "callgrind" => Some(Group::Callgrind),
             _ => None,
         }
     }
@@ -63,7 +72,7 @@ pub(crate) enum Chain {
 }
 
 /// The API key the plugin cases send (its SHA-256 is in the config).
-const KEY: (&str, &str) = ("x-api-key", "bench-key");
+pub(crate) const KEY: (&str, &str) = ("x-api-key", "bench-key");
 const KEY_SHA256: &str = "b0962662e937d44c699c8305d90cbf190b3150c59b13863d1380b5cc3c711bb7";
 
 /// One case.
@@ -256,7 +265,7 @@ pub(crate) fn measure(case: &Case, env: &Env, options: &Options) -> Result<Sampl
 fn start_nginx(env: &Env) -> Result<Proc, String> {
     let work = &env.work;
     let conf = work.join("nginx/proxy.conf");
-    setup::write(&conf, &nginx_proxy_conf(work))?;
+    setup::write(&conf, &nginx_proxy_conf(work, true))?;
     Proc::start(
         Command::new("taskset")
             .args(["-c", PROXY_CPU])
@@ -271,7 +280,8 @@ fn start_nginx(env: &Env) -> Result<Proc, String> {
 
 /// nginx as the reference proxy: HTTP/1.1 to the upstream with keep-alive,
 /// the same forwarded headers Portcullis sets, the same certificate.
-fn nginx_proxy_conf(work: &Path) -> String {
+/// Without `master`, one process (for valgrind).
+pub(crate) fn nginx_proxy_conf(work: &Path, master: bool) -> String {
     let certs = work.join("certs");
     let certs = certs.display();
     format!(
@@ -291,7 +301,7 @@ fn nginx_proxy_conf(work: &Path) -> String {
          proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;\n\
          proxy_set_header X-Forwarded-Proto $scheme;\n\
          }}\n}}\n}}\n",
-        main = nginx_main(work, "proxy"),
+        main = nginx_main(work, "proxy", master),
         paths = nginx_http_paths(work, "proxy"),
     )
 }
@@ -314,7 +324,7 @@ fn start_portcullis(env: &Env, chain: Chain) -> Result<Proc, String> {
 /// Portcullis as the proxy: one worker thread, no access log (nginx's is
 /// off too), the plain and TLS listeners nginx has, optimized plugin
 /// builds only.
-fn portcullis_conf(chain: Chain) -> String {
+pub(crate) fn portcullis_conf(chain: Chain) -> String {
     let mut conf = format!(
         r#"state_directory = "state"
 workers = 1

@@ -6,6 +6,7 @@
 //! `bench/README.md` says what each case measures and how to read the
 //! report.
 
+mod callgrind;
 mod cases;
 mod load;
 mod procs;
@@ -46,7 +47,8 @@ usage: cargo run --release -p portcullis-bench -- [options]
   --duration S      seconds of measured load per run (default 10)
   --warmup S        seconds of load before each run, not counted (default 2)
   --connections N   connections the load generator keeps open (default 32)
-  --cases LIST      comma-separated groups: proxy, plugins, tls, h2 (default all)
+  --cases LIST      comma-separated groups: proxy, plugins, tls, h2, callgrind
+                    (default all)
   --no-build        use the binaries already built
 ";
 
@@ -94,7 +96,7 @@ fn parse_args() -> Result<Options, String> {
                     .map(|name| {
                         Group::parse(name.trim()).ok_or_else(|| {
                             format!(
-                                "--cases: unknown group `{name}`; use proxy, plugins, tls or h2"
+                                "--cases: unknown group `{name}`; use proxy, plugins, tls, h2 or callgrind"
                             )
                         })
                     })
@@ -151,6 +153,14 @@ fn run(options: &Options) -> Result<(), String> {
                 sample.cpu_us_per_request
             );
             results.add(index, sample);
+        }
+    }
+    if options.groups.contains(&Group::Callgrind) {
+        for case in callgrind::all() {
+            eprint!("callgrind: {:<40} ", case.name);
+            let instructions = callgrind::measure(&case, &env)?;
+            eprintln!("{instructions:>9.0} instructions/request");
+            results.add_instructions(case, instructions);
         }
     }
     let text = results.render(options);

@@ -4,6 +4,7 @@
 use std::fmt::Write;
 
 use crate::Options;
+use crate::callgrind;
 use crate::cases::{Case, Sample};
 use crate::load::percentile;
 
@@ -12,6 +13,8 @@ use crate::load::percentile;
 pub(crate) struct Results {
     cases: Vec<Case>,
     samples: Vec<Vec<Sample>>,
+    /// Instructions per request of the callgrind cases.
+    instructions: Vec<(callgrind::Case, f64)>,
 }
 
 /// The median of `values` (NaNs left out), if any.
@@ -31,6 +34,7 @@ impl Results {
         Self {
             cases: cases.to_vec(),
             samples: vec![Vec::new(); cases.len()],
+            instructions: Vec::new(),
         }
     }
 
@@ -39,6 +43,11 @@ impl Results {
         if let Some(samples) = self.samples.get_mut(index) {
             samples.push(sample);
         }
+    }
+
+    /// Adds a callgrind case's instructions per request.
+    pub(crate) fn add_instructions(&mut self, case: callgrind::Case, instructions: f64) {
+        self.instructions.push((case, instructions));
     }
 
     fn median_rate(&self, name: &str) -> Option<f64> {
@@ -69,6 +78,9 @@ impl Results {
             options.warmup.as_secs(),
             options.connections
         );
+        if self.cases.is_empty() {
+            return self.render_instructions(out);
+        }
         let _ = writeln!(
             out,
             "| case | req/s (min-max) | p50 ms | p99 ms | peak RSS MiB | CPU us/req | failures | vs | req/s ratio | CPU ratio |\n\
@@ -105,6 +117,35 @@ impl Results {
                 ratio(rate_ratio),
                 ratio(cpu_ratio),
             );
+        }
+        self.render_instructions(out)
+    }
+
+    fn render_instructions(&self, mut out: String) -> String {
+        if !self.instructions.is_empty() {
+            let _ = writeln!(
+                out,
+                "\nInstructions per request under callgrind (all threads; {} requests one \
+                 after another on one keep-alive connection, counted after a warm-up): they \
+                 repeat on a shared machine, so compare them between commits.\n\n\
+                 | case | instructions per request | vs | ratio |\n| --- | --: | --- | --: |",
+                callgrind::REQUESTS
+            );
+            for (case, instructions) in &self.instructions {
+                let base = case.baseline.and_then(|name| {
+                    self.instructions
+                        .iter()
+                        .find(|(c, _)| c.name == name)
+                        .map(|(_, i)| *i)
+                });
+                let ratio = base.map_or_else(String::new, |b| format!("{:.2}x", instructions / b));
+                let _ = writeln!(
+                    out,
+                    "| {} | {instructions:.0} | {} | {ratio} |",
+                    case.name,
+                    case.baseline.unwrap_or("")
+                );
+            }
         }
         out
     }

@@ -24,12 +24,14 @@ pub(crate) const LOAD_CPU: &str = "1";
 const PLUGINS: [&str; 4] = ["key-auth", "alerts", "rate-limit", "rewrite"];
 
 /// Tools and the Debian packages they come in.
-const TOOLS: [(&str, &str); 5] = [
+const TOOLS: [(&str, &str); 7] = [
     ("nginx", "nginx-light"),
     ("wrk", "wrk"),
     ("h2load", "nghttp2-client"),
     ("taskset", "util-linux"),
     ("openssl", "openssl"),
+    ("valgrind", "valgrind"),
+    ("callgrind_control", "valgrind"),
 ];
 
 /// A prepared run: where things are, and the upstream, which lives as long
@@ -191,12 +193,14 @@ pub(crate) fn prepare(options: &Options) -> Result<Env, String> {
 }
 
 /// Settings every nginx of the harness shares: in the foreground, one
-/// worker, no access log, files in the scratch directory.
-pub(crate) fn nginx_main(work: &Path, name: &str) -> String {
+/// worker (or, without `master`, one process: under valgrind), no access
+/// log, files in the scratch directory.
+pub(crate) fn nginx_main(work: &Path, name: &str, master: bool) -> String {
     let dir = work.join("nginx");
     let dir = dir.display();
+    let master = if master { "on" } else { "off" };
     format!(
-        "daemon off;\nmaster_process on;\nworker_processes 1;\n\
+        "daemon off;\nmaster_process {master};\nworker_processes 1;\n\
          pid {dir}/{name}.pid;\nerror_log {dir}/{name}.error.log warn;\n\
          events {{ worker_connections 4096; }}\n"
     )
@@ -219,7 +223,7 @@ fn upstream_conf(work: &Path) -> String {
         "{main}http {{\n{paths}keepalive_requests 1000000;\n\
          server {{\n listen 127.0.0.1:{UPSTREAM_PORT} reuseport backlog=4096;\n\
          location / {{ default_type text/plain; return 200 \"{body}\"; }}\n}}\n}}\n",
-        main = nginx_main(work, "upstream"),
+        main = nginx_main(work, "upstream", true),
         paths = nginx_http_paths(work, "upstream"),
     )
 }
