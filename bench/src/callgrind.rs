@@ -116,7 +116,10 @@ pub(crate) fn measure(case: &Case, env: &Env) -> Result<f64, String> {
         Proxy::Direct => return Err("the direct case has no proxy to count".into()),
     };
     let proxy = Proc::start(&mut command, &env.work.join(format!("logs/{slug}.log")))?;
-    procs::wait_ready(PROXY_PORT, &headers, 200)?;
+    // Under valgrind, start-up (loading the cached modules, the first
+    // instances and their `init`) runs some 50 times slower: four plugins
+    // once took more than a minute.
+    procs::wait_ready(PROXY_PORT, &headers, 200, Duration::from_secs(300))?;
     keep_alive_requests(&headers, WARMUP)?;
     control(&proxy, "-z")?;
     keep_alive_requests(&headers, REQUESTS)?;

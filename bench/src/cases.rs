@@ -3,6 +3,7 @@
 
 use std::path::Path;
 use std::process::Command;
+use std::time::Duration;
 
 use crate::Options;
 use crate::load::Load;
@@ -228,7 +229,7 @@ pub(crate) fn measure(case: &Case, env: &Env, options: &Options) -> Result<Sampl
         Proxy::Direct => UPSTREAM_PORT,
         _ => PROXY_PORT,
     };
-    procs::wait_ready(port, &ready, 200)?;
+    procs::wait_ready(port, &ready, 200, Duration::from_secs(60))?;
     let log = env.work.join("logs/h2load.tsv");
     case.load.run(options.warmup, options.connections, &log)?;
     let pids = proxy.as_ref().map(Proc::tree).unwrap_or_default();

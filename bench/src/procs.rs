@@ -134,9 +134,15 @@ pub(crate) fn run(command: &mut Command) -> Result<(), String> {
     }
 }
 
-/// Waits until `GET /` with `headers` on `port` answers `status`.
-pub(crate) fn wait_ready(port: u16, headers: &[(&str, &str)], status: u16) -> Result<(), String> {
-    let deadline = Instant::now() + Duration::from_secs(60);
+/// Waits up to `within` until `GET /` with `headers` on `port` answers
+/// `status`.
+pub(crate) fn wait_ready(
+    port: u16,
+    headers: &[(&str, &str)],
+    status: u16,
+    within: Duration,
+) -> Result<(), String> {
+    let deadline = Instant::now() + within;
     let mut last = String::from("no answer");
     while Instant::now() < deadline {
         match get_status(port, headers) {
@@ -147,7 +153,8 @@ pub(crate) fn wait_ready(port: u16, headers: &[(&str, &str)], status: u16) -> Re
         std::thread::sleep(Duration::from_millis(50));
     }
     Err(format!(
-        "port {port} did not answer {status} within 60 s (last: {last})"
+        "port {port} did not answer {status} within {} s (last: {last})",
+        within.as_secs()
     ))
 }
 

@@ -5,6 +5,7 @@
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
 
 use crate::Options;
 use crate::procs::{self, Proc};
@@ -183,7 +184,7 @@ pub(crate) fn prepare(options: &Options) -> Result<Env, String> {
             .arg(&conf),
         &work.join("logs/upstream.log"),
     )?;
-    procs::wait_ready(UPSTREAM_PORT, &[], 200)?;
+    procs::wait_ready(UPSTREAM_PORT, &[], 200, Duration::from_secs(60))?;
     Ok(Env {
         work,
         portcullis,

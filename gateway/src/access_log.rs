@@ -11,6 +11,7 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use bytes::Bytes;
+use http::uri::Authority;
 use http::{Method, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 
@@ -20,27 +21,124 @@ use crate::forward::Connection;
 use crate::registry::ChainLink;
 
 /// What the access log says about a request, gathered on its way.
+///
+/// Built with [`Record::new`]`(false)` when there is no access log: then
+/// the setters below keep nothing, so a request pays no allocation or
+/// formatting for a line nobody writes.
 #[derive(Default)]
 pub(crate) struct Record {
+    /// Whether anything is kept.
+    on: bool,
     /// The client's address, when it is not the peer's (trusted proxies).
-    pub(crate) client: Option<IpAddr>,
-    pub(crate) route: Option<Arc<str>>,
-    pub(crate) decisions: Vec<String>,
-    pub(crate) consumer: Option<String>,
-    pub(crate) error: Option<String>,
+    client: Option<IpAddr>,
+    route: Option<Arc<str>>,
+    decisions: Vec<Decision>,
+    consumer: Option<String>,
+    error: Option<String>,
     /// The upstream server that answered.
-    pub(crate) upstream: Option<String>,
+    upstream: Option<Authority>,
     /// The client's request body, to count its bytes.
-    pub(crate) body_in: Option<BodyWatch>,
+    body_in: Option<BodyWatch>,
+}
+
+/// What one plugin decided, as the `plugins=` field shows it.
+struct Decision {
+    plugin: Arc<str>,
+    outcome: Outcome,
+}
+
+/// The outcome of one plugin's call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    /// The request went on.
+    Continue,
+    /// The plugin answered the request with this status.
+    Respond(u16),
+    /// The plugin failed and the request failed with it.
+    Failed,
+    /// The plugin failed and the request went on without it.
+    FailedAllowed,
+}
+
+impl std::fmt::Display for Decision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let plugin = &self.plugin;
+        match self.outcome {
+            Outcome::Continue => write!(f, "{plugin}:continue"),
+            Outcome::Respond(status) => write!(f, "{plugin}:respond({status})"),
+            Outcome::Failed => write!(f, "{plugin}:failed"),
+            Outcome::FailedAllowed => write!(f, "{plugin}:failed(allowed)"),
+        }
+    }
+}
+
+/// The decisions, space-separated.
+struct Decisions<'a>(&'a [Decision]);
+
+impl std::fmt::Display for Decisions<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, decision) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(" ")?;
+            }
+            decision.fmt(f)?;
+        }
+        Ok(())
+    }
 }
 
 impl Record {
-    pub(crate) fn decide(&mut self, link: &ChainLink, what: impl std::fmt::Display) {
-        self.decisions.push(format!("{}:{what}", link.plugin));
+    /// A record that keeps what it is told when `on`, else nothing.
+    pub(crate) fn new(on: bool) -> Self {
+        Self {
+            on,
+            ..Self::default()
+        }
+    }
+
+    pub(crate) fn client(&mut self, client: IpAddr) {
+        if self.on {
+            self.client = Some(client);
+        }
+    }
+
+    pub(crate) fn route(&mut self, route: &Arc<str>) {
+        if self.on {
+            self.route = Some(route.clone());
+        }
+    }
+
+    pub(crate) fn decide(&mut self, link: &ChainLink, outcome: Outcome) {
+        if self.on {
+            self.decisions.push(Decision {
+                plugin: link.plugin.clone(),
+                outcome,
+            });
+        }
+    }
+
+    pub(crate) fn consumer(&mut self, consumer: Option<&str>) {
+        if self.on {
+            self.consumer = consumer.map(str::to_owned);
+        }
+    }
+
+    pub(crate) fn upstream(&mut self, server: Option<&Authority>) {
+        if self.on {
+            self.upstream = server.cloned();
+        }
+    }
+
+    pub(crate) fn body_in(&mut self, watch: &BodyWatch) {
+        if self.on {
+            self.body_in = Some(watch.clone());
+        }
     }
 
     pub(crate) fn fail(&mut self, error: &ProxyError) {
-        self.error = Some(format!("{}: {error}", error.source_kind().as_str()));
+        if self.on {
+            self.error = Some(format!("{}: {error}", error.source_kind().as_str()));
+        }
     }
 }
 
@@ -94,11 +192,11 @@ impl Logged {
             bytes_out = self.bytes_out,
             aborted,
             client = %r.client.unwrap_or(p.conn.peer.ip()),
-            upstream = r.upstream.as_deref().unwrap_or("-"),
+            upstream = r.upstream.as_ref().map_or("-", Authority::as_str),
             tls = tls.map_or("-", |t| t.version),
             sni = tls.and_then(|t| t.server_name.as_deref()).unwrap_or("-"),
             consumer = r.consumer.as_deref().unwrap_or("-"),
-            plugins = %r.decisions.join(" "),
+            plugins = %Decisions(&r.decisions),
             error = r.error.as_deref().unwrap_or(""),
         );
     }

@@ -37,7 +37,7 @@ use http::{Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 
-use crate::access_log::{self, Pending, Record};
+use crate::access_log::{self, Outcome, Pending, Record};
 use crate::body::{self, Buffered, ProxyBody};
 use crate::config::{ListenerConfig, OnError, UpstreamProtocol};
 use crate::error::ProxyError;
@@ -68,7 +68,7 @@ pub async fn handle(
         .log
         .access_log
         .then(|| (request.method().clone(), request.uri().path().to_owned()));
-    let mut record = Record::default();
+    let mut record = Record::new(access.is_some());
     let response = match proxy(&generation, request, conn, &mut record).await {
         Ok(response) => response,
         Err(error) => {
@@ -144,7 +144,7 @@ async fn proxy(
         &generation.trusted_proxies,
     );
     if client_ip != conn.peer.ip() {
-        record.client = Some(client_ip);
+        record.client(client_ip);
     }
     let route = match generation.router.find(
         original_host.as_deref(),
@@ -158,7 +158,7 @@ async fn proxy(
         Match::MethodNotAllowed(allow) => return Err(ProxyError::MethodNotAllowed { allow }),
         Match::NotFound => return Err(ProxyError::NoRoute),
     };
-    record.route = Some(route.name.clone());
+    record.route(&route.name);
     let journey = serve_route(
         generation,
         route,
@@ -218,7 +218,7 @@ async fn serve_route(
     }
     let idle = Duration::from_millis(generation.config.limits.request_body_idle_timeout_ms);
     let (incoming, body_watch) = body::client_body(incoming, limit, idle);
-    record.body_in = Some(body_watch.clone());
+    record.body_in(&body_watch);
     let (mut body, body_view) = if route.request_body {
         read_body(incoming, max_body)
             .await
@@ -226,7 +226,8 @@ async fn serve_route(
     } else {
         (incoming, BodyView::NotRequested)
     };
-    let mut request = RequestView {
+    // Boxed: it is lent to every plugin call and handed back.
+    let mut request = Box::new(RequestView {
         head,
         client_ip,
         client_certificate: conn.tls.as_ref().and_then(|t| t.client_certificate.clone()),
@@ -234,7 +235,7 @@ async fn serve_route(
         identity: None,
         attributes: Vec::new(),
         body: body_view,
-    };
+    });
 
     // Request phase. `responders` are the plugins whose `on-response` runs
     // later: those the request phase reached and that did not fail.
@@ -257,12 +258,9 @@ async fn serve_route(
                     responders.push(link);
                 }
                 match answer {
-                    None => record.decide(link, "continue"),
+                    None => record.decide(link, Outcome::Continue),
                     Some(response) => {
-                        record.decide(
-                            link,
-                            format_args!("respond({})", response.status().as_u16()),
-                        );
+                        record.decide(link, Outcome::Respond(response.status().as_u16()));
                         reply = Some(response);
                         break;
                     }
@@ -277,7 +275,7 @@ async fn serve_route(
             },
         }
     }
-    record.consumer = request.identity.as_ref().map(|i| i.consumer.clone());
+    record.consumer(request.identity.as_ref().map(|i| i.consumer.as_str()));
 
     // Upstream, unless a plugin answered.
     let mut upstream_upgrade: Option<OnUpgrade> = None;
@@ -313,10 +311,7 @@ async fn serve_route(
                     error.into_response()
                 }
                 Ok(mut response) => {
-                    record.upstream = response
-                        .extensions()
-                        .get::<UpstreamServer>()
-                        .map(|s| s.0.to_string());
+                    record.upstream(response.extensions().get::<UpstreamServer>().map(|s| &s.0));
                     let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
                     if switching && client_upgrade.is_some() {
                         upstream_upgrade = Some(hyper::upgrade::on(&mut response));
@@ -389,7 +384,7 @@ async fn serve_route(
 async fn response_phase(
     route: &RouteRuntime,
     responders: &[&ChainLink],
-    mut request: RequestView,
+    mut request: Box<RequestView>,
     response: Response<ProxyBody>,
     max_body: usize,
     record: &mut Record,
@@ -405,10 +400,10 @@ async fn response_phase(
     } else {
         (body, BodyView::NotRequested)
     };
-    let mut response = ResponseView {
+    let mut response = Box::new(ResponseView {
         head,
         body: body_view,
-    };
+    });
     for link in responders.iter().rev() {
         let (req, resp, result) = link.pool.on_response(request, response).await;
         request = req;
@@ -418,7 +413,7 @@ async fn response_phase(
             && let Some(error_response) = plugin_failed(route, link, e, record)
         {
             let (head, error_body) = error_response.into_parts();
-            response = ResponseView {
+            *response = ResponseView {
                 head,
                 body: BodyView::NotRequested,
             };
@@ -465,11 +460,11 @@ fn plugin_failed(
     );
     match link.on_error {
         OnError::Allow => {
-            record.decide(link, "failed(allowed)");
+            record.decide(link, Outcome::FailedAllowed);
             None
         }
         OnError::Deny => {
-            record.decide(link, "failed");
+            record.decide(link, Outcome::Failed);
             let error = if error.is_overload() {
                 ProxyError::Overloaded {
                     plugin: link.plugin.to_string(),

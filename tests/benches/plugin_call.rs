@@ -44,7 +44,7 @@ async fn pool(
 fn run(
     rt: &Runtime,
     pool: &Arc<PluginPool>,
-    view: &mut Option<RequestView>,
+    view: &mut Option<Box<RequestView>>,
     iters: u64,
     expect_reply: Option<bool>,
 ) -> Duration {
@@ -99,15 +99,15 @@ fn bench(c: &mut Criterion) {
     let stamp = rt.block_on(pool(&engine, &services, "stamp", fixtures::STAMP_V1, "{}"));
 
     let mut group = c.benchmark_group("on_request");
-    let mut view = Some(request(Some(key)));
+    let mut view = Some(Box::new(request(Some(key))));
     group.bench_function("key_auth valid key", |b| {
         b.iter_custom(|iters| run(&rt, &key_auth, &mut view, iters, Some(false)))
     });
-    let mut view = Some(request(Some("wrong-key")));
+    let mut view = Some(Box::new(request(Some("wrong-key"))));
     group.bench_function("key_auth wrong key (401)", |b| {
         b.iter_custom(|iters| run(&rt, &key_auth, &mut view, iters, Some(true)))
     });
-    let mut view = Some(request(None));
+    let mut view = Some(Box::new(request(None)));
     group.bench_function("stamp (sets one header)", |b| {
         b.iter_custom(|iters| run(&rt, &stamp, &mut view, iters, None))
     });

@@ -242,8 +242,8 @@ fn cases() -> Vec<Case> {
 /// Times `iters` calls of the case's hook, the way the pipeline makes them.
 fn run(rt: &Runtime, pool: &Arc<PluginPool>, case: &Case, iters: u64) -> Duration {
     rt.block_on(async {
-        let mut request = Some((case.request)());
-        let mut response = case.response.as_ref().map(|r| r());
+        let mut request = Some(Box::new((case.request)()));
+        let mut response = case.response.as_ref().map(|r| Box::new(r()));
         let started = Instant::now();
         for _ in 0..iters {
             match response.take() {

@@ -11,7 +11,10 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, HasSelf, Linker};
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Strategy};
+use wasmtime::{
+    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, ProfilingStrategy,
+    Strategy,
+};
 
 use super::PluginError;
 use super::bindings::{Policy, PolicyPre};
@@ -152,6 +155,7 @@ impl PluginEngine {
             // makes it live, and the cache kept 30 MiB (9 plugins).
             .parallel_compilation(false)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        perf_map(&mut config);
         let engine = Engine::new(&config)?;
         let linker = policy_linker(&engine)?;
 
@@ -406,9 +410,21 @@ fn baseline_engine() -> anyhow::Result<(Engine, Linker<StoreState>)> {
         .wasm_component_model(true)
         .epoch_interruption(true)
         .memory_init_cow(true);
+    perf_map(&mut config);
     let engine = Engine::new(&config)?;
     let linker = policy_linker(&engine)?;
     Ok((engine, linker))
+}
+
+/// With `PORTCULLIS_PERFMAP=1` in the environment, the engines write
+/// `/tmp/perf-<pid>.map`, so that `perf report` names plugin functions
+/// (`wasm[0]::function[12]::sha2::...`) instead of bare addresses: how to
+/// see where a plugin's time goes on the real request path. Off by
+/// default (every module load appends to the file).
+fn perf_map(config: &mut Config) {
+    if std::env::var_os("PORTCULLIS_PERFMAP").is_some_and(|v| !v.is_empty() && v != "0") {
+        config.profiler(ProfilingStrategy::PerfMap);
+    }
 }
 
 /// A linker with WASI and the `policy` world's host side, for `engine`.

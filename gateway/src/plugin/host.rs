@@ -82,9 +82,9 @@ pub(crate) struct StoreState {
     /// The plugin's namespace of the shared store.
     namespace: Arc<dyn Namespace>,
     /// The request of the call in progress.
-    pub(super) request: Option<RequestView>,
+    pub(super) request: Option<Box<RequestView>>,
     /// The response of the call in progress (response phase only).
-    pub(super) response: Option<ResponseView>,
+    pub(super) response: Option<Box<ResponseView>>,
     /// The last bytes the plugin wrote to stdout or stderr.
     pub(super) output: Arc<Mutex<String>>,
     /// Epoch ticks the call in progress may still run in; at 0 it traps.
