@@ -11,7 +11,7 @@ cargo fmt --all --check
 cargo clippy --workspace --all-targets -- -D warnings
 # The guests, as they are really built. Same target directory as the test
 # fixtures (tests/build.rs), so nothing is compiled twice.
-guests=(-p portcullis-sdk -p stamp -p misbehave -p wrong-world -p shape-probe -p contract-0-2-0)
+guests=(-p portcullis-sdk -p stamp -p noop -p misbehave -p wrong-world -p shape-probe -p contract-0-2-0)
 for plugin in plugins/*/Cargo.toml; do
     guests+=(-p "$(basename "$(dirname "$plugin")")")
 done

@@ -16,6 +16,7 @@ use std::process::Command;
 /// The test-only guests: (package, output file stem, constant).
 const FIXTURES: &[(&str, &str, &str)] = &[
     ("stamp", "stamp", "STAMP_V1"),
+    ("noop", "noop", "NOOP"),
     ("misbehave", "misbehave", "MISBEHAVE"),
     ("wrong-world", "wrong-world", "WRONG_WORLD"),
     ("shape-probe", "shape_probe", "SHAPE_PROBE"),

@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use portcullis::Gateway;
 use portcullis::config::{Config, LogConfig, LogFormat};
+use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::EnvFilter;
 
 /// Portcullis: an API gateway whose policies are hot-loaded WebAssembly plugins.
@@ -47,7 +48,11 @@ enum LogFormatArg {
     Json,
 }
 
-fn init_tracing(log: &LogConfig, format: Option<LogFormatArg>) {
+/// Logs go to stderr through a writer thread: a request's worker queues
+/// its lines (the access log's among them) and goes on. The queue holds
+/// 128k lines; when it is full the worker waits rather than drop a line.
+/// Dropping the guard (at the end of `main`) writes what is queued.
+fn init_tracing(log: &LogConfig, format: Option<LogFormatArg>) -> WorkerGuard {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&log.level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
@@ -56,15 +61,20 @@ fn init_tracing(log: &LogConfig, format: Option<LogFormatArg>) {
         Some(LogFormatArg::Text) => false,
         None => log.format == LogFormat::Json,
     };
+    let (writer, guard) = NonBlockingBuilder::default()
+        .lossy(false)
+        .thread_name("portcullis-log")
+        .finish(std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr);
+        .with_writer(writer);
     if json {
         builder.json().flatten_event(true).init();
     } else {
         builder.init();
     }
+    guard
 }
 
 fn main() -> ExitCode {
@@ -81,7 +91,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    init_tracing(&config.log, log_format);
+    let _log_writer = init_tracing(&config.log, log_format);
 
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     if let Some(workers) = config.workers {

@@ -227,7 +227,7 @@ async fn serve_route(
         (incoming, BodyView::NotRequested)
     };
     // Boxed: it is lent to every plugin call and handed back.
-    let mut request = Box::new(RequestView {
+    let request = Box::new(RequestView {
         head,
         client_ip,
         client_certificate: conn.tls.as_ref().and_then(|t| t.client_certificate.clone()),
@@ -237,44 +237,7 @@ async fn serve_route(
         body: body_view,
     });
 
-    // Request phase. `responders` are the plugins whose `on-response` runs
-    // later: those the request phase reached and that did not fail.
-    let mut responders: Vec<&ChainLink> = Vec::new();
-    let mut reply: Option<Response<ProxyBody>> = None;
-    for link in &route.chain {
-        let on_response = link.hooks.contains(Hooks::ON_RESPONSE);
-        if !link.hooks.contains(Hooks::ON_REQUEST) {
-            if on_response {
-                responders.push(link);
-            }
-            continue;
-        }
-        let (returned, result) = link.pool.on_request(request).await;
-        request = returned;
-        let step = result.and_then(|action| apply_action(&mut request, &mut body, action));
-        match step {
-            Ok(answer) => {
-                if on_response {
-                    responders.push(link);
-                }
-                match answer {
-                    None => record.decide(link, Outcome::Continue),
-                    Some(response) => {
-                        record.decide(link, Outcome::Respond(response.status().as_u16()));
-                        reply = Some(response);
-                        break;
-                    }
-                }
-            }
-            Err(e) => match plugin_failed(route, link, e, record) {
-                Some(response) => {
-                    reply = Some(response);
-                    break;
-                }
-                None => continue,
-            },
-        }
-    }
+    let (mut request, responders, reply) = request_phase(route, request, &mut body, record).await;
     record.consumer(request.identity.as_ref().map(|i| i.consumer.as_str()));
 
     // Upstream, unless a plugin answered.
@@ -282,11 +245,7 @@ async fn serve_route(
     let response = match reply {
         Some(response) => response,
         None => {
-            let head = if responders.is_empty() {
-                std::mem::replace(&mut request.head, Request::new(()).into_parts().0)
-            } else {
-                request.head.clone()
-            };
+            let head = upstream_head(&mut request, &responders);
             let mut outgoing = upstream_request(
                 head,
                 body,
@@ -377,6 +336,91 @@ async fn serve_route(
         return Ok(response);
     }
     response_phase(route, &responders, request, response, max_body, record).await
+}
+
+/// The request phase: `on-request` of each plugin of the chain, in order,
+/// until one answers. Returns the request as the plugins left it, the
+/// plugins whose `on-response` runs later (those the phase reached and that
+/// did not fail), and the reply that ends the request, if there is one.
+async fn request_phase<'r>(
+    route: &'r RouteRuntime,
+    mut request: Box<RequestView>,
+    body: &mut ProxyBody,
+    record: &mut Record,
+) -> (
+    Box<RequestView>,
+    Vec<&'r ChainLink>,
+    Option<Response<ProxyBody>>,
+) {
+    let mut responders: Vec<&ChainLink> = Vec::new();
+    for link in &route.chain {
+        let on_response = link.hooks.contains(Hooks::ON_RESPONSE);
+        if !link.hooks.contains(Hooks::ON_REQUEST) {
+            if on_response {
+                responders.push(link);
+            }
+            continue;
+        }
+        let (returned, result) = link.pool.on_request(request).await;
+        request = returned;
+        let step = result.and_then(|action| apply_action(&mut request, body, action));
+        match step {
+            Ok(answer) => {
+                if on_response {
+                    responders.push(link);
+                }
+                match answer {
+                    None => record.decide(link, Outcome::Continue),
+                    Some(response) => {
+                        record.decide(link, Outcome::Respond(response.status().as_u16()));
+                        return (request, responders, Some(response));
+                    }
+                }
+            }
+            Err(e) => {
+                if let Some(response) = plugin_failed(route, link, e, record) {
+                    return (request, responders, Some(response));
+                }
+            }
+        }
+    }
+    (request, responders, None)
+}
+
+/// The request head that goes upstream: the plugins' request itself when
+/// no `on-response` will read it, else a copy.
+fn upstream_head(request: &mut RequestView, responders: &[&ChainLink]) -> http::request::Parts {
+    if responders.is_empty() {
+        std::mem::replace(&mut request.head, Request::new(()).into_parts().0)
+    } else {
+        request.head.clone()
+    }
+}
+
+/// A route's plugin chain on one request, in process: the request phase,
+/// then `upstream` in place of the upstream (unless a plugin answered),
+/// then the response phase; the same steps, in the same order, as a
+/// request from a client takes, without the sockets on either side. For
+/// benchmarks and offline policy tests.
+pub async fn run_chain(
+    generation: &Generation,
+    route: &RouteRuntime,
+    request: RequestView,
+    mut body: ProxyBody,
+    upstream: impl FnOnce(http::request::Parts, ProxyBody) -> Response<ProxyBody>,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let mut record = Record::new(false);
+    let (mut request, responders, reply) =
+        request_phase(route, Box::new(request), &mut body, &mut record).await;
+    let response = match reply {
+        Some(reply) => reply,
+        None => upstream(upstream_head(&mut request, &responders), body),
+    };
+    if responders.is_empty() {
+        return Ok(response);
+    }
+    let max_body = generation.config.limits.max_body_bytes;
+    response_phase(route, &responders, request, response, max_body, &mut record).await
 }
 
 /// Runs `on-response` of the plugins the request phase reached, last to

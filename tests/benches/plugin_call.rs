@@ -1,6 +1,7 @@
 //! Per-call cost of plugins, measured on a pooled, initialised instance the
 //! way the pipeline calls them: take an instance, `on-request` with a request of 12
-//! headers, apply nothing, give back.
+//! headers, apply nothing, give back. `noop` does nothing in either phase:
+//! its figures are the cost of a call itself.
 //!
 //! Run: `cargo bench -p portcullis-tests --bench plugin_call`.
 
@@ -10,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use portcullis::plugin::engine::EngineLimits;
-use portcullis::plugin::view::{BodyView, RequestView};
+use portcullis::plugin::view::{BodyView, RequestView, ResponseView};
 use portcullis::plugin::{CallLimits, HostServices, PluginEngine, PluginPool, RequestAction};
 use portcullis_tests::bench::{api_request, engine};
 use portcullis_tests::fixtures;
@@ -62,6 +63,45 @@ fn run(
     })
 }
 
+/// Times `iters` calls of `on-response` with `views`, as [`run`] does
+/// `on-request`.
+fn run_response(
+    rt: &Runtime,
+    pool: &Arc<PluginPool>,
+    views: &mut Option<(Box<RequestView>, Box<ResponseView>)>,
+    iters: u64,
+) -> Duration {
+    rt.block_on(async {
+        let started = Instant::now();
+        for _ in 0..iters {
+            let (request, response) = views.take().expect("views");
+            let (request, response, result) = pool.on_response(request, response).await;
+            assert!(result.is_ok(), "{result:?}");
+            *views = Some((request, response));
+            black_box(&result);
+        }
+        started.elapsed()
+    })
+}
+
+/// A response as an upstream sends it: 200, JSON, five headers.
+fn response() -> ResponseView {
+    let (head, ()) = http::Response::builder()
+        .status(200)
+        .header("content-type", "application/json")
+        .header("content-length", "1024")
+        .header("date", "Tue, 01 Dec 2026 10:00:00 GMT")
+        .header("cache-control", "private, max-age=0")
+        .header("x-request-id", "7f9c2ba4-e88f-4c1b-9a5e-3d2f1c0b8a71")
+        .body(())
+        .expect("response")
+        .into_parts();
+    ResponseView {
+        head,
+        body: BodyView::NotRequested,
+    }
+}
+
 /// A request like a typical API call: 12 headers, the last `x-api-key`.
 fn request(api_key: Option<&str>) -> RequestView {
     api_request(
@@ -79,7 +119,9 @@ fn bench(c: &mut Criterion) {
         EngineLimits {
             memory_mib: 64,
             timeout_ms: 100,
-            max_instances: 16,
+            // One instance per pool; small enough for valgrind (callgrind)
+            // to grant the pooling allocator its reservation.
+            max_instances: 4,
         },
         1024,
     );
@@ -97,6 +139,7 @@ fn bench(c: &mut Criterion) {
         &key_config,
     ));
     let stamp = rt.block_on(pool(&engine, &services, "stamp", fixtures::STAMP_V1, "{}"));
+    let noop = rt.block_on(pool(&engine, &services, "noop", fixtures::NOOP, "{}"));
 
     let mut group = c.benchmark_group("on_request");
     let mut view = Some(Box::new(request(Some(key))));
@@ -110,6 +153,17 @@ fn bench(c: &mut Criterion) {
     let mut view = Some(Box::new(request(None)));
     group.bench_function("stamp (sets one header)", |b| {
         b.iter_custom(|iters| run(&rt, &stamp, &mut view, iters, None))
+    });
+    let mut view = Some(Box::new(request(None)));
+    group.bench_function("noop (the call alone)", |b| {
+        b.iter_custom(|iters| run(&rt, &noop, &mut view, iters, Some(false)))
+    });
+    group.finish();
+
+    let mut group = c.benchmark_group("on_response");
+    let mut views = Some((Box::new(request(None)), Box::new(response())));
+    group.bench_function("noop (the call alone)", |b| {
+        b.iter_custom(|iters| run_response(&rt, &noop, &mut views, iters))
     });
     group.finish();
 }
