@@ -13,7 +13,7 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use portcullis::plugin::engine::EngineLimits;
 use portcullis::plugin::view::{BodyView, RequestView, ResponseView};
 use portcullis::plugin::{CallLimits, HostServices, PluginEngine, PluginPool, RequestAction};
-use portcullis_tests::bench::{api_request, engine};
+use portcullis_tests::bench::{api_request, engine, ok_response};
 use portcullis_tests::fixtures;
 use sha2::{Digest, Sha256};
 use tokio::runtime::Runtime;
@@ -84,24 +84,6 @@ fn run_response(
     })
 }
 
-/// A response as an upstream sends it: 200, JSON, five headers.
-fn response() -> ResponseView {
-    let (head, ()) = http::Response::builder()
-        .status(200)
-        .header("content-type", "application/json")
-        .header("content-length", "1024")
-        .header("date", "Tue, 01 Dec 2026 10:00:00 GMT")
-        .header("cache-control", "private, max-age=0")
-        .header("x-request-id", "7f9c2ba4-e88f-4c1b-9a5e-3d2f1c0b8a71")
-        .body(())
-        .expect("response")
-        .into_parts();
-    ResponseView {
-        head,
-        body: BodyView::NotRequested,
-    }
-}
-
 /// A request like a typical API call: 12 headers, the last `x-api-key`.
 fn request(api_key: Option<&str>) -> RequestView {
     api_request(
@@ -161,7 +143,7 @@ fn bench(c: &mut Criterion) {
     group.finish();
 
     let mut group = c.benchmark_group("on_response");
-    let mut views = Some((Box::new(request(None)), Box::new(response())));
+    let mut views = Some((Box::new(request(None)), Box::new(ok_response())));
     group.bench_function("noop (the call alone)", |b| {
         b.iter_custom(|iters| run_response(&rt, &noop, &mut views, iters))
     });

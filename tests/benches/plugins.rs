@@ -10,11 +10,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use http::Response;
 use portcullis::plugin::engine::EngineLimits;
 use portcullis::plugin::view::{BodyView, RequestView, ResponseView};
 use portcullis::plugin::{CallLimits, Identity, PluginPool, RequestAction};
-use portcullis_tests::bench::{api_request, engine};
+use portcullis_tests::bench::{api_request, engine, ok_response};
 use portcullis_tests::fixtures;
 use sha2::{Digest, Sha256};
 use tokio::runtime::Runtime;
@@ -107,21 +106,6 @@ fn versioned_request_after() -> RequestView {
     let mut view = versioned_request();
     view.set_attribute("api_version".into(), "v1".into());
     view
-}
-
-fn ok_response() -> ResponseView {
-    let (head, ()) = Response::builder()
-        .status(200)
-        .header("content-type", "application/json")
-        .header("content-length", "512")
-        .header("date", "Tue, 01 Dec 2026 10:00:00 GMT")
-        .body(())
-        .expect("response")
-        .into_parts();
-    ResponseView {
-        head,
-        body: BodyView::NotRequested,
-    }
 }
 
 fn sha256(key: &str) -> String {

@@ -7,7 +7,7 @@ use http::Request;
 use portcullis::alerts;
 use portcullis::clock::{Clock, SystemClock};
 use portcullis::plugin::engine::EngineLimits;
-use portcullis::plugin::view::{BodyView, RequestView};
+use portcullis::plugin::view::{BodyView, RequestView, ResponseView};
 use portcullis::plugin::{HostServices, Identity, PluginEngine};
 use portcullis::state::{Budget, InMemoryStore};
 
@@ -77,5 +77,22 @@ pub fn api_request(
         identity,
         attributes: Vec::new(),
         body,
+    }
+}
+
+/// A response as an upstream sends it, as the pipeline hands it to a
+/// plugin: 200, JSON, `content-length: 512`, a date.
+pub fn ok_response() -> ResponseView {
+    let (head, ()) = http::Response::builder()
+        .status(200)
+        .header("content-type", "application/json")
+        .header("content-length", "512")
+        .header("date", "Tue, 01 Dec 2026 10:00:00 GMT")
+        .body(())
+        .expect("response")
+        .into_parts();
+    ResponseView {
+        head,
+        body: BodyView::NotRequested,
     }
 }
