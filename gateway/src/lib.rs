@@ -21,6 +21,7 @@ pub mod config;
 pub mod crypto;
 pub mod error;
 pub mod forward;
+pub mod ipfmt;
 pub mod path;
 pub mod pipeline;
 pub mod plugin;

@@ -201,7 +201,7 @@ impl types::HostRequest for StoreState {
     fn client_ip(&mut self, _: Resource<RequestHandle>) -> String {
         self.request
             .as_ref()
-            .map(|r| view::ip_text(r.client_ip))
+            .map(|r| crate::ipfmt::text(r.client_ip))
             .unwrap_or_default()
     }
 
