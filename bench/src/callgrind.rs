@@ -109,7 +109,7 @@ pub(crate) fn measure(case: &Case, env: &Env) -> Result<f64, String> {
                 .arg("--config")
                 .arg(&conf);
             match chain {
-                Chain::Empty => vec![],
+                Chain::Empty | Chain::Neighbours => vec![],
                 Chain::KeyAuth | Chain::Four => vec![KEY],
             }
         }

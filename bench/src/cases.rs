@@ -6,7 +6,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use crate::Options;
-use crate::load::Load;
+use crate::load::{Background, Load, Run};
 use crate::procs::{self, Proc};
 use crate::setup::{
     self, Env, PROXY_CPU, PROXY_PORT, PROXY_TLS_PORT, UPSTREAM_PORT, nginx_http_paths, nginx_main,
@@ -23,17 +23,20 @@ pub(crate) enum Group {
     Tls,
     /// HTTP/2 over TLS, many streams on one connection.
     H2,
+    /// Many connections, and a noisy neighbour.
+    Scenarios,
     /// Instructions per request under callgrind.
     Callgrind,
 }
 
 impl Group {
     /// Every group, in report order.
-    pub(crate) const ALL: [Group; 5] = [
+    pub(crate) const ALL: [Group; 6] = [
         Group::Proxy,
         Group::Plugins,
         Group::Tls,
         Group::H2,
+        Group::Scenarios,
         Group::Callgrind,
     ];
 
@@ -44,6 +47,7 @@ impl Group {
             "plugins" => Some(Group::Plugins),
             "tls" => Some(Group::Tls),
             "h2" => Some(Group::H2),
+            "scenarios" => Some(Group::Scenarios),
             "callgrind" => Some(Group::Callgrind),
             _ => None,
         }
@@ -70,11 +74,32 @@ pub(crate) enum Chain {
     KeyAuth,
     /// alerts, key_auth, rate_limit (never trips), rewrite.
     Four,
+    /// No plugins on `/`, and beside it `/login`: basic_auth against a
+    /// bcrypt (cost 10) htpasswd file, about 55 ms of CPU per wrong
+    /// password (never cached).
+    Neighbours,
 }
 
 /// The API key the plugin cases send (its SHA-256 is in the config).
 pub(crate) const KEY: (&str, &str) = ("x-api-key", "bench-key");
 const KEY_SHA256: &str = "b0962662e937d44c699c8305d90cbf190b3150c59b13863d1380b5cc3c711bb7";
+/// `alice:wrong`, a password the htpasswd file refuses.
+const WRONG_PASSWORD: (&str, &str) = ("authorization", "Basic YWxpY2U6d3Jvbmc=");
+/// Clients of the noisy neighbour, each waiting for its 401 before the
+/// next try: eight bcrypt checks in flight.
+const NOISY_CLIENTS: usize = 8;
+
+/// A second load on the proxy while a case is measured, not measured
+/// itself (only its count is reported).
+#[derive(Debug, Clone)]
+pub(crate) struct Noise {
+    /// Where it goes.
+    pub(crate) url: String,
+    /// With which headers.
+    pub(crate) headers: Vec<(&'static str, &'static str)>,
+    /// Its connections.
+    pub(crate) connections: usize,
+}
 
 /// One case.
 #[derive(Debug, Clone)]
@@ -89,6 +114,10 @@ pub(crate) struct Case {
     pub(crate) load: Load,
     /// The case it is compared with in the report, by name.
     pub(crate) baseline: Option<&'static str>,
+    /// Connections of the load generator, when not `--connections`.
+    pub(crate) connections: Option<usize>,
+    /// A load beside the measured one.
+    pub(crate) noise: Option<Noise>,
 }
 
 /// The cases of `groups`.
@@ -111,7 +140,20 @@ pub(crate) fn all(groups: &[Group]) -> Vec<Case> {
         proxy,
         load,
         baseline,
+        connections: None,
+        noise: None,
     };
+    let many = |name, chain, connections, baseline| Case {
+        connections: Some(connections),
+        ..case(
+            name,
+            Group::Scenarios,
+            Proxy::Portcullis(chain),
+            wrk(&plain, vec![KEY]),
+            baseline,
+        )
+    };
+    let neighbours = Proxy::Portcullis(Chain::Neighbours);
     let cases = vec![
         case(
             "direct to the upstream",
@@ -190,6 +232,46 @@ pub(crate) fn all(groups: &[Group]) -> Vec<Case> {
             h2,
             Some("nginx h2, 32 streams"),
         ),
+        many("portcullis, no plugins, 256 conns", Chain::Empty, 256, None),
+        many(
+            "portcullis, four plugins, 256 conns",
+            Chain::Four,
+            256,
+            Some("portcullis, no plugins, 256 conns"),
+        ),
+        many(
+            "portcullis, no plugins, 1024 conns",
+            Chain::Empty,
+            1024,
+            None,
+        ),
+        many(
+            "portcullis, four plugins, 1024 conns",
+            Chain::Four,
+            1024,
+            Some("portcullis, no plugins, 1024 conns"),
+        ),
+        case(
+            "portcullis, quiet neighbour",
+            Group::Scenarios,
+            neighbours,
+            wrk(&plain, vec![]),
+            None,
+        ),
+        Case {
+            noise: Some(Noise {
+                url: format!("http://127.0.0.1:{PROXY_PORT}/login"),
+                headers: vec![WRONG_PASSWORD],
+                connections: NOISY_CLIENTS,
+            }),
+            ..case(
+                "portcullis, noisy neighbour",
+                Group::Scenarios,
+                neighbours,
+                wrk(&plain, vec![]),
+                Some("portcullis, quiet neighbour"),
+            )
+        },
     ];
     cases
         .into_iter()
@@ -212,6 +294,8 @@ pub(crate) struct Sample {
     pub(crate) cpu_us_per_request: f64,
     /// Answers other than 2xx/3xx, and socket errors.
     pub(crate) failures: u64,
+    /// What the noise load saw over the warm-up and the measured run.
+    pub(crate) noise: Option<Run>,
 }
 
 /// Starts the case's proxy, warms it up, measures, stops it.
@@ -231,10 +315,26 @@ pub(crate) fn measure(case: &Case, env: &Env, options: &Options) -> Result<Sampl
     };
     procs::wait_ready(port, &ready, 200, Duration::from_secs(60))?;
     let log = env.work.join("logs/h2load.tsv");
-    case.load.run(options.warmup, options.connections, &log)?;
+    let connections = case.connections.unwrap_or(options.connections);
+    // The noise starts first and ends after the measured run (it stops by
+    // itself), so that it loads the whole of it.
+    let noise = case
+        .noise
+        .as_ref()
+        .map(|noise| {
+            Background::start(
+                &noise.url,
+                &noise.headers,
+                options.warmup + options.duration + Duration::from_secs(2),
+                noise.connections,
+            )
+        })
+        .transpose()?;
+    case.load.run(options.warmup, connections, &log)?;
     let pids = proxy.as_ref().map(Proc::tree).unwrap_or_default();
     let before = procs::cpu_ticks(&pids);
-    let run = case.load.run(options.duration, options.connections, &log)?;
+    let run = case.load.run(options.duration, connections, &log)?;
+    let noise = noise.map(Background::finish).transpose()?;
     let cpu_seconds = (procs::cpu_ticks(&pids) - before) as f64 / procs::ticks_per_second();
     let peak_rss_mib = proxy
         .as_ref()
@@ -260,6 +360,7 @@ pub(crate) fn measure(case: &Case, env: &Env, options: &Options) -> Result<Sampl
             cpu_seconds * 1e6 / run.requests as f64
         },
         failures: run.non_2xx + run.errors,
+        noise,
     })
 }
 
@@ -371,6 +472,22 @@ keys = [{{ consumer = "bench", sha256 = "{KEY_SHA256}", roles = ["member"] }}]
     );
     match chain {
         Chain::Empty => {}
+        Chain::Neighbours => conf.push_str(
+            r#"
+[[routes]]
+name = "login"
+path_prefix = "/login"
+upstream = "bench"
+
+[[routes.plugins]]
+name = "basic_auth"
+timeout_ms = 1000
+files = { htpasswd = "keys/users.htpasswd" }
+[routes.plugins.config]
+realm = "login"
+users = [{ username = "alice", roles = ["member"] }]
+"#,
+        ),
         Chain::KeyAuth => conf.push_str(&key_auth),
         Chain::Four => {
             conf.push_str(

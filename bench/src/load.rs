@@ -2,7 +2,7 @@
 //! and TLS), h2load for HTTP/2. Each run is parsed into a [`Run`].
 
 use std::path::Path;
-use std::process::Command;
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use crate::setup::LOAD_CPU;
@@ -49,15 +49,7 @@ impl Load {
         let seconds = duration.as_secs().max(1).to_string();
         match self {
             Load::Wrk { url, headers } => {
-                let mut command = Command::new("taskset");
-                command.args(["-c", LOAD_CPU, "wrk", "-t1", "--latency"]);
-                command.arg(format!("-c{connections}"));
-                command.arg(format!("-d{seconds}s"));
-                for (name, value) in headers {
-                    command.args(["-H", &format!("{name}: {value}")]);
-                }
-                command.arg(url);
-                parse_wrk(&output(&mut command)?)
+                parse_wrk(&output(&mut wrk(url, headers, duration, connections))?)
             }
             Load::H2 { url, streams } => {
                 let mut command = Command::new("taskset");
@@ -78,6 +70,59 @@ impl Load {
             }
         }
     }
+}
+
+/// A load that runs beside a measured one (the noisy neighbour's clients),
+/// started before the warm-up and read when it ends.
+#[derive(Debug)]
+pub(crate) struct Background {
+    child: Child,
+}
+
+impl Background {
+    /// Starts wrk with `url` and `headers` for `duration`.
+    pub(crate) fn start(
+        url: &str,
+        headers: &[(&'static str, &'static str)],
+        duration: Duration,
+        connections: usize,
+    ) -> Result<Self, String> {
+        let mut command = wrk(url, headers, duration, connections);
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("starting {command:?}: {e}"))?;
+        Ok(Self { child })
+    }
+
+    /// Waits for the load to end (it stops by itself) and reads it.
+    pub(crate) fn finish(self) -> Result<Run, String> {
+        let out = self
+            .child
+            .wait_with_output()
+            .map_err(|e| format!("waiting for the background wrk: {e}"))?;
+        parse_wrk(&String::from_utf8_lossy(&out.stdout))
+    }
+}
+
+/// wrk on the load CPU: one thread, `connections`, for `duration`.
+fn wrk(
+    url: &str,
+    headers: &[(&'static str, &'static str)],
+    duration: Duration,
+    connections: usize,
+) -> Command {
+    let mut command = Command::new("taskset");
+    command.args(["-c", LOAD_CPU, "wrk", "-t1", "--latency"]);
+    command.arg(format!("-c{connections}"));
+    command.arg(format!("-d{}s", duration.as_secs().max(1)));
+    for (name, value) in headers {
+        command.args(["-H", &format!("{name}: {value}")]);
+    }
+    command.arg(url);
+    command
 }
 
 fn output(command: &mut Command) -> Result<String, String> {

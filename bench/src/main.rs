@@ -47,8 +47,8 @@ usage: cargo run --release -p portcullis-bench -- [options]
   --duration S      seconds of measured load per run (default 10)
   --warmup S        seconds of load before each run, not counted (default 2)
   --connections N   connections the load generator keeps open (default 32)
-  --cases LIST      comma-separated groups: proxy, plugins, tls, h2, callgrind
-                    (default all)
+  --cases LIST      comma-separated groups: proxy, plugins, tls, h2, scenarios,
+                    callgrind (default all)
   --no-build        use the binaries already built
 ";
 
@@ -96,7 +96,7 @@ fn parse_args() -> Result<Options, String> {
                     .map(|name| {
                         Group::parse(name.trim()).ok_or_else(|| {
                             format!(
-                                "--cases: unknown group `{name}`; use proxy, plugins, tls, h2 or callgrind"
+                                "--cases: unknown group `{name}`; use proxy, plugins, tls, h2, scenarios or callgrind"
                             )
                         })
                     })

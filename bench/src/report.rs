@@ -68,7 +68,8 @@ impl Results {
             "# Portcullis benchmark\n\n\
              Proxy on CPU 0 (nginx one worker, Portcullis `workers = 1`); load generator and \
              the nginx upstream (1 KiB answer) on CPU 1. {} rounds of {} s after {} s of \
-             warm-up, cases interleaved; wrk `-t1 -c{}`, h2load `-t1 -c1 -m32`. Medians, with \
+             warm-up, cases interleaved; wrk `-t1 -c{}` (unless the case names its \
+             connections), h2load `-t1 -c1 -m32`. Medians, with \
              the min and max of the rounds; CPU is the proxy's user plus system time per \
              request; peak RSS is VmHWM; failures are non-2xx/3xx answers and socket errors \
              over all rounds. The ratio compares median req/s (and CPU per request) with the \
@@ -116,6 +117,31 @@ impl Results {
                 vs,
                 ratio(rate_ratio),
                 ratio(cpu_ratio),
+            );
+        }
+        for (case, samples) in self.cases.iter().zip(&self.samples) {
+            let Some(noise) = &case.noise else { continue };
+            let rate = median(
+                samples
+                    .iter()
+                    .filter_map(|s| s.noise.as_ref())
+                    .map(|run| run.requests_per_second),
+            );
+            let _ = writeln!(
+                out,
+                "\nWhile `{}` was measured, its neighbour's {} clients sent to `{}` (headers: \
+                 {}) and were answered {} times per second (median of the rounds), every \
+                 one of those answers counted with the run's CPU time.",
+                case.name,
+                noise.connections,
+                noise.url,
+                noise
+                    .headers
+                    .iter()
+                    .map(|(name, _)| *name)
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                cell(rate, 1),
             );
         }
         self.render_instructions(out)

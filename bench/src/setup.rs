@@ -22,7 +22,7 @@ pub(crate) const PROXY_CPU: &str = "0";
 /// The CPU of the load generator and the upstream.
 pub(crate) const LOAD_CPU: &str = "1";
 /// The plugins the cases use, as cargo packages.
-const PLUGINS: [&str; 4] = ["key-auth", "alerts", "rate-limit", "rewrite"];
+const PLUGINS: [&str; 5] = ["key-auth", "alerts", "rate-limit", "rewrite", "basic-auth"];
 
 /// Tools and the Debian packages they come in.
 const TOOLS: [(&str, &str); 7] = [
@@ -132,7 +132,7 @@ pub(crate) fn prepare(options: &Options) -> Result<Env, String> {
     }
     let work = options.work.clone();
     let _ = std::fs::remove_dir_all(&work);
-    for dir in ["certs", "plugins", "state", "logs", "nginx"] {
+    for dir in ["certs", "plugins", "state", "logs", "nginx", "keys"] {
         mkdir(&work.join(dir))?;
     }
     let portcullis = options.root.join("target/release/portcullis");
@@ -151,6 +151,10 @@ pub(crate) fn prepare(options: &Options) -> Result<Env, String> {
         std::fs::copy(&from, work.join("plugins").join(&file))
             .map_err(|e| format!("copying {}: {e}; run without --no-build", from.display()))?;
     }
+    // The noisy neighbour's bcrypt passwords: the example's file.
+    let htpasswd = options.root.join("examples/keys/users.htpasswd");
+    std::fs::copy(&htpasswd, work.join("keys/users.htpasswd"))
+        .map_err(|e| format!("copying {}: {e}", htpasswd.display()))?;
     // One ECDSA P-256 certificate for both proxies, as most sites serve now.
     procs::run(Command::new("openssl").current_dir(&work).args([
         "req",
