@@ -24,9 +24,12 @@ echo "==> building the gateway, the echo upstream and the demo certificate maker
 cargo build -p portcullis --bin portcullis -p portcullis-tests --bin echo-upstream --bin demo-cert
 target/debug/demo-cert examples/certs
 
+# Two of them: the example's upstream group balances over both.
 target/debug/echo-upstream 127.0.0.1:9000 &
-echo_pid=$!
-trap 'kill $echo_pid 2>/dev/null || true' EXIT
+echo_pids=$!
+target/debug/echo-upstream 127.0.0.1:9001 &
+echo_pids="$echo_pids $!"
+trap 'kill $echo_pids 2>/dev/null || true' EXIT
 
 cat <<'TRY'
 

@@ -103,6 +103,13 @@ pub enum ProxyError {
         /// The connection error.
         reason: String,
     },
+    /// Every server of the group is down (active health checks) or
+    /// ejected (passive ones): answered at once, without trying any.
+    #[error("upstream `{upstream}` has no healthy server")]
+    NoHealthyUpstream {
+        /// The upstream name.
+        upstream: String,
+    },
     /// The upstream did not send a response head in time.
     #[error("upstream `{upstream}` timed out after {timeout_ms} ms")]
     UpstreamTimeout {
@@ -140,6 +147,7 @@ impl ProxyError {
             ProxyError::Plugin { .. } | ProxyError::Overloaded { .. } => Source::Plugin,
             ProxyError::UpstreamConnect { .. }
             | ProxyError::UpstreamTimeout { .. }
+            | ProxyError::NoHealthyUpstream { .. }
             | ProxyError::RouteTimeout { .. }
             | ProxyError::Upstream { .. } => Source::Upstream,
             ProxyError::Internal(_) => Source::Internal,
@@ -167,7 +175,9 @@ impl ProxyError {
                 StatusCode::BAD_GATEWAY
             }
             ProxyError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
-            ProxyError::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::Overloaded { .. } | ProxyError::NoHealthyUpstream { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
         }
     }
 

@@ -51,7 +51,7 @@ use crate::plugin::view::{BodyView, RequestView, ResponseView};
 use crate::plugin::{Hooks, PluginError};
 use crate::registry::{ChainLink, Generation, Registry, RouteRuntime};
 use crate::router::Match;
-use crate::upstream::UpstreamServer;
+use crate::upstream::{Affinity, UpstreamServer};
 
 /// Serves one request with the registry's current generation, and writes
 /// its access-log line.
@@ -259,7 +259,11 @@ async fn serve_route(
                 headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
                 headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
             }
-            match route.upstream.send(outgoing).await {
+            let affinity = Affinity {
+                client_ip: request.client_ip,
+                consumer: request.identity.as_ref().map(|i| i.consumer.as_str()),
+            };
+            match route.upstream.send(outgoing, &affinity).await {
                 Ok(response) if let Some(why) = ambiguous_framing(response.headers()) => {
                     let error = ProxyError::Upstream {
                         upstream: route.upstream.name().to_owned(),

@@ -2,6 +2,7 @@
 //! an echo upstream, an in-process gateway on ephemeral ports, and a small
 //! HTTP client.
 
+pub mod backend;
 pub mod bench;
 pub mod echo;
 pub mod h2;

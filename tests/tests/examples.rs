@@ -27,11 +27,14 @@ fn example_config(echo: &Echo) -> String {
     let text = std::fs::read_to_string(examples().join("portcullis.toml")).expect("example config");
     let listener = r#"address = "127.0.0.1:8080""#;
     let https = r#"address = "127.0.0.1:8443""#;
-    let upstream = r#"servers = ["127.0.0.1:9000"]"#;
+    let upstream = r#"servers = ["127.0.0.1:9000", "127.0.0.1:9001"]"#;
     assert!(text.contains(listener) && text.contains(https) && text.contains(upstream));
     text.replace(listener, r#"address = "127.0.0.1:0""#)
         .replace(https, r#"address = "127.0.0.1:0""#)
-        .replace(upstream, &format!(r#"servers = ["{}"]"#, echo.addr))
+        .replace(
+            upstream,
+            &format!(r#"servers = ["{}", "{}"]"#, echo.addr, echo.addr),
+        )
 }
 
 fn token(name: &str) -> String {

@@ -17,11 +17,16 @@ use serde::Deserialize;
 
 mod alerts;
 mod listener;
+mod upstream;
 
 pub use alerts::{AlertsConfig, Severity, WebhookConfig};
 pub use listener::{
     CertificateConfig, ClientAuthConfig, ClientAuthMode, Http1Config, Http2Config, ListenerConfig,
     TlsConfig,
+};
+pub use upstream::{
+    Balance, HashOn, HealthCheckConfig, HealthCheckKind, OutlierConfig, RetryConfig, ServerConfig,
+    UpstreamConfig, UpstreamProtocol, UpstreamTlsConfig, server_authority,
 };
 
 /// The whole configuration file.
@@ -298,129 +303,6 @@ pub enum LogFormat {
     Text,
     /// One JSON object per line.
     Json,
-}
-
-/// A group of upstream servers, balanced round-robin.
-///
-/// ```toml
-/// [upstreams.backend]
-/// servers = ["10.0.0.1:8080", "10.0.0.2:8080"]
-/// connect_timeout_ms = 2000
-/// timeout_ms = 30000
-///
-/// [upstreams.payments]
-/// servers = ["https://payments.internal:443"]
-/// protocol = "h2"                            # http1 (default), h2 or h2c
-/// tls = { ca = "certs/internal-ca.pem", cert = "certs/gw.pem", key = "certs/gw.key" }
-/// ```
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct UpstreamConfig {
-    /// `host:port` of each server.
-    pub servers: Vec<String>,
-    /// How long to wait for a TCP connection; a connection that fails or
-    /// takes longer is answered 502 (if `timeout_ms` has not run out
-    /// first).
-    #[serde(default = "UpstreamConfig::default_connect_timeout")]
-    pub connect_timeout_ms: u64,
-    /// How long to wait for the response head, counted from when the
-    /// request is sent to the upstream client (connecting included); past
-    /// it the answer is 504.
-    #[serde(default = "UpstreamConfig::default_timeout")]
-    pub timeout_ms: u64,
-    /// Idle keep-alive connections kept per server.
-    #[serde(default = "UpstreamConfig::default_max_idle")]
-    pub max_idle_per_server: usize,
-    /// How long the response body may go without a byte, in ms; past it
-    /// the response is cut short (nginx's `proxy_read_timeout`).
-    #[serde(default = "UpstreamConfig::default_body_idle")]
-    pub body_idle_timeout_ms: u64,
-    /// The protocol spoken to the servers.
-    #[serde(default)]
-    pub protocol: UpstreamProtocol,
-    /// TLS settings for `https://` servers.
-    #[serde(default)]
-    pub tls: Option<UpstreamTlsConfig>,
-}
-
-/// The protocol of an upstream group.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum UpstreamProtocol {
-    /// HTTP/1.1 with keep-alive (over TLS for `https://` servers).
-    #[default]
-    Http1,
-    /// HTTP/2 over TLS, negotiated by ALPN: `https://` servers only.
-    H2,
-    /// HTTP/2 in clear text with prior knowledge: plain servers only.
-    H2c,
-}
-
-/// How the gateway verifies `https://` upstream servers and presents
-/// itself to them.
-///
-/// ```toml
-/// [upstreams.payments.tls]
-/// ca = "certs/internal-ca.pem"      # default: the webpki (Mozilla) roots
-/// server_name = "payments.internal" # default: each server's host
-/// cert = "certs/gateway.pem"        # mutual TLS to the upstream
-/// key = "certs/gateway.key"
-/// ```
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct UpstreamTlsConfig {
-    /// PEM bundle of the CAs the servers' certificates must chain to.
-    #[serde(default)]
-    pub ca: Option<PathBuf>,
-    /// The name sent as SNI and checked against the server certificates.
-    #[serde(default)]
-    pub server_name: Option<String>,
-    /// Client certificate chain (PEM) for mutual TLS.
-    #[serde(default)]
-    pub cert: Option<PathBuf>,
-    /// Its private key (PEM).
-    #[serde(default)]
-    pub key: Option<PathBuf>,
-}
-
-impl UpstreamConfig {
-    /// Whether the servers are `https://` ones.
-    pub fn is_https(&self) -> bool {
-        self.servers
-            .first()
-            .is_some_and(|s| s.starts_with("https://"))
-    }
-
-    /// The files the group reads (CA, client certificate and key).
-    pub fn files(&self) -> impl Iterator<Item = &Path> {
-        self.tls
-            .iter()
-            .flat_map(|t| [&t.ca, &t.cert, &t.key])
-            .filter_map(|p| p.as_deref())
-    }
-}
-
-/// A server address without its scheme: `host:port`.
-pub fn server_authority(server: &str) -> &str {
-    server
-        .strip_prefix("https://")
-        .or_else(|| server.strip_prefix("http://"))
-        .unwrap_or(server)
-}
-
-impl UpstreamConfig {
-    fn default_connect_timeout() -> u64 {
-        2_000
-    }
-    fn default_timeout() -> u64 {
-        30_000
-    }
-    fn default_max_idle() -> usize {
-        64
-    }
-    fn default_body_idle() -> u64 {
-        60_000
-    }
 }
 
 /// A route: which requests it takes, where they go, and the plugins they
@@ -837,70 +719,7 @@ impl Config {
         }
 
         for (name, up) in &self.upstreams {
-            let key = |field: &str| format!("upstreams.{name}.{field}");
-            if up.servers.is_empty() {
-                bad(key("servers"), "at least one server is required".into());
-            }
-            for (i, server) in up.servers.iter().enumerate() {
-                if let Err(why) = check_authority(server_authority(server)) {
-                    bad(format!("upstreams.{name}.servers[{i}]"), why);
-                }
-                if server.starts_with("https://") != up.is_https() {
-                    bad(
-                        format!("upstreams.{name}.servers[{i}]"),
-                        "every server of a group uses the same scheme (all https:// or none)"
-                            .into(),
-                    );
-                }
-            }
-            match up.protocol {
-                UpstreamProtocol::H2 if !up.is_https() => bad(
-                    key("protocol"),
-                    "\"h2\" is HTTP/2 over TLS: the servers must be https://host:port (or use \"h2c\")".into(),
-                ),
-                UpstreamProtocol::H2c if up.is_https() => bad(
-                    key("protocol"),
-                    "\"h2c\" is HTTP/2 in clear text: use \"h2\" with https:// servers".into(),
-                ),
-                _ => {}
-            }
-            if let Some(tls) = &up.tls {
-                if !up.is_https() {
-                    bad(
-                        key("tls"),
-                        "TLS settings need https:// servers, e.g. servers = [\"https://10.0.0.1:443\"]".into(),
-                    );
-                }
-                if tls.cert.is_some() != tls.key.is_some() {
-                    bad(
-                        key("tls"),
-                        "a client certificate needs both `cert` and `key`".into(),
-                    );
-                }
-                if let Some(name) = &tls.server_name
-                    && rustls::pki_types::ServerName::try_from(name.as_str()).is_err()
-                {
-                    bad(
-                        key("tls.server_name"),
-                        format!("`{name}` is not a DNS name or IP address"),
-                    );
-                }
-            }
-            if up.connect_timeout_ms == 0 {
-                bad(key("connect_timeout_ms"), "must be at least 1".into());
-            }
-            if up.timeout_ms == 0 {
-                bad(key("timeout_ms"), "must be at least 1".into());
-            }
-            if !(100..=86_400_000).contains(&up.body_idle_timeout_ms) {
-                bad(
-                    key("body_idle_timeout_ms"),
-                    format!(
-                        "must be between 100 and 86400000, got {}",
-                        up.body_idle_timeout_ms
-                    ),
-                );
-            }
+            up.validate(name, &mut bad);
         }
 
         let mut names = HashSet::new();
@@ -1037,7 +856,7 @@ pub fn check_plugin_name(name: &str) -> Result<(), String> {
     }
 }
 
-fn check_authority(server: &str) -> Result<(), String> {
+pub(super) fn check_authority(server: &str) -> Result<(), String> {
     let parsed: Result<http::uri::Authority, _> = server.parse();
     match parsed {
         Ok(a) if a.port_u16().is_some() && !server.contains('@') => Ok(()),

@@ -823,7 +823,7 @@ fn build(
         });
         match reused
             .map(Ok)
-            .unwrap_or_else(|| Upstream::new(name, up).map(Arc::new))
+            .unwrap_or_else(|| Upstream::new(name, up, Some(services.alerts.clone())).map(Arc::new))
         {
             Ok(u) => {
                 upstreams.insert(name, u);

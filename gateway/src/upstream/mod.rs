@@ -1,14 +1,21 @@
 //! Upstream server groups: a pooled client per group (HTTP/1.1 keep-alive,
-//! HTTP/2 over TLS, or h2c), TLS to `https://` servers (verified against
-//! the webpki roots or a configured CA, SNI, optional client certificate),
-//! round-robin over the group's servers, connect and response timeouts.
+//! HTTP/2 over TLS, or h2c) with an idle timeout, TLS to `https://`
+//! servers (verified against the webpki roots or a configured CA, SNI,
+//! optional client certificate), the choice of a server ([`balance`]),
+//! active and passive health checks ([`health`]), connect and response
+//! timeouts.
 
+mod balance;
+mod health;
+
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use http::uri::{Authority, Scheme};
-use http::{Request, Response, Uri};
+use http::{HeaderMap, Method, Request, Response, Uri, Version};
+use http_body::Body as _;
 use hyper::body::Incoming;
 use hyper_rustls::{FixedServerNameResolver, HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::Client;
@@ -18,9 +25,26 @@ use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use sha2::{Digest as _, Sha256};
 
+use crate::alerts::AlertSender;
 use crate::body::ProxyBody;
-use crate::config::{UpstreamConfig, UpstreamProtocol, UpstreamTlsConfig, server_authority};
+use crate::config::{
+    Balance, HashOn, UpstreamConfig, UpstreamProtocol, UpstreamTlsConfig, server_authority,
+};
 use crate::error::ProxyError;
+
+use balance::Balancer;
+use health::{Outcome, Probe, Servers};
+
+pub use health::ServerHealth;
+
+/// What `consistent_hash` may hash besides the request's headers.
+#[derive(Debug, Clone, Copy)]
+pub struct Affinity<'a> {
+    /// The client's address (after trusted proxies).
+    pub client_ip: IpAddr,
+    /// The consumer an authentication plugin identified.
+    pub consumer: Option<&'a str>,
+}
 
 /// The server that answered, in the response's extensions (for the
 /// access log).
@@ -31,9 +55,10 @@ pub struct UpstreamServer(pub Authority);
 pub struct Upstream {
     name: Arc<str>,
     config: UpstreamConfig,
-    servers: Vec<Authority>,
+    servers: Arc<Servers>,
+    balancer: Balancer,
+    budget: Budget,
     scheme: Scheme,
-    next: AtomicUsize,
     client: Client<HttpsConnector<HttpConnector>, ProxyBody>,
     /// SHA-256 of the TLS files' content: a reload that changes them
     /// builds a new client even if the config text is the same.
@@ -44,25 +69,70 @@ impl std::fmt::Debug for Upstream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Upstream")
             .field("name", &self.name)
-            .field("servers", &self.servers)
+            .field("servers", &self.servers.report())
             .finish()
     }
 }
 
 impl Upstream {
-    /// Builds the group. `config` must have passed validation.
-    pub fn new(name: &str, config: &UpstreamConfig) -> Result<Self, String> {
+    /// Builds the group and starts its active health checks (when there
+    /// is a runtime: not for `portcullis check`). Health changes are
+    /// raised on `alerts`. `config` must have passed validation.
+    pub fn new(
+        name: &str,
+        config: &UpstreamConfig,
+        alerts: Option<AlertSender>,
+    ) -> Result<Self, String> {
         let servers = config
             .servers
             .iter()
             .map(|s| {
-                server_authority(s)
+                server_authority(&s.address)
                     .parse::<Authority>()
-                    .map_err(|e| format!("upstream `{name}`: `{s}`: {e}"))
+                    .map(|authority| (authority, s.weight))
+                    .map_err(|e| format!("upstream `{name}`: `{}`: {e}", s.address))
             })
             .collect::<Result<Vec<_>, _>>()?;
         let (tls, files_digest) =
             client_tls(config).map_err(|e| format!("upstream `{name}`: tls: {e}"))?;
+        let weights: Vec<u32> = servers.iter().map(|(_, w)| *w).collect();
+        let addresses: Vec<&str> = servers.iter().map(|(a, _)| a.as_str()).collect();
+        let balancer = Balancer::new(config.balance, &weights, &addresses);
+        let group: Arc<str> = name.into();
+        let servers = Arc::new(Servers::new(
+            group.clone(),
+            servers,
+            config.outlier.clone(),
+            alerts,
+        ));
+        let fixed_name = match config.tls.as_ref().and_then(|t| t.server_name.as_deref()) {
+            Some(server_name) => Some(
+                ServerName::try_from(server_name.to_owned())
+                    .map_err(|e| format!("upstream `{name}`: tls.server_name: {e}"))?,
+            ),
+            None => None,
+        };
+        if let Some(check) = &config.health {
+            let probe_tls = config.is_https().then(|| {
+                let mut probe_tls = tls.clone();
+                probe_tls.alpn_protocols = match config.protocol {
+                    UpstreamProtocol::Http1 => vec![b"http/1.1".to_vec()],
+                    UpstreamProtocol::H2 | UpstreamProtocol::H2c => vec![b"h2".to_vec()],
+                };
+                (
+                    tokio_rustls::TlsConnector::from(Arc::new(probe_tls)),
+                    fixed_name.clone(),
+                )
+            });
+            health::spawn_checks(
+                &servers,
+                Probe {
+                    check: check.clone(),
+                    protocol: config.protocol,
+                    tls: probe_tls,
+                },
+            );
+        }
         let mut http = HttpConnector::new();
         http.set_connect_timeout(Some(Duration::from_millis(config.connect_timeout_ms)));
         http.set_nodelay(true);
@@ -70,12 +140,8 @@ impl Upstream {
         let builder = HttpsConnectorBuilder::new()
             .with_tls_config(tls)
             .https_or_http();
-        let builder = match config.tls.as_ref().and_then(|t| t.server_name.as_deref()) {
-            Some(server_name) => {
-                let fixed = ServerName::try_from(server_name.to_owned())
-                    .map_err(|e| format!("upstream `{name}`: tls.server_name: {e}"))?;
-                builder.with_server_name_resolver(FixedServerNameResolver::new(fixed))
-            }
+        let builder = match fixed_name {
+            Some(fixed) => builder.with_server_name_resolver(FixedServerNameResolver::new(fixed)),
             None => builder,
         };
         let connector = match config.protocol {
@@ -85,20 +151,21 @@ impl Upstream {
             }
         };
         let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_idle_timeout(Duration::from_millis(config.idle_timeout_ms))
             .pool_max_idle_per_host(config.max_idle_per_server)
             .http2_only(config.protocol != UpstreamProtocol::Http1)
             .build(connector);
         Ok(Self {
-            name: name.into(),
+            name: group,
             config: config.clone(),
             servers,
+            balancer,
+            budget: Budget::default(),
             scheme: if config.is_https() {
                 Scheme::HTTPS
             } else {
                 Scheme::HTTP
             },
-            next: AtomicUsize::new(0),
             client,
             files_digest,
         })
@@ -132,18 +199,125 @@ impl Upstream {
         &self.config
     }
 
-    fn pick(&self) -> &Authority {
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.servers.len().max(1);
-        &self.servers[i]
+    /// Every server's health, in config order.
+    pub fn health(&self) -> Vec<ServerHealth> {
+        self.servers.report()
     }
 
-    /// Sends `request` (origin-form URI) to the next server and waits for the
-    /// response head.
+    /// The `consistent_hash` key of a request (0 for other policies).
+    fn key(&self, headers: &HeaderMap, affinity: &Affinity<'_>) -> u64 {
+        let ip = || match affinity.client_ip {
+            IpAddr::V4(ip) => balance::hash(&ip.octets()),
+            IpAddr::V6(ip) => balance::hash(&ip.octets()),
+        };
+        match &self.config.hash_on {
+            None => 0,
+            Some(HashOn::ClientIp) => ip(),
+            Some(HashOn::Consumer) => affinity
+                .consumer
+                .map_or_else(ip, |consumer| balance::hash(consumer.as_bytes())),
+            Some(HashOn::Header(name)) => headers
+                .get(name)
+                .map_or_else(ip, |value| balance::hash(value.as_bytes())),
+        }
+    }
+
+    /// Sends `request` (origin-form URI) to the server the group's policy
+    /// chooses and waits for the response head; what comes of it counts
+    /// towards that server's passive health. A failure that `retries`
+    /// allows is tried again on another server, after a backoff, within
+    /// the retry budget (the route's deadline bounds it all). With no
+    /// server available the answer is 503 at once.
     pub async fn send(
         &self,
+        request: Request<ProxyBody>,
+        affinity: &Affinity<'_>,
+    ) -> Result<Response<Incoming>, ProxyError> {
+        let key = self.key(request.headers(), affinity);
+        let retries = &self.config.retries;
+        if retries.attempts == 0 {
+            let index = self.pick(key, None)?;
+            return self.send_to(index, request).await;
+        }
+        let _counted = self.budget.request();
+        // A request without a body can be built again; one with a body has
+        // gone with its first try.
+        let replay = Replay::of(&request);
+        let mut request = Some(request);
+        let mut previous = None;
+        let mut _retrying = None;
+        for attempt in 0.. {
+            let index = self.pick(key, previous)?;
+            let Some(outgoing) = request
+                .take()
+                .or_else(|| replay.as_ref().map(Replay::request))
+            else {
+                return Err(ProxyError::Internal("a retry without its request".into()));
+            };
+            let result = self.send_to(index, outgoing).await;
+            let Some(replay) = &replay else {
+                return result;
+            };
+            let retry = match &result {
+                Err(ProxyError::UpstreamConnect { .. }) => true,
+                Err(ProxyError::Upstream { .. }) => retries.on_reset && replay.idempotent(),
+                Ok(response) => {
+                    replay.idempotent() && retries.statuses.contains(&response.status().as_u16())
+                }
+                Err(_) => false,
+            };
+            if !retry || attempt >= retries.attempts {
+                return result;
+            }
+            let Some(guard) = self.budget.retry(retries.budget_percent) else {
+                return result;
+            };
+            _retrying = Some(guard);
+            if let Err(error) = &result {
+                tracing::debug!(
+                    upstream = &*self.name,
+                    attempt = attempt + 1,
+                    "retrying: {error}"
+                );
+            }
+            drop(result);
+            previous = Some(index);
+            let base = retries.backoff_ms.saturating_mul(1 << attempt.min(16));
+            if base > 0 {
+                let wait = fastrand::u64(base / 2..=base);
+                tokio::time::sleep(Duration::from_millis(wait)).await;
+            }
+        }
+        Err(ProxyError::Internal("retries ran out of numbers".into()))
+    }
+
+    /// The server for a request with hash `key`; another than `previous`
+    /// when the group has one available.
+    fn pick(&self, key: u64, previous: Option<usize>) -> Result<usize, ProxyError> {
+        let no_server = || ProxyError::NoHealthyUpstream {
+            upstream: self.name.to_string(),
+        };
+        let index = self
+            .balancer
+            .pick(&self.servers, key)
+            .ok_or_else(no_server)?;
+        match previous {
+            Some(previous) if index == previous => {
+                Ok(self.servers.first_available(previous + 1).unwrap_or(index))
+            }
+            _ => Ok(index),
+        }
+    }
+
+    /// One try: `request` to server `index`.
+    async fn send_to(
+        &self,
+        index: usize,
         mut request: Request<ProxyBody>,
     ) -> Result<Response<Incoming>, ProxyError> {
-        let authority = self.pick().clone();
+        let _in_flight =
+            (self.config.balance == Balance::LeastRequest).then(|| self.servers.enter(index));
+        let authority = self.servers.get(index).authority.clone();
         let mut parts = std::mem::take(request.uri_mut()).into_parts();
         parts.scheme = Some(self.scheme.clone());
         parts.authority = Some(authority.clone());
@@ -161,7 +335,21 @@ impl Upstream {
         }
 
         let timeout = Duration::from_millis(self.config.timeout_ms);
-        match tokio::time::timeout(timeout, self.client.request(request)).await {
+        let result = tokio::time::timeout(timeout, self.client.request(request)).await;
+        let outcome = match &result {
+            Ok(Ok(response)) if !self.servers.failure_status(response.status().as_u16()) => {
+                Some(Outcome::Success)
+            }
+            // The client's body failed (it broke its framing or went away):
+            // nothing is learnt of the server, and a client must not be able
+            // to eject servers by sending broken bodies.
+            Ok(Err(e)) if from_client(e) => None,
+            _ => Some(Outcome::Failure),
+        };
+        if let Some(outcome) = outcome {
+            self.servers.record(index, outcome);
+        }
+        match result {
             Err(_) => Err(ProxyError::UpstreamTimeout {
                 upstream: self.name.to_string(),
                 timeout_ms: self.config.timeout_ms,
@@ -245,6 +433,102 @@ fn client_tls(config: &UpstreamConfig) -> Result<(rustls::ClientConfig, [u8; 32]
         _ => builder.with_no_client_auth(),
     };
     Ok((tls_config, digest))
+}
+
+/// The head of a request without a body, to send it again.
+#[derive(Debug)]
+struct Replay {
+    method: Method,
+    uri: Uri,
+    version: Version,
+    headers: HeaderMap,
+}
+
+impl Replay {
+    /// The head of `request`, if it has no body to lose.
+    fn of(request: &Request<ProxyBody>) -> Option<Self> {
+        request.body().is_end_stream().then(|| Self {
+            method: request.method().clone(),
+            uri: request.uri().clone(),
+            version: request.version(),
+            headers: request.headers().clone(),
+        })
+    }
+
+    /// Whether the method may be repeated (RFC 9110 §9.2.2).
+    fn idempotent(&self) -> bool {
+        matches!(
+            self.method,
+            Method::GET
+                | Method::HEAD
+                | Method::OPTIONS
+                | Method::TRACE
+                | Method::PUT
+                | Method::DELETE
+        )
+    }
+
+    /// The request again.
+    fn request(&self) -> Request<ProxyBody> {
+        let mut request = Request::new(crate::body::empty());
+        *request.method_mut() = self.method.clone();
+        *request.uri_mut() = self.uri.clone();
+        *request.version_mut() = self.version;
+        *request.headers_mut() = self.headers.clone();
+        request
+    }
+}
+
+/// The retry budget of a group: requests in flight, and retries in flight.
+#[derive(Debug, Default)]
+struct Budget {
+    requests: AtomicUsize,
+    retries: AtomicUsize,
+}
+
+impl Budget {
+    /// Counts a request in flight until the guard drops.
+    fn request(&self) -> Counted<'_> {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        Counted(&self.requests)
+    }
+
+    /// A retry, if fewer than `percent` of the requests in flight (and
+    /// fewer than 3, whatever the share) are retries now.
+    fn retry(&self, percent: u32) -> Option<Counted<'_>> {
+        let allowed = (self.requests.load(Ordering::Relaxed) * percent as usize / 100).max(3);
+        self.retries
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |retries| {
+                (retries < allowed).then_some(retries + 1)
+            })
+            .ok()
+            .map(|_| Counted(&self.retries))
+    }
+}
+
+/// One count in a [`Budget`], given back when dropped.
+#[derive(Debug)]
+struct Counted<'a>(&'a AtomicUsize);
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Whether a failed send failed because of the request body the client
+/// sent (hyper's "user" errors), not because of the server.
+fn from_client(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source = Some(e);
+    while let Some(error) = source {
+        if let Some(hyper_error) = error.downcast_ref::<hyper::Error>()
+            && hyper_error.is_user()
+        {
+            return true;
+        }
+        source = error.source();
+    }
+    false
 }
 
 fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
