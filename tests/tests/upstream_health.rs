@@ -459,3 +459,56 @@ async fn pooled_connections_are_closed_after_the_idle_timeout() {
     }
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn passing_active_checks_end_an_ejection_early() {
+    let list = backends(&["a", "b", "c"]).await;
+    let outlier = format!(
+        "{FAST_CHECKS}[upstreams.pool.outlier]\nconsecutive_failures = 3\nbase_ejection_ms = 600000\n\
+         max_ejection_ms = 600000\n"
+    );
+    let gw = gateway(&[&list[0], &list[1], &list[2]], &[], "", &outlier).await;
+    let b = &list[1];
+    b.set_mode(Mode::Unavailable);
+    spread(&gw, 9, &[]).await;
+    let served = b.requests();
+    spread(&gw, 9, &[]).await;
+    assert_eq!(b.requests(), served, "ejected for 10 minutes");
+    // Healthy again: two passing checks bring it back long before.
+    b.set_mode(Mode::Ok);
+    checks_after(b, b.health_checks(), 3).await;
+    assert_eq!(spread(&gw, 30, &[]).await.get("b"), Some(&10));
+    assert!(logged(&["upstream `pool`", "is back from ejection"]));
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn tcp_checks_follow_a_server_that_stops_listening() {
+    let list = backends(&["a", "b"]).await;
+    let checks = "[upstreams.pool.health]\nkind = \"tcp\"\ninterval_ms = 100\n\
+                  unhealthy_threshold = 2\nhealthy_threshold = 2\n\
+                  [upstreams.pool.outlier]\nconsecutive_failures = 0\n";
+    let gw = gateway(&[&list[0], &list[1]], &[], "", checks).await;
+    let b = &list[1];
+    b.stop().await;
+    // No HTTP reaches b to count checks by: wait until the group stops
+    // sending it requests (each connection refused is retried on a).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let seen = spread(&gw, 10, &[]).await;
+        assert_eq!(seen.get("a"), Some(&10), "{seen:?}");
+        if logged(&["upstream `pool`", "is down", &b.addr.to_string()]) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "b was never taken out");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    b.restart().await.expect("b restarts");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !spread(&gw, 10, &[]).await.contains_key("b") {
+        assert!(Instant::now() < deadline, "b never came back");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(b.health_checks(), 0, "a TCP check sends no request");
+    gw.stop().await;
+}

@@ -345,7 +345,8 @@ impl OutlierConfig {
 /// statuses = [502, 503]       # default: none
 /// on_reset = true
 /// backoff_ms = 25             # before the first retry; doubles; jittered
-/// budget_percent = 20         # retries in flight: at most 20% of requests in flight (at least 3)
+/// budget_percent = 20         # retries in flight: at most 20% of requests in flight
+/// budget_min = 10             # but 10 at least
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -365,9 +366,14 @@ pub struct RetryConfig {
     #[serde(default = "RetryConfig::default_backoff")]
     pub backoff_ms: u64,
     /// Retries in flight in the group, at most this share of its requests
-    /// in flight (and at least 3), so retries cannot multiply an outage.
+    /// in flight (and at least `budget_min`), so retries cannot multiply an
+    /// outage.
     #[serde(default = "RetryConfig::default_budget")]
     pub budget_percent: u32,
+    /// Retries in flight always allowed, whatever the share (Envoy's
+    /// `min_retry_concurrency`).
+    #[serde(default = "RetryConfig::default_budget_min")]
+    pub budget_min: u32,
 }
 
 impl Default for RetryConfig {
@@ -378,6 +384,7 @@ impl Default for RetryConfig {
             on_reset: true,
             backoff_ms: Self::default_backoff(),
             budget_percent: Self::default_budget(),
+            budget_min: Self::default_budget_min(),
         }
     }
 }
@@ -391,6 +398,9 @@ impl RetryConfig {
     }
     fn default_budget() -> u32 {
         20
+    }
+    fn default_budget_min() -> u32 {
+        10
     }
 }
 
@@ -670,6 +680,12 @@ impl UpstreamConfig {
             bad(
                 retry_key("backoff_ms"),
                 format!("must be at most 60000, got {}", retries.backoff_ms),
+            );
+        }
+        if !(1..=10_000).contains(&retries.budget_min) {
+            bad(
+                retry_key("budget_min"),
+                format!("must be between 1 and 10000, got {}", retries.budget_min),
             );
         }
         if !(1..=100).contains(&retries.budget_percent) {

@@ -208,7 +208,7 @@ impl Servers {
         }
         if previous != 0 {
             // An ejection that ran out before its task could say so.
-            self.end_ejection(index);
+            self.end_ejection(index, false);
         }
         // Reserve a place in the ejected share first.
         let most = self.list.len() * self.outlier.max_ejected_percent as usize / 100;
@@ -249,24 +249,27 @@ impl Servers {
             runtime.spawn(async move {
                 tokio::time::sleep(length).await;
                 if let Some(servers) = servers.upgrade() {
-                    servers.end_ejection(index);
+                    servers.end_ejection(index, false);
                 }
             });
         }
     }
 
-    fn end_ejection(&self, index: usize) {
+    /// Ends server `index`'s ejection if it has run out, or at once with
+    /// `early` (its active checks pass again).
+    fn end_ejection(&self, index: usize, early: bool) {
         let server = &self.list[index];
         let now = self.now_ms();
         let until = server.ejected_until.load(Ordering::Relaxed);
         if until != 0
-            && until <= now
+            && (early || until <= now)
             && server
                 .ejected_until
                 .compare_exchange(until, 0, Ordering::AcqRel, Ordering::Relaxed)
                 .is_ok()
         {
             server.returned_at.store(now.max(1), Ordering::Relaxed);
+            server.failures.store(0, Ordering::Relaxed);
             self.ejected.fetch_sub(1, Ordering::AcqRel);
             self.announce(index, Change::Returned, 0);
         }
@@ -410,6 +413,10 @@ async fn check_loop(servers: Weak<Servers>, index: usize, probe: Arc<Probe>) {
     // the servers of a group (and the groups) are not probed in step.
     let mut wait = Duration::from_millis(fastrand::u64(0..=interval / 10));
     let (mut passes, mut fails) = (0u32, 0u32);
+    // Passes since the server's current ejection began: as in Envoy, an
+    // ejected server whose checks pass `healthy_threshold` times comes back
+    // before its ejection runs out.
+    let (mut ejection, mut passes_since) = (0u64, 0u32);
     loop {
         tokio::time::sleep(wait).await;
         let Some(group) = servers.upgrade() else {
@@ -421,13 +428,25 @@ async fn check_loop(servers: Weak<Servers>, index: usize, probe: Arc<Probe>) {
         let Some(group) = servers.upgrade() else {
             return;
         };
-        let up = group.get(index).up.load(Ordering::Relaxed);
+        let server = group.get(index);
+        let up = server.up.load(Ordering::Relaxed);
+        let ejected_until = server.ejected_until.load(Ordering::Relaxed);
+        if ejected_until != ejection {
+            ejection = ejected_until;
+            passes_since = 0;
+        }
         match passed {
             Ok(()) => {
                 passes = passes.saturating_add(1);
                 fails = 0;
                 if !up && passes >= probe.check.healthy_threshold {
                     group.set_up(index, true, passes);
+                }
+                if ejected_until != 0 {
+                    passes_since += 1;
+                    if passes_since >= probe.check.healthy_threshold {
+                        group.end_ejection(index, true);
+                    }
                 }
             }
             Err(why) => {
@@ -634,7 +653,7 @@ mod tests {
         // Run the ejection out by hand (no runtime here to end it).
         servers.get(0).ejected_until.store(1, Ordering::Relaxed);
         std::thread::sleep(Duration::from_millis(2));
-        servers.end_ejection(0);
+        servers.end_ejection(0, false);
         assert!(servers.all_available());
         // Server 1 can now be ejected: the share was freed.
         servers.record(1, Outcome::Failure);

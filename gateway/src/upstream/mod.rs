@@ -269,7 +269,10 @@ impl Upstream {
             if !retry || attempt >= retries.attempts {
                 return result;
             }
-            let Some(guard) = self.budget.retry(retries.budget_percent) else {
+            let Some(guard) = self
+                .budget
+                .retry(retries.budget_percent, retries.budget_min)
+            else {
                 return result;
             };
             _retrying = Some(guard);
@@ -493,10 +496,11 @@ impl Budget {
         Counted(&self.requests)
     }
 
-    /// A retry, if fewer than `percent` of the requests in flight (and
-    /// fewer than 3, whatever the share) are retries now.
-    fn retry(&self, percent: u32) -> Option<Counted<'_>> {
-        let allowed = (self.requests.load(Ordering::Relaxed) * percent as usize / 100).max(3);
+    /// A retry, if fewer than `percent` of the requests in flight (or
+    /// fewer than `min`, whatever the share) are retries now.
+    fn retry(&self, percent: u32, min: u32) -> Option<Counted<'_>> {
+        let allowed =
+            (self.requests.load(Ordering::Relaxed) * percent as usize / 100).max(min as usize);
         self.retries
             .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |retries| {
                 (retries < allowed).then_some(retries + 1)
