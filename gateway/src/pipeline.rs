@@ -263,7 +263,11 @@ async fn serve_route(
                 client_ip: request.client_ip,
                 consumer: request.identity.as_ref().map(|i| i.consumer.as_str()),
             };
-            match route.upstream.send(outgoing, &affinity).await {
+            match route
+                .upstream
+                .send(outgoing, &affinity, &route.upstream_overrides)
+                .await
+            {
                 Ok(response) if let Some(why) = ambiguous_framing(response.headers()) => {
                     let error = ProxyError::Upstream {
                         upstream: route.upstream.name().to_owned(),

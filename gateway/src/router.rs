@@ -227,6 +227,8 @@ mod tests {
             max_request_body_bytes: None,
             timeout_ms: None,
             upgrade_idle_timeout_ms: 300_000,
+            upstream_timeout_ms: None,
+            retries: None,
         }
     }
 

@@ -46,10 +46,20 @@ async fn spread(
     count: usize,
     headers: &[(&str, &str)],
 ) -> HashMap<String, usize> {
+    spread_on(gw, "/", count, headers).await
+}
+
+/// [`spread`] on `path`.
+async fn spread_on(
+    gw: &TestGateway,
+    path: &str,
+    count: usize,
+    headers: &[(&str, &str)],
+) -> HashMap<String, usize> {
     let client = Client::new();
     let mut seen = HashMap::new();
     for _ in 0..count {
-        let reply = client.get(&gw.url("/"), headers).await.expect("an answer");
+        let reply = client.get(&gw.url(path), headers).await.expect("an answer");
         let server = reply.header("x-server").unwrap_or("-").to_owned();
         *seen.entry(server).or_default() += 1;
     }
@@ -510,5 +520,45 @@ async fn tcp_checks_follow_a_server_that_stops_listening() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(b.health_checks(), 0, "a TCP check sends no request");
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn a_route_sets_its_own_retries_and_response_timeout() {
+    portcullis_tests::init_logs();
+    let list = backends(&["a", "b"]).await;
+    list[1].set_mode(Mode::Hang);
+    let config = format!(
+        "{base}\n[upstreams.pool]\nservers = [\"{a}\", \"{b}\"]\ntimeout_ms = 5000\n\
+         retries = {{ statuses = [503] }}\noutlier = {{ consecutive_failures = 0 }}\n\
+         [[routes]]\nname = \"strict\"\npath_prefix = \"/strict\"\nupstream = \"pool\"\n\
+         upstream_timeout_ms = 200\nretries = {{ attempts = 0 }}\n\
+         [[routes]]\nname = \"pool\"\npath_prefix = \"/\"\nupstream = \"pool\"\n",
+        base = base_config(list[0].addr),
+        a = list[0].addr,
+        b = list[1].addr,
+    );
+    let gw = TestGateway::start(&config, &[])
+        .await
+        .expect("gateway starts");
+    let client = Client::new();
+    // The strict route waits 200 ms for b, not the group's 5 s.
+    let mut statuses = Vec::new();
+    for _ in 0..2 {
+        let reply = client
+            .get(&gw.url("/strict"), &[])
+            .await
+            .expect("an answer");
+        statuses.push(reply.status);
+    }
+    statuses.sort();
+    assert_eq!(statuses, [StatusCode::OK, StatusCode::GATEWAY_TIMEOUT]);
+    assert!(logged(&["upstream `pool` timed out after 200 ms"]));
+    // b answers 503 now: the group retries it, the strict route does not.
+    list[1].set_mode(Mode::Unavailable);
+    let strict = spread_on(&gw, "/strict", 4, &[]).await;
+    assert_eq!(strict.get("b"), Some(&2), "{strict:?}");
+    let default = spread_on(&gw, "/", 4, &[]).await;
+    assert_eq!(default.get("a"), Some(&4), "{default:?}");
     gw.stop().await;
 }

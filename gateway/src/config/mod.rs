@@ -362,6 +362,13 @@ pub struct RouteConfig {
     /// either direction before the gateway closes it, in ms.
     #[serde(default = "RouteConfig::default_upgrade_idle_timeout")]
     pub upgrade_idle_timeout_ms: u64,
+    /// How long to wait for the upstream's response head on this route, in
+    /// ms, in place of the group's `timeout_ms` (each try of a retry).
+    #[serde(default)]
+    pub upstream_timeout_ms: Option<u64>,
+    /// Retries on this route, in place of the group's.
+    #[serde(default)]
+    pub retries: Option<RetryConfig>,
 }
 
 impl RouteConfig {
@@ -740,6 +747,12 @@ impl Config {
                     key("timeout_ms"),
                     format!("must be between 1 and 3600000, got {ms}"),
                 );
+            }
+            if route.upstream_timeout_ms == Some(0) {
+                bad(key("upstream_timeout_ms"), "must be at least 1".into());
+            }
+            if let Some(retries) = &route.retries {
+                retries.validate(&format!("routes[{i}].retries"), &mut bad);
             }
             if !(1_000..=86_400_000).contains(&route.upgrade_idle_timeout_ms) {
                 bad(

@@ -390,6 +390,39 @@ impl Default for RetryConfig {
 }
 
 impl RetryConfig {
+    /// Problems with the table at `at` (`upstreams.NAME.retries` or
+    /// `routes[N].retries`), each reported through `bad` with its key.
+    pub(super) fn validate(&self, at: &str, bad: &mut dyn FnMut(String, String)) {
+        let key = |field: &str| format!("{at}.{field}");
+        if self.attempts > 10 {
+            bad(
+                key("attempts"),
+                format!("must be between 0 and 10, got {}", self.attempts),
+            );
+        }
+        if let Some(status) = self.statuses.iter().find(|s| !(100..=599).contains(*s)) {
+            bad(key("statuses"), format!("{status} is not an HTTP status"));
+        }
+        if self.backoff_ms > 60_000 {
+            bad(
+                key("backoff_ms"),
+                format!("must be at most 60000, got {}", self.backoff_ms),
+            );
+        }
+        if !(1..=10_000).contains(&self.budget_min) {
+            bad(
+                key("budget_min"),
+                format!("must be between 1 and 10000, got {}", self.budget_min),
+            );
+        }
+        if !(1..=100).contains(&self.budget_percent) {
+            bad(
+                key("budget_percent"),
+                format!("must be between 1 and 100, got {}", self.budget_percent),
+            );
+        }
+    }
+
     fn default_attempts() -> u32 {
         1
     }
@@ -662,38 +695,8 @@ impl UpstreamConfig {
                 ),
             );
         }
-        let retries = &self.retries;
-        let retry_key = |field: &str| format!("upstreams.{name}.retries.{field}");
-        if retries.attempts > 10 {
-            bad(
-                retry_key("attempts"),
-                format!("must be between 0 and 10, got {}", retries.attempts),
-            );
-        }
-        if let Some(status) = retries.statuses.iter().find(|s| !(100..=599).contains(*s)) {
-            bad(
-                retry_key("statuses"),
-                format!("{status} is not an HTTP status"),
-            );
-        }
-        if retries.backoff_ms > 60_000 {
-            bad(
-                retry_key("backoff_ms"),
-                format!("must be at most 60000, got {}", retries.backoff_ms),
-            );
-        }
-        if !(1..=10_000).contains(&retries.budget_min) {
-            bad(
-                retry_key("budget_min"),
-                format!("must be between 1 and 10000, got {}", retries.budget_min),
-            );
-        }
-        if !(1..=100).contains(&retries.budget_percent) {
-            bad(
-                retry_key("budget_percent"),
-                format!("must be between 1 and 100, got {}", retries.budget_percent),
-            );
-        }
+        self.retries
+            .validate(&format!("upstreams.{name}.retries"), bad);
         if outlier.max_ejected_percent > 100 {
             bad(
                 key("max_ejected_percent"),

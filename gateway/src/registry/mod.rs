@@ -27,7 +27,7 @@ use crate::plugin::{
 use crate::router::Router;
 use crate::server::ListenerRuntime;
 use crate::server::tls::ListenerTls;
-use crate::upstream::Upstream;
+use crate::upstream::{RouteOverrides, Upstream};
 
 /// One plugin in a route's chain, ready to run.
 #[derive(Debug)]
@@ -63,6 +63,8 @@ pub struct RouteRuntime {
     pub timeout: Option<Duration>,
     /// How long an upgraded connection may stay silent.
     pub upgrade_idle_timeout: Duration,
+    /// The route's own upstream timeout and retries, if it sets them.
+    pub upstream_overrides: RouteOverrides,
 }
 
 /// Everything a request needs, immutable once published.
@@ -914,6 +916,10 @@ fn build(
                 .max_request_body_bytes
                 .unwrap_or(config.limits.max_request_body_bytes),
             upgrade_idle_timeout: Duration::from_millis(route.upgrade_idle_timeout_ms),
+            upstream_overrides: RouteOverrides {
+                timeout_ms: route.upstream_timeout_ms,
+                retries: route.retries.clone(),
+            },
         });
     }
     let mut listeners = Vec::with_capacity(config.listeners.len());

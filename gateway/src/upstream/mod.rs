@@ -28,7 +28,8 @@ use sha2::{Digest as _, Sha256};
 use crate::alerts::AlertSender;
 use crate::body::ProxyBody;
 use crate::config::{
-    Balance, HashOn, UpstreamConfig, UpstreamProtocol, UpstreamTlsConfig, server_authority,
+    Balance, HashOn, RetryConfig, UpstreamConfig, UpstreamProtocol, UpstreamTlsConfig,
+    server_authority,
 };
 use crate::error::ProxyError;
 
@@ -36,6 +37,15 @@ use balance::Balancer;
 use health::{Outcome, Probe, Servers};
 
 pub use health::ServerHealth;
+
+/// A route's own settings for its upstream group, in place of the group's.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RouteOverrides {
+    /// The response-head timeout of each try, ms.
+    pub timeout_ms: Option<u64>,
+    /// The retry policy.
+    pub retries: Option<RetryConfig>,
+}
 
 /// What `consistent_hash` may hash besides the request's headers.
 #[derive(Debug, Clone, Copy)]
@@ -232,12 +242,14 @@ impl Upstream {
         &self,
         request: Request<ProxyBody>,
         affinity: &Affinity<'_>,
+        route: &RouteOverrides,
     ) -> Result<Response<Incoming>, ProxyError> {
         let key = self.key(request.headers(), affinity);
-        let retries = &self.config.retries;
+        let retries = route.retries.as_ref().unwrap_or(&self.config.retries);
+        let timeout_ms = route.timeout_ms.unwrap_or(self.config.timeout_ms);
         if retries.attempts == 0 {
             let index = self.pick(key, None)?;
-            return self.send_to(index, request).await;
+            return self.send_to(index, request, timeout_ms).await;
         }
         let _counted = self.budget.request();
         // A request without a body can be built again; one with a body has
@@ -254,7 +266,7 @@ impl Upstream {
             else {
                 return Err(ProxyError::Internal("a retry without its request".into()));
             };
-            let result = self.send_to(index, outgoing).await;
+            let result = self.send_to(index, outgoing, timeout_ms).await;
             let Some(replay) = &replay else {
                 return result;
             };
@@ -312,11 +324,13 @@ impl Upstream {
         }
     }
 
-    /// One try: `request` to server `index`.
+    /// One try: `request` to server `index`, waiting `timeout_ms` for the
+    /// response head.
     async fn send_to(
         &self,
         index: usize,
         mut request: Request<ProxyBody>,
+        timeout_ms: u64,
     ) -> Result<Response<Incoming>, ProxyError> {
         let _in_flight =
             (self.config.balance == Balance::LeastRequest).then(|| self.servers.enter(index));
@@ -337,7 +351,7 @@ impl Upstream {
             request.headers_mut().remove(http::header::HOST);
         }
 
-        let timeout = Duration::from_millis(self.config.timeout_ms);
+        let timeout = Duration::from_millis(timeout_ms);
         let result = tokio::time::timeout(timeout, self.client.request(request)).await;
         let outcome = match &result {
             Ok(Ok(response)) if !self.servers.failure_status(response.status().as_u16()) => {
@@ -355,7 +369,7 @@ impl Upstream {
         match result {
             Err(_) => Err(ProxyError::UpstreamTimeout {
                 upstream: self.name.to_string(),
-                timeout_ms: self.config.timeout_ms,
+                timeout_ms,
             }),
             Ok(Err(e)) if e.is_connect() => Err(ProxyError::UpstreamConnect {
                 upstream: self.name.to_string(),
