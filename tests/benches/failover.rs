@@ -3,7 +3,8 @@
 //! request after another to a group of three [`Backend`]s (round-robin,
 //! default retries and passive checks, active checks every second with
 //! thresholds of 2); after 2 s one server is stopped (or stops answering),
-//! after 6 s it is back.
+//! after 6 s it is back. A third run hangs the server again, on a route
+//! that waits 100 ms a try and retries a try that timed out.
 //!
 //! Reported per scenario: requests answered and failed (not 200), the time
 //! from the failure to the gateway taking the server out (its health as
@@ -32,16 +33,25 @@ enum Failure {
     /// It accepts requests and never answers (the group's `timeout_ms`,
     /// 1 s here, runs out).
     Hung,
+    /// It hangs, and the route waits 100 ms a try and retries a try that
+    /// timed out (`upstream_timeout_ms`, `retries.on_timeout`).
+    HungWithTryTimeout,
 }
 
-fn config(backends: &[Backend]) -> String {
+fn config(backends: &[Backend], failure: Failure) -> String {
+    let route = match failure {
+        Failure::HungWithTryTimeout => {
+            "upstream_timeout_ms = 100\nretries = { on_timeout = true }\n"
+        }
+        Failure::Killed | Failure::Hung => "",
+    };
     let servers: Vec<String> = backends.iter().map(|b| format!("\"{}\"", b.addr)).collect();
     format!(
         "{base}\n[upstreams.pool]\nservers = [{servers}]\ntimeout_ms = 1000\n\
          health = {{ path = \"/healthz\", interval_ms = 1000, timeout_ms = 500, \
          healthy_threshold = 2, unhealthy_threshold = 2 }}\n\
          [log]\naccess_log = false\n\
-         [[routes]]\nname = \"pool\"\npath_prefix = \"/\"\nupstream = \"pool\"\n",
+         [[routes]]\nname = \"pool\"\npath_prefix = \"/\"\nupstream = \"pool\"\n{route}",
         base = base_config(backends[0].addr),
         servers = servers.join(", "),
     )
@@ -63,7 +73,7 @@ async fn scenario(failure: Failure) {
     for name in ["a", "b", "c"] {
         backends.push(Backend::start(name, None).await.expect("backend starts"));
     }
-    let gw = TestGateway::start(&config(&backends), &[])
+    let gw = TestGateway::start(&config(&backends, failure), &[])
         .await
         .expect("gateway starts");
     let url = gw.url("/");
@@ -91,7 +101,7 @@ async fn scenario(failure: Failure) {
     let failed_at = Instant::now();
     match failure {
         Failure::Killed => b.stop().await,
-        Failure::Hung => b.set_mode(Mode::Hang),
+        Failure::Hung | Failure::HungWithTryTimeout => b.set_mode(Mode::Hang),
     }
     let mut out_after = None;
     while failed_at.elapsed() < RECOVER_AT - FAIL_AT {
@@ -104,7 +114,7 @@ async fn scenario(failure: Failure) {
     let before = b.requests();
     match failure {
         Failure::Killed => b.restart().await.expect("restart"),
-        Failure::Hung => b.set_mode(Mode::Ok),
+        Failure::Hung | Failure::HungWithTryTimeout => b.set_mode(Mode::Ok),
     }
     let mut back_after = None;
     while start.elapsed() < RUN {
@@ -142,5 +152,6 @@ fn main() {
     runtime.block_on(async {
         scenario(Failure::Killed).await;
         scenario(Failure::Hung).await;
+        scenario(Failure::HungWithTryTimeout).await;
     });
 }

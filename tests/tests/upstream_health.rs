@@ -533,6 +533,8 @@ async fn a_route_sets_its_own_retries_and_response_timeout() {
          retries = {{ statuses = [503] }}\noutlier = {{ consecutive_failures = 0 }}\n\
          [[routes]]\nname = \"strict\"\npath_prefix = \"/strict\"\nupstream = \"pool\"\n\
          upstream_timeout_ms = 200\nretries = {{ attempts = 0 }}\n\
+         [[routes]]\nname = \"hedged\"\npath_prefix = \"/hedged\"\nupstream = \"pool\"\n\
+         upstream_timeout_ms = 200\nretries = {{ on_timeout = true, backoff_ms = 0 }}\n\
          [[routes]]\nname = \"pool\"\npath_prefix = \"/\"\nupstream = \"pool\"\n",
         base = base_config(list[0].addr),
         a = list[0].addr,
@@ -554,6 +556,9 @@ async fn a_route_sets_its_own_retries_and_response_timeout() {
     statuses.sort();
     assert_eq!(statuses, [StatusCode::OK, StatusCode::GATEWAY_TIMEOUT]);
     assert!(logged(&["upstream `pool` timed out after 200 ms"]));
+    // The hedged route retries a try that timed out: a, after 200 ms on b.
+    let hedged = spread_on(&gw, "/hedged", 4, &[]).await;
+    assert_eq!(hedged.get("a"), Some(&4), "{hedged:?}");
     // b answers 503 now: the group retries it, the strict route does not.
     list[1].set_mode(Mode::Unavailable);
     let strict = spread_on(&gw, "/strict", 4, &[]).await;

@@ -336,14 +336,16 @@ impl OutlierConfig {
 /// server when the group has one. Only a request the gateway can send again
 /// is retried: one without a body (or with an empty one). A connection that
 /// could not be made is retried whatever the method (nothing reached the
-/// server); a reset before the response head, or a status in `statuses`,
-/// only for an idempotent method (GET, HEAD, OPTIONS, TRACE, PUT, DELETE).
+/// server); a reset before the response head, a status in `statuses`, or
+/// (with `on_timeout`) a try that timed out, only for an idempotent method
+/// (GET, HEAD, OPTIONS, TRACE, PUT, DELETE).
 ///
 /// ```toml
 /// [upstreams.backend.retries]
 /// attempts = 2                # tries after the first; 0 turns retries off
 /// statuses = [502, 503]       # default: none
 /// on_reset = true
+/// on_timeout = false          # a try that timed out (see a route's upstream_timeout_ms)
 /// backoff_ms = 25             # before the first retry; doubles; jittered
 /// budget_percent = 20         # retries in flight: at most 20% of requests in flight
 /// budget_min = 10             # but 10 at least
@@ -361,6 +363,10 @@ pub struct RetryConfig {
     /// retried (idempotent requests only).
     #[serde(default = "super::yes")]
     pub on_reset: bool,
+    /// Whether a try whose response head did not come within the timeout
+    /// is retried (idempotent requests only).
+    #[serde(default)]
+    pub on_timeout: bool,
     /// The wait before the first retry, doubled for each next one, each
     /// drawn between half of it and all of it.
     #[serde(default = "RetryConfig::default_backoff")]
@@ -382,6 +388,7 @@ impl Default for RetryConfig {
             attempts: Self::default_attempts(),
             statuses: Vec::new(),
             on_reset: true,
+            on_timeout: false,
             backoff_ms: Self::default_backoff(),
             budget_percent: Self::default_budget(),
             budget_min: Self::default_budget_min(),

@@ -273,6 +273,9 @@ impl Upstream {
             let retry = match &result {
                 Err(ProxyError::UpstreamConnect { .. }) => true,
                 Err(ProxyError::Upstream { .. }) => retries.on_reset && replay.idempotent(),
+                Err(ProxyError::UpstreamTimeout { .. }) => {
+                    retries.on_timeout && replay.idempotent()
+                }
                 Ok(response) => {
                     replay.idempotent() && retries.statuses.contains(&response.status().as_u16())
                 }
