@@ -32,6 +32,17 @@ pub fn full(bytes: impl Into<Bytes>) -> ProxyBody {
         .boxed_unsync()
 }
 
+/// A body holding `bytes` and then `trailers`, if any.
+pub fn full_with_trailers(bytes: Bytes, trailers: Option<http::HeaderMap>) -> ProxyBody {
+    match trailers {
+        None => full(bytes),
+        Some(trailers) => Full::new(bytes)
+            .map_err(|never| match never {})
+            .with_trailers(async move { Some(Ok::<_, BoxError>(trailers)) })
+            .boxed_unsync(),
+    }
+}
+
 /// An empty body.
 pub fn empty() -> ProxyBody {
     Empty::new().map_err(|never| match never {}).boxed_unsync()

@@ -10,6 +10,9 @@
 //! long is dropped unanswered, as if the server had decided to close the
 //! connection just as the request was on its way.
 //!
+//! Every answer says the length of the request body it read, in
+//! `x-body-len`.
+//!
 //! `GET /healthz` answers `200` while the server is [`Mode::Ok`] and `503`
 //! otherwise (a reset for [`Mode::Reset`], nothing for [`Mode::Hang`]);
 //! health checks are counted apart from requests.
@@ -22,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
-use http_body_util::Full;
+use http_body_util::{BodyExt as _, Full};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -227,9 +230,16 @@ async fn answer(
         }
         Mode::Reset => return Err(Reset),
     };
+    // The body, read whole: its length is answered in `x-body-len`.
+    let body_len = request
+        .into_body()
+        .collect()
+        .await
+        .map_or(0, |body| body.to_bytes().len());
     let response = Response::builder()
         .status(status)
         .header("x-server", shared.name.as_str())
+        .header("x-body-len", body_len)
         .body(Full::new(Bytes::from(shared.name.clone())))
         .map_err(|_| Reset)?;
     Ok::<_, Infallible>(response).map_err(|never| match never {})

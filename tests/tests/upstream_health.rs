@@ -567,3 +567,55 @@ async fn a_route_sets_its_own_retries_and_response_timeout() {
     assert_eq!(default.get("a"), Some(&4), "{default:?}");
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn small_bodies_are_kept_to_be_sent_again_and_large_ones_are_not() {
+    let list = backends(&["a", "b"]).await;
+    let group = "[upstreams.pool.retries]\nstatuses = [503]\nbackoff_ms = 0\n\
+                 max_body_bytes = 65536\n[upstreams.pool.outlier]\nconsecutive_failures = 0\n";
+    let gw = gateway(&[&list[0], &list[1]], &[], group, "").await;
+    let client = Client::new();
+    let put = |body: Vec<u8>| {
+        let (client, url) = (client.clone(), gw.url("/"));
+        async move {
+            client
+                .request(http::Method::PUT, &url, &[], body)
+                .await
+                .expect("an answer")
+        }
+    };
+    // b answers 503: a PUT of 10 KiB is sent again, whole, to a.
+    list[1].set_mode(Mode::Unavailable);
+    for _ in 0..4 {
+        let reply = put(vec![b'x'; 10 * 1024]).await;
+        assert_eq!(reply.status, StatusCode::OK);
+        assert_eq!(reply.header("x-server"), Some("a"));
+        assert_eq!(reply.header("x-body-len"), Some("10240"));
+    }
+    // 100 KiB is over the cap: streamed through once, b's 503 is the answer.
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        let reply = put(vec![b'x'; 100 * 1024]).await;
+        if reply.status == StatusCode::SERVICE_UNAVAILABLE {
+            assert_eq!(reply.header("x-body-len"), Some("102400"));
+        }
+        statuses.push(reply.status);
+    }
+    let unavailable = statuses
+        .iter()
+        .filter(|s| **s == StatusCode::SERVICE_UNAVAILABLE)
+        .count();
+    assert_eq!(unavailable, 2, "{statuses:?}");
+    // A POST whose server is down is sent to the other, body and all:
+    // nothing reached the first.
+    list[1].stop().await;
+    for _ in 0..4 {
+        let reply = client
+            .request(http::Method::POST, &gw.url("/"), &[], vec![b'y'; 2048])
+            .await
+            .expect("an answer");
+        assert_eq!(reply.status, StatusCode::OK);
+        assert_eq!(reply.header("x-body-len"), Some("2048"));
+    }
+    gw.stop().await;
+}

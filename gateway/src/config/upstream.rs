@@ -334,7 +334,9 @@ impl OutlierConfig {
 
 /// Retries: a request that failed on one server is sent again, to another
 /// server when the group has one. Only a request the gateway can send again
-/// is retried: one without a body (or with an empty one). A connection that
+/// is retried: one without a body, or whose body (its size known in advance,
+/// at most `max_body_bytes`) the gateway reads whole before the first try,
+/// as nginx does by default. A connection that
 /// could not be made is retried whatever the method (nothing reached the
 /// server); a reset before the response head, a status in `statuses`, or
 /// (with `on_timeout`) a try that timed out, only for an idempotent method
@@ -349,6 +351,7 @@ impl OutlierConfig {
 /// backoff_ms = 25             # before the first retry; doubles; jittered
 /// budget_percent = 20         # retries in flight: at most 20% of requests in flight
 /// budget_min = 10             # but 10 at least
+/// max_body_bytes = 65536      # bodies up to this size are kept to be sent again; 0: none
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -380,6 +383,12 @@ pub struct RetryConfig {
     /// `min_retry_concurrency`).
     #[serde(default = "RetryConfig::default_budget_min")]
     pub budget_min: u32,
+    /// The largest request body kept to be sent again: a body whose size
+    /// is known in advance (`Content-Length`) and at most this is read
+    /// whole before the first try. 0 keeps none (only requests without a
+    /// body are retried).
+    #[serde(default = "RetryConfig::default_max_body")]
+    pub max_body_bytes: u64,
 }
 
 impl Default for RetryConfig {
@@ -392,6 +401,7 @@ impl Default for RetryConfig {
             backoff_ms: Self::default_backoff(),
             budget_percent: Self::default_budget(),
             budget_min: Self::default_budget_min(),
+            max_body_bytes: Self::default_max_body(),
         }
     }
 }
@@ -422,6 +432,15 @@ impl RetryConfig {
                 format!("must be between 1 and 10000, got {}", self.budget_min),
             );
         }
+        if self.max_body_bytes > 16 * 1024 * 1024 {
+            bad(
+                key("max_body_bytes"),
+                format!(
+                    "must be at most 16777216 (16 MiB), got {}",
+                    self.max_body_bytes
+                ),
+            );
+        }
         if !(1..=100).contains(&self.budget_percent) {
             bad(
                 key("budget_percent"),
@@ -441,6 +460,9 @@ impl RetryConfig {
     }
     fn default_budget_min() -> u32 {
         10
+    }
+    fn default_max_body() -> u64 {
+        64 * 1024
     }
 }
 

@@ -13,9 +13,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::uri::{Authority, Scheme};
 use http::{HeaderMap, Method, Request, Response, Uri, Version};
 use http_body::Body as _;
+use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 use hyper_rustls::{FixedServerNameResolver, HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::Client;
@@ -252,9 +254,16 @@ impl Upstream {
             return self.send_to(index, request, timeout_ms).await;
         }
         let _counted = self.budget.request();
-        // A request without a body can be built again; one with a body has
-        // gone with its first try.
-        let replay = Replay::of(&request);
+        // A request without a body, or with a small one read whole first,
+        // can be built again; one with a body streamed through has gone
+        // with its first try.
+        let (replay, request) =
+            Replay::of(request, retries.max_body_bytes)
+                .await
+                .map_err(|reason| ProxyError::Upstream {
+                    upstream: self.name.to_string(),
+                    reason,
+                })?;
         let mut request = Some(request);
         let mut previous = None;
         let mut _retrying = None;
@@ -455,24 +464,57 @@ fn client_tls(config: &UpstreamConfig) -> Result<(rustls::ClientConfig, [u8; 32]
     Ok((tls_config, digest))
 }
 
-/// The head of a request without a body, to send it again.
+/// A request that can be sent again: its head, and its body if it had one.
 #[derive(Debug)]
 struct Replay {
     method: Method,
     uri: Uri,
     version: Version,
     headers: HeaderMap,
+    /// The whole body and its trailers; `None` for a request without one.
+    body: Option<(Bytes, Option<HeaderMap>)>,
 }
 
 impl Replay {
-    /// The head of `request`, if it has no body to lose.
-    fn of(request: &Request<ProxyBody>) -> Option<Self> {
-        request.body().is_end_stream().then(|| Self {
+    /// Keeps what is needed to send `request` again: its head, if it has
+    /// no body; its head and its body, read whole, if the body's size is
+    /// known and at most `max_body` bytes. Otherwise `None` and the
+    /// request as it came. A body that fails while it is read fails the
+    /// request (the pipeline tells the client's faults apart).
+    async fn of(
+        request: Request<ProxyBody>,
+        max_body: u64,
+    ) -> Result<(Option<Self>, Request<ProxyBody>), String> {
+        let head = |request: &Request<ProxyBody>, body| Self {
             method: request.method().clone(),
             uri: request.uri().clone(),
             version: request.version(),
             headers: request.headers().clone(),
-        })
+            body,
+        };
+        if request.body().is_end_stream() {
+            let replay = head(&request, None);
+            return Ok((Some(replay), request));
+        }
+        let small = request
+            .body()
+            .size_hint()
+            .exact()
+            .is_some_and(|size| size <= max_body);
+        if !small {
+            return Ok((None, request));
+        }
+        let (parts, body) = request.into_parts();
+        let collected = body
+            .collect()
+            .await
+            .map_err(|e| format!("reading the request body: {e}"))?;
+        let trailers = collected.trailers().cloned();
+        let bytes = collected.to_bytes();
+        let request = Request::from_parts(parts, crate::body::empty());
+        let replay = head(&request, Some((bytes, trailers)));
+        let request = replay.request();
+        Ok((Some(replay), request))
     }
 
     /// Whether the method may be repeated (RFC 9110 §9.2.2).
@@ -490,7 +532,13 @@ impl Replay {
 
     /// The request again.
     fn request(&self) -> Request<ProxyBody> {
-        let mut request = Request::new(crate::body::empty());
+        let body = match &self.body {
+            None => crate::body::empty(),
+            Some((bytes, trailers)) => {
+                crate::body::full_with_trailers(bytes.clone(), trailers.clone())
+            }
+        };
+        let mut request = Request::new(body);
         *request.method_mut() = self.method.clone();
         *request.uri_mut() = self.uri.clone();
         *request.version_mut() = self.version;
