@@ -619,3 +619,28 @@ async fn small_bodies_are_kept_to_be_sent_again_and_large_ones_are_not() {
     }
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn a_reload_that_changes_a_group_keeps_what_it_knew_of_its_servers() {
+    let list = backends(&["a", "b"]).await;
+    let gw = gateway(&[&list[0], &list[1]], &[], "", FAST_CHECKS).await;
+    let b = &list[1];
+    b.set_mode(Mode::Unavailable);
+    checks_after(b, b.health_checks(), 3).await;
+    assert_eq!(spread(&gw, 10, &[]).await.get("a"), Some(&10));
+    // New settings (checks once a minute): a new group, which must not
+    // start by sending requests to a server the old one knew was down.
+    let path = gw.dir().join("portcullis.toml");
+    let config = std::fs::read_to_string(&path).expect("config");
+    let slower = config.replace("interval_ms = 100", "interval_ms = 60000");
+    assert_ne!(slower, config);
+    std::fs::write(&path, slower).expect("write config");
+    let event = gw.handle.reload_config().await.expect("reload runs");
+    assert!(
+        matches!(event.outcome, portcullis::registry::Outcome::Applied { .. }),
+        "{event:?}"
+    );
+    let seen = spread(&gw, 20, &[]).await;
+    assert_eq!(seen.get("a"), Some(&20), "{seen:?}");
+    gw.stop().await;
+}

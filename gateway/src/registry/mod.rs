@@ -816,17 +816,20 @@ fn build(
 
     let mut upstreams: HashMap<&str, Arc<Upstream>> = HashMap::new();
     for (name, up) in &config.upstreams {
-        let reused = previous.and_then(|g| {
-            g.routes
-                .iter()
-                .map(|r| &r.upstream)
-                .find(|u| u.serves(name, up))
-                .cloned()
-        });
-        match reused
-            .map(Ok)
-            .unwrap_or_else(|| Upstream::new(name, up, Some(services.alerts.clone())).map(Arc::new))
-        {
+        let before = |same: &dyn Fn(&Upstream) -> bool| {
+            previous.and_then(|g| {
+                g.routes
+                    .iter()
+                    .map(|r| &r.upstream)
+                    .find(|u| same(u))
+                    .cloned()
+            })
+        };
+        let reused = before(&|u| u.serves(name, up));
+        match reused.map(Ok).unwrap_or_else(|| {
+            let earlier = before(&|u| u.name() == name);
+            Upstream::new(name, up, Some(services.alerts.clone()), earlier.as_deref()).map(Arc::new)
+        }) {
             Ok(u) => {
                 upstreams.insert(name, u);
             }

@@ -129,6 +129,36 @@ impl Servers {
         }
     }
 
+    /// Takes over what `old` (the group as it was before a reload that
+    /// changed its settings) knew of the servers both have: down stays
+    /// down, an ejection keeps its end and its count. Nothing is announced:
+    /// nothing changed.
+    pub(super) fn inherit(self: &Arc<Self>, old: &Servers) {
+        let old_now = old.now_ms();
+        let now = self.now_ms();
+        for (index, server) in self.list.iter().enumerate() {
+            let Some(before) = old.list.iter().find(|s| s.authority == server.authority) else {
+                continue;
+            };
+            if !before.up.load(Ordering::Relaxed) {
+                server.up.store(false, Ordering::Relaxed);
+                self.down.fetch_add(1, Ordering::AcqRel);
+            }
+            server
+                .ejections
+                .store(before.ejections.load(Ordering::Relaxed), Ordering::Relaxed);
+            let left = before
+                .ejected_until
+                .load(Ordering::Relaxed)
+                .saturating_sub(old_now);
+            if left > 0 {
+                server.ejected_until.store(now + left, Ordering::Relaxed);
+                self.ejected.fetch_add(1, Ordering::AcqRel);
+                self.end_ejection_after(index, Duration::from_millis(left));
+            }
+        }
+    }
+
     /// How many servers.
     pub(super) fn len(&self) -> usize {
         self.list.len()
@@ -242,8 +272,13 @@ impl Servers {
         server.failures.store(0, Ordering::Relaxed);
         let length = Duration::from_millis(length);
         self.announce(index, Change::Ejected(length), failures);
-        // The ejection ends by itself: the balancer compares the time. This
-        // task frees its place in the share and says so.
+        self.end_ejection_after(index, length);
+    }
+
+    /// The ejection of server `index` ends by itself after `length` (the
+    /// balancer compares the time); this task frees its place in the share
+    /// and says so.
+    fn end_ejection_after(self: &Arc<Self>, index: usize, length: Duration) {
         let servers = Arc::downgrade(self);
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move {

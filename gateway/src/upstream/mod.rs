@@ -89,11 +89,15 @@ impl std::fmt::Debug for Upstream {
 impl Upstream {
     /// Builds the group and starts its active health checks (when there
     /// is a runtime: not for `portcullis check`). Health changes are
-    /// raised on `alerts`. `config` must have passed validation.
+    /// raised on `alerts`. `previous`, the group of that name before a
+    /// reload that changed its settings, hands over what it knew of the
+    /// servers both have (down, ejected). `config` must have passed
+    /// validation.
     pub fn new(
         name: &str,
         config: &UpstreamConfig,
         alerts: Option<AlertSender>,
+        previous: Option<&Upstream>,
     ) -> Result<Self, String> {
         let servers = config
             .servers
@@ -117,6 +121,9 @@ impl Upstream {
             config.outlier.clone(),
             alerts,
         ));
+        if let Some(previous) = previous.filter(|p| *p.name == *name) {
+            servers.inherit(&previous.servers);
+        }
         let fixed_name = match config.tls.as_ref().and_then(|t| t.server_name.as_deref()) {
             Some(server_name) => Some(
                 ServerName::try_from(server_name.to_owned())
