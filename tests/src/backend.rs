@@ -54,6 +54,7 @@ struct Shared {
     mode: AtomicU8,
     requests: AtomicU64,
     health_checks: AtomicU64,
+    connections: AtomicU64,
     /// Ms of idleness after which a reused connection is dropped; 0: never.
     stale_after_ms: AtomicU64,
     /// The server's clock.
@@ -82,6 +83,7 @@ impl Backend {
                 mode: AtomicU8::new(Mode::Ok as u8),
                 requests: AtomicU64::new(0),
                 health_checks: AtomicU64::new(0),
+                connections: AtomicU64::new(0),
                 stale_after_ms: AtomicU64::new(0),
                 start: Instant::now(),
             }),
@@ -113,6 +115,11 @@ impl Backend {
     /// Requests answered or taken, health checks left out.
     pub fn requests(&self) -> u64 {
         self.shared.requests.load(Ordering::SeqCst)
+    }
+
+    /// Connections accepted.
+    pub fn connections(&self) -> u64 {
+        self.shared.connections.load(Ordering::SeqCst)
     }
 
     /// Health checks received.
@@ -147,6 +154,7 @@ impl Backend {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
+                shared.connections.fetch_add(1, Ordering::SeqCst);
                 let shared = shared.clone();
                 connections.spawn(async move {
                     // When this connection last answered, ms on the

@@ -644,3 +644,34 @@ async fn a_reload_that_changes_a_group_keeps_what_it_knew_of_its_servers() {
     assert_eq!(seen.get("a"), Some(&20), "{seen:?}");
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn connections_are_retired_after_their_lifetime() {
+    let old = Backend::start("a", None).await.expect("backend starts");
+    let gw = gateway(&[&old], &[], "connection_lifetime_ms = 300\n", "").await;
+    let client = Client::new();
+    // One request every 100 ms for a second: a connection serves the
+    // requests of its first 300 ms (and the one that crosses the line),
+    // then the next request opens a new one.
+    for _ in 0..10 {
+        let reply = client.get(&gw.url("/"), &[]).await.expect("an answer");
+        assert_eq!(reply.status, StatusCode::OK);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let retired = old.connections();
+    assert!(
+        (2..=5).contains(&retired),
+        "{retired} connections for 10 requests"
+    );
+    gw.stop().await;
+
+    // Without a lifetime, one connection serves them all.
+    let kept = Backend::start("a", None).await.expect("backend starts");
+    let gw = gateway(&[&kept], &[], "", "").await;
+    for _ in 0..10 {
+        client.get(&gw.url("/"), &[]).await.expect("an answer");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(kept.connections(), 1);
+    gw.stop().await;
+}

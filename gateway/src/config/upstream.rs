@@ -19,6 +19,7 @@ use super::check_authority;
 /// connect_timeout_ms = 2000
 /// timeout_ms = 30000
 /// idle_timeout_ms = 4000          # pooled connections idle longer are closed
+/// connection_lifetime_ms = 3600000  # none by default
 /// health = { path = "/healthz", interval_ms = 5000 }
 ///
 /// [upstreams.sessions]
@@ -62,6 +63,12 @@ pub struct UpstreamConfig {
     /// gateway is about to reuse.
     #[serde(default = "UpstreamConfig::default_idle_timeout")]
     pub idle_timeout_ms: u64,
+    /// How long a connection may be reused at most, counted from when it
+    /// was made: past it, it is closed after the request it is serving
+    /// (nginx's `keepalive_time`, Envoy's `max_connection_duration`).
+    /// None by default.
+    #[serde(default)]
+    pub connection_lifetime_ms: Option<u64>,
     /// How long the response body may go without a byte, in ms; past it
     /// the response is cut short (nginx's `proxy_read_timeout`).
     #[serde(default = "UpstreamConfig::default_body_idle")]
@@ -643,6 +650,14 @@ impl UpstreamConfig {
                     "must be between 100 and 3600000, got {}",
                     self.idle_timeout_ms
                 ),
+            );
+        }
+        if let Some(lifetime) = self.connection_lifetime_ms
+            && !(100..=86_400_000).contains(&lifetime)
+        {
+            bad(
+                key("connection_lifetime_ms"),
+                format!("must be between 100 and 86400000, got {lifetime}"),
             );
         }
         if let Some(health) = &self.health {

@@ -6,6 +6,7 @@
 //! timeouts.
 
 mod balance;
+mod connect;
 mod health;
 
 use std::net::IpAddr;
@@ -21,7 +22,7 @@ use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 use hyper_rustls::{FixedServerNameResolver, HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::connect::{HttpConnector, capture_connection};
 use hyper_util::rt::TokioExecutor;
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
@@ -36,6 +37,7 @@ use crate::config::{
 use crate::error::ProxyError;
 
 use balance::Balancer;
+use connect::{ConnectedAt, Stamped};
 use health::{Outcome, Probe, Servers};
 
 pub use health::ServerHealth;
@@ -71,7 +73,9 @@ pub struct Upstream {
     balancer: Balancer,
     budget: Budget,
     scheme: Scheme,
-    client: Client<HttpsConnector<HttpConnector>, ProxyBody>,
+    client: Client<Stamped<HttpsConnector<HttpConnector>>, ProxyBody>,
+    /// Connections older than this are not reused.
+    lifetime: Option<Duration>,
     /// SHA-256 of the TLS files' content: a reload that changes them
     /// builds a new client even if the config text is the same.
     files_digest: [u8; 32],
@@ -169,11 +173,12 @@ impl Upstream {
                 builder.enable_http2().wrap_connector(http)
             }
         };
+        let lifetime = config.connection_lifetime_ms.map(Duration::from_millis);
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_millis(config.idle_timeout_ms))
             .pool_max_idle_per_host(config.max_idle_per_server)
             .http2_only(config.protocol != UpstreamProtocol::Http1)
-            .build(connector);
+            .build(Stamped::new(connector, lifetime));
         Ok(Self {
             name: group,
             config: config.clone(),
@@ -186,6 +191,7 @@ impl Upstream {
                 Scheme::HTTP
             },
             client,
+            lifetime,
             files_digest,
         })
     }
@@ -370,6 +376,9 @@ impl Upstream {
             request.headers_mut().remove(http::header::HOST);
         }
 
+        // With a lifetime, the connection the request goes out on, to
+        // retire it after the answer if it is too old.
+        let captured = self.lifetime.map(|_| capture_connection(&mut request));
         let timeout = Duration::from_millis(timeout_ms);
         let result = tokio::time::timeout(timeout, self.client.request(request)).await;
         let outcome = match &result {
@@ -399,6 +408,15 @@ impl Upstream {
                 reason: error_chain(&e),
             }),
             Ok(Ok(mut response)) => {
+                if let (Some(lifetime), Some(captured)) = (self.lifetime, &captured)
+                    && response
+                        .extensions()
+                        .get::<ConnectedAt>()
+                        .is_some_and(|at| at.0.elapsed() >= lifetime)
+                    && let Some(connection) = captured.connection_metadata().as_ref()
+                {
+                    connection.poison();
+                }
                 response.extensions_mut().insert(UpstreamServer(authority));
                 Ok(response)
             }
