@@ -658,11 +658,10 @@ async fn connections_are_retired_after_their_lifetime() {
         assert_eq!(reply.status, StatusCode::OK);
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // At least one retirement; how many more depends on how the sleeps
+    // fall on a busy machine (a slow one only adds connections).
     let retired = old.connections();
-    assert!(
-        (2..=5).contains(&retired),
-        "{retired} connections for 10 requests"
-    );
+    assert!(retired >= 2, "{retired} connections for 10 requests");
     gw.stop().await;
 
     // Without a lifetime, one connection serves them all.
