@@ -548,22 +548,20 @@ where
         .host
         .clone()
         .unwrap_or_else(|| authority.to_string());
-    let request = |h2: bool| {
-        let mut builder = Request::get(probe.check.path.as_str())
-            .header(header::USER_AGENT, "portcullis-health-check");
-        if h2 {
-            let scheme = if probe.tls.is_some() { "https" } else { "http" };
-            builder = Request::get(format!("{scheme}://{host}{}", probe.check.path))
-                .header(header::USER_AGENT, "portcullis-health-check");
-        } else {
-            builder = builder
-                .header(header::HOST, host.as_str())
-                .header(header::CONNECTION, "close");
-        }
-        builder
-            .body(Empty::<Bytes>::new())
-            .map_err(|e| format!("health check request: {e}"))
+    // HTTP/2 names the target in `:authority` (from the URI); HTTP/1.1 in
+    // `Host`, on a connection closed after the answer.
+    let builder = if probe.protocol == UpstreamProtocol::Http1 {
+        Request::get(probe.check.path.as_str())
+            .header(header::HOST, host.as_str())
+            .header(header::CONNECTION, "close")
+    } else {
+        let scheme = if probe.tls.is_some() { "https" } else { "http" };
+        Request::get(format!("{scheme}://{host}{}", probe.check.path))
     };
+    let request = builder
+        .header(header::USER_AGENT, "portcullis-health-check")
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| format!("health check request: {e}"))?;
     let io = TokioIo::new(stream);
     let status = match probe.protocol {
         UpstreamProtocol::Http1 => {
@@ -572,7 +570,7 @@ where
                 .map_err(|e| format!("HTTP/1.1: {e}"))?;
             tokio::spawn(connection);
             sender
-                .send_request(request(false)?)
+                .send_request(request)
                 .await
                 .map_err(|e| format!("HTTP/1.1: {e}"))?
                 .status()
@@ -584,7 +582,7 @@ where
                     .map_err(|e| format!("HTTP/2: {e}"))?;
             tokio::spawn(connection);
             sender
-                .send_request(request(true)?)
+                .send_request(request)
                 .await
                 .map_err(|e| format!("HTTP/2: {e}"))?
                 .status()
