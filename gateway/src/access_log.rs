@@ -20,15 +20,27 @@ use crate::error::ProxyError;
 use crate::forward::Connection;
 use crate::registry::ChainLink;
 
-/// What the access log says about a request, gathered on its way.
+/// What the access log and the metrics say about a request, gathered on
+/// its way.
 ///
 /// Built with [`Record::new`]`(false)` when there is no access log: then
-/// the setters below keep nothing, so a request pays no allocation or
-/// formatting for a line nobody writes.
+/// the setters below keep only what metrics need (the route, the upstream
+/// time, and the consumer on a route counted by consumer), so a request
+/// pays no allocation or formatting for a line nobody writes.
 #[derive(Default)]
 pub(crate) struct Record {
-    /// Whether anything is kept.
+    /// Whether everything is kept (there is an access log).
     on: bool,
+    /// The index of the route that served it, if one matched.
+    pub(crate) served: Option<usize>,
+    /// Whether the consumer is kept for metrics.
+    keep_consumer: bool,
+    /// How long the upstream took to the response head.
+    pub(crate) upstream_time: Option<std::time::Duration>,
+    /// The request's id.
+    request_id: Option<http::HeaderValue>,
+    /// The trace it belongs to.
+    trace: Option<crate::trace::TraceContext>,
     /// The client's address, when it is not the peer's (trusted proxies).
     client: Option<IpAddr>,
     route: Option<Arc<str>>,
@@ -102,10 +114,27 @@ impl Record {
         }
     }
 
-    pub(crate) fn route(&mut self, route: &Arc<str>) {
+    /// The route, number `index` of its generation, that serves the
+    /// request.
+    pub(crate) fn route(&mut self, index: usize, route: &Arc<str>, keep_consumer: bool) {
+        self.served = Some(index);
+        self.keep_consumer = keep_consumer;
         if self.on {
             self.route = Some(route.clone());
         }
+    }
+
+    /// The request's id and trace.
+    pub(crate) fn trace(&mut self, id: &http::HeaderValue, trace: &crate::trace::TraceContext) {
+        if self.on {
+            self.request_id = Some(id.clone());
+            self.trace = Some(*trace);
+        }
+    }
+
+    /// The consumer, when kept.
+    pub(crate) fn consumer_name(&self) -> Option<&str> {
+        self.consumer.as_deref()
     }
 
     pub(crate) fn decide(&mut self, link: &ChainLink, outcome: Outcome) {
@@ -118,7 +147,7 @@ impl Record {
     }
 
     pub(crate) fn consumer(&mut self, consumer: Option<&str>) {
-        if self.on {
+        if self.on || self.keep_consumer {
             self.consumer = consumer.map(str::to_owned);
         }
     }
@@ -196,6 +225,8 @@ impl Logged {
             tls = tls.map_or("-", |t| t.version),
             sni = tls.and_then(|t| t.server_name.as_deref()).unwrap_or("-"),
             consumer = r.consumer.as_deref().unwrap_or("-"),
+            request_id = r.request_id.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("-"),
+            trace_id = r.trace.map(|t| t.trace_id_hex()).as_deref().unwrap_or("-"),
             plugins = %Decisions(&r.decisions),
             error = r.error.as_deref().unwrap_or(""),
         );

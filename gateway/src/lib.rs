@@ -14,6 +14,7 @@
 //! ```
 
 pub mod access_log;
+pub mod admin;
 pub mod alerts;
 pub mod body;
 pub mod clock;
@@ -22,6 +23,7 @@ pub mod crypto;
 pub mod error;
 pub mod forward;
 pub mod ipfmt;
+pub mod metrics;
 pub mod path;
 pub mod pipeline;
 pub mod plugin;
@@ -30,6 +32,7 @@ pub mod router;
 pub mod server;
 pub mod state;
 pub mod ticker;
+pub mod trace;
 pub mod upstream;
 
 use std::net::SocketAddr;
@@ -48,10 +51,14 @@ use crate::config::Config;
 use crate::plugin::engine::EngineLimits;
 use crate::plugin::{HostServices, PluginEngine};
 use crate::registry::{Registry, ReloadEvent};
+use crate::server::tls::ListenerTls;
 use crate::state::{Budget, InMemoryStore, StoreBackend};
 
 /// How often expired entries are swept from the shared store.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How often the dashboard's series are sampled.
+const SAMPLE_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Entry point: configure, then [`GatewayBuilder::start`].
 #[derive(Debug)]
@@ -116,16 +123,23 @@ impl GatewayBuilder {
             self.clock.clone(),
         ));
         let (alerts, alert_rx) = alerts::queue(limits.alert_queue);
+        let sources = Arc::new(std::sync::OnceLock::new());
         let services = Arc::new(HostServices {
             store: store.clone(),
             alerts: alerts.clone(),
             clock: self.clock,
+            metrics: Arc::new(metrics::Metrics::new(sources.clone())),
         });
         let registry = tokio::task::spawn_blocking(move || {
             Registry::start(config, config_path, engine, services)
         })
         .await
         .context("plugin loading task failed")??;
+        let _ = sources.set(metrics::Sources {
+            registry: Arc::downgrade(&registry),
+            store: store.clone(),
+            alerts: alerts.clone(),
+        });
         Ok(Loaded {
             registry,
             store,
@@ -156,6 +170,27 @@ impl GatewayBuilder {
                 .with_context(|| format!("cannot listen on {}", listener.address))?;
             listeners.push(bound);
         }
+        let admin_listener = match &config.admin {
+            None => None,
+            Some(admin) => {
+                let tls = match &admin.tls {
+                    None => None,
+                    Some(tls) => Some(
+                        ListenerTls::load_named(
+                            "admin.tls",
+                            tls,
+                            None,
+                            std::time::SystemTime::now(),
+                        )
+                        .map_err(|ps| anyhow::anyhow!("{}", ps.join("\n")))?,
+                    ),
+                };
+                let bound = TcpListener::bind(admin.address).await.with_context(|| {
+                    format!("cannot listen on {} (admin.address)", admin.address)
+                })?;
+                Some((bound, tls))
+            }
+        };
 
         let (shutdown, shutdown_rx) = watch::channel(false);
         let mut tasks = Vec::new();
@@ -189,14 +224,46 @@ impl GatewayBuilder {
             current.current().config.clone()
         }));
 
+        let lifecycle = Arc::new(admin::Lifecycle::default());
+        let (admin_shutdown, admin_shutdown_rx) = watch::channel(false);
+        let mut admin_tasks = Vec::new();
+        let mut admin_addr = None;
+        if let Some((listener, tls)) = admin_listener {
+            let addr = listener.local_addr()?;
+            tracing::info!(%addr, tls = tls.is_some(), "admin listening (metrics, API, dashboard)");
+            admin_addr = Some(addr);
+            let sampler = Arc::new(admin::Sampler::new(SAMPLE_INTERVAL));
+            let state = Arc::new(admin::Admin {
+                registry: registry.clone(),
+                alerts: alerts.clone(),
+                listeners: addrs.clone(),
+                lifecycle: lifecycle.clone(),
+                sampler: sampler.clone(),
+            });
+            admin_tasks.push(tokio::spawn(
+                sampler.run(registry.clone(), admin_shutdown_rx.clone()),
+            ));
+            admin_tasks.push(tokio::spawn(admin::serve(
+                listener,
+                tls,
+                state,
+                admin_shutdown_rx,
+            )));
+        }
+        lifecycle.set_ready();
+
         Ok(GatewayHandle {
             addrs,
+            admin_addr,
             registry,
             store,
             alerts,
             shutdown,
             tasks,
             sink,
+            lifecycle,
+            admin_shutdown,
+            admin_tasks,
         })
     }
 }
@@ -221,12 +288,18 @@ async fn sweep(store: Arc<dyn StoreBackend>, mut shutdown: watch::Receiver<bool>
 /// A running gateway.
 pub struct GatewayHandle {
     addrs: Vec<SocketAddr>,
+    admin_addr: Option<SocketAddr>,
     registry: Arc<Registry>,
     store: Arc<dyn StoreBackend>,
     alerts: AlertSender,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
     sink: JoinHandle<()>,
+    lifecycle: Arc<admin::Lifecycle>,
+    /// The admin listener stops after the others have drained, so that
+    /// `/readyz` says so meanwhile.
+    admin_shutdown: watch::Sender<bool>,
+    admin_tasks: Vec<JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for GatewayHandle {
@@ -242,6 +315,11 @@ impl GatewayHandle {
     /// The bound address of each listener, in config order.
     pub fn local_addrs(&self) -> &[SocketAddr] {
         &self.addrs
+    }
+
+    /// The admin listener's bound address, if there is one.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
     }
 
     /// The registry holding the current generation.
@@ -290,8 +368,13 @@ impl GatewayHandle {
     /// Stops accepting, drains requests in flight (up to
     /// [`server::DRAIN_TIMEOUT`]), and stops the watcher.
     pub async fn shutdown(self) {
+        self.lifecycle.set_draining();
         let _ = self.shutdown.send(true);
         for task in self.tasks {
+            let _ = task.await;
+        }
+        let _ = self.admin_shutdown.send(true);
+        for task in self.admin_tasks {
             let _ = task.await;
         }
         self.sink.abort();

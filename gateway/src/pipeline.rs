@@ -46,18 +46,20 @@ use crate::forward::{
     ambiguous_framing, client_address, host_of, https_redirect, strip_hop_by_hop, tunnel,
     upstream_request, websocket_upgrade,
 };
+use crate::metrics::{self, Decision};
 use crate::plugin::apply::{apply_action, apply_response};
 use crate::plugin::view::{BodyView, RequestView, ResponseView};
 use crate::plugin::{Hooks, PluginError};
 use crate::registry::{ChainLink, Generation, Registry, RouteRuntime};
 use crate::router::Match;
+use crate::trace::{self, TraceContext};
 use crate::upstream::{Affinity, UpstreamServer};
 
 /// Serves one request with the registry's current generation, and writes
 /// its access-log line.
 pub async fn handle(
     registry: &Registry,
-    request: Request<Incoming>,
+    mut request: Request<Incoming>,
     conn: &Arc<Connection>,
 ) -> Response<ProxyBody> {
     let started = Instant::now();
@@ -69,13 +71,35 @@ pub async fn handle(
         .access_log
         .then(|| (request.method().clone(), request.uri().path().to_owned()));
     let mut record = Record::new(access.is_some());
-    let response = match proxy(&generation, request, conn, &mut record).await {
+    let method = metrics::method_label(request.method());
+    let trusted = generation
+        .trusted_proxies
+        .iter()
+        .any(|net| net.contains(&conn.peer.ip()));
+    let request_id = trace::request_id(request.headers_mut(), trusted);
+    let context = TraceContext::propagate(request.headers_mut());
+    record.trace(&request_id, &context);
+    let mut response = match proxy(&generation, request, conn, &mut record).await {
         Ok(response) => response,
         Err(error) => {
             record.fail(&error);
             error.into_response()
         }
     };
+    response.headers_mut().insert(trace::REQUEST_ID, request_id);
+    let metrics = registry.metrics();
+    let route = record
+        .served
+        .and_then(|i| generation.routes.get(i))
+        .map_or(metrics.no_route(), |r| &r.metrics);
+    metrics.request(
+        route,
+        method,
+        response.status().as_u16(),
+        started.elapsed(),
+        record.upstream_time,
+        record.consumer_name(),
+    );
     match access {
         Some((method, path)) => access_log::logged(
             response,
@@ -146,7 +170,7 @@ async fn proxy(
     if client_ip != conn.peer.ip() {
         record.client(client_ip);
     }
-    let route = match generation.router.find(
+    let (index, route) = match generation.router.find(
         original_host.as_deref(),
         request.uri().path(),
         request.method(),
@@ -154,11 +178,12 @@ async fn proxy(
         Match::Route(i) => generation
             .routes
             .get(i)
+            .map(|route| (i, route))
             .ok_or_else(|| ProxyError::Internal(format!("route index {i} out of range")))?,
         Match::MethodNotAllowed(allow) => return Err(ProxyError::MethodNotAllowed { allow }),
         Match::NotFound => return Err(ProxyError::NoRoute),
     };
-    record.route(&route.name);
+    record.route(index, &route.name, route.metrics.consumer_label());
     let journey = serve_route(
         generation,
         route,
@@ -263,11 +288,13 @@ async fn serve_route(
                 client_ip: request.client_ip,
                 consumer: request.identity.as_ref().map(|i| i.consumer.as_str()),
             };
-            match route
+            let sent = Instant::now();
+            let answer = route
                 .upstream
                 .send(outgoing, &affinity, &route.upstream_overrides)
-                .await
-            {
+                .await;
+            record.upstream_time = Some(sent.elapsed());
+            match answer {
                 Ok(response) if let Some(why) = ambiguous_framing(response.headers()) => {
                     let error = ProxyError::Upstream {
                         upstream: route.upstream.name().to_owned(),
@@ -369,7 +396,9 @@ async fn request_phase<'r>(
             }
             continue;
         }
+        let called = Instant::now();
         let (returned, result) = link.pool.on_request(request).await;
+        link.metrics.on_request.observe(called.elapsed());
         request = returned;
         let step = result.and_then(|action| apply_action(&mut request, body, action));
         match step {
@@ -378,9 +407,9 @@ async fn request_phase<'r>(
                     responders.push(link);
                 }
                 match answer {
-                    None => record.decide(link, Outcome::Continue),
+                    None => decide(record, link, Outcome::Continue),
                     Some(response) => {
-                        record.decide(link, Outcome::Respond(response.status().as_u16()));
+                        decide(record, link, Outcome::Respond(response.status().as_u16()));
                         return (request, responders, Some(response));
                     }
                 }
@@ -457,7 +486,9 @@ async fn response_phase(
         body: body_view,
     });
     for link in responders.iter().rev() {
+        let called = Instant::now();
         let (req, resp, result) = link.pool.on_response(request, response).await;
+        link.metrics.on_response.observe(called.elapsed());
         request = req;
         response = resp;
         let applied = result.and_then(|changes| apply_response(&mut response, &mut body, changes));
@@ -496,6 +527,17 @@ async fn read_body(body: ProxyBody, max: usize) -> Result<(ProxyBody, BodyView),
     })
 }
 
+/// Counts what a plugin decided, for the access log and the metrics.
+fn decide(record: &mut Record, link: &ChainLink, outcome: Outcome) {
+    link.metrics.decided(match outcome {
+        Outcome::Continue => Decision::Continue,
+        Outcome::Respond(status) => Decision::Respond(status),
+        Outcome::Failed => Decision::Failed,
+        Outcome::FailedAllowed => Decision::FailedAllowed,
+    });
+    record.decide(link, outcome);
+}
+
 /// Logs a plugin failure; returns the response that ends the request when
 /// the plugin fails closed.
 fn plugin_failed(
@@ -510,13 +552,14 @@ fn plugin_failed(
         on_error = ?link.on_error,
         "plugin failed: {error}"
     );
+    link.metrics.failed(&error);
     match link.on_error {
         OnError::Allow => {
-            record.decide(link, Outcome::FailedAllowed);
+            decide(record, link, Outcome::FailedAllowed);
             None
         }
         OnError::Deny => {
-            record.decide(link, Outcome::Failed);
+            decide(record, link, Outcome::Failed);
             let error = if error.is_overload() {
                 ProxyError::Overloaded {
                     plugin: link.plugin.to_string(),

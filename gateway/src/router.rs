@@ -229,6 +229,7 @@ mod tests {
             upgrade_idle_timeout_ms: 300_000,
             upstream_timeout_ms: None,
             retries: None,
+            metrics_consumer_label: false,
         }
     }
 

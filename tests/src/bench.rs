@@ -33,6 +33,7 @@ pub fn engine(
         )),
         alerts,
         clock,
+        metrics: Default::default(),
     };
     (Arc::new(engine), Arc::new(services))
 }

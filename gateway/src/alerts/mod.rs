@@ -105,13 +105,19 @@ impl<'a> From<&'a Alert> for Payload<'a> {
     }
 }
 
-/// Counters of the alert pipeline.
+/// How many alerts the admin API keeps.
+pub const RECENT: usize = 100;
+
+/// Counters of the alert pipeline, and the last alerts delivered.
 #[derive(Debug, Default)]
 struct Stats {
     queue_full: AtomicU64,
     webhook_queue_full: AtomicU64,
     delivered: AtomicU64,
     failed: AtomicU64,
+    /// The last [`RECENT`] alerts taken from the queue, oldest first
+    /// (written by the sink task, not on the request path).
+    recent: std::sync::Mutex<std::collections::VecDeque<Alert>>,
 }
 
 /// A snapshot of the alert pipeline's counters, since start.
@@ -146,6 +152,14 @@ impl AlertSender {
     /// Alerts dropped because the queue was full (or the sinks had stopped).
     pub fn dropped(&self) -> u64 {
         self.stats.queue_full.load(Ordering::Relaxed)
+    }
+
+    /// The last alerts taken from the queue, oldest first.
+    pub fn recent(&self) -> Vec<Alert> {
+        match self.stats.recent.lock() {
+            Ok(recent) => recent.iter().cloned().collect(),
+            Err(poisoned) => poisoned.into_inner().iter().cloned().collect(),
+        }
     }
 
     /// Every counter of the pipeline.
@@ -221,6 +235,16 @@ pub async fn run(mut queue: AlertReceiver, config: impl Fn() -> Arc<Config> + Se
             // Dropping the old webhooks closes their queues: they deliver
             // what they hold, then stop.
             sinks = Sinks::new(&current.alerts, &queue.stats);
+        }
+        {
+            let mut recent = match queue.stats.recent.lock() {
+                Ok(g) => g,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            if recent.len() == RECENT {
+                recent.pop_front();
+            }
+            recent.push_back(alert.clone());
         }
         sinks.deliver(alert, &queue.stats);
     }

@@ -213,6 +213,17 @@ pub enum ClientAuthMode {
 }
 
 impl TlsConfig {
+    /// Makes the certificate, key and CA paths relative to the config file.
+    pub(super) fn resolve_paths(&mut self, resolve: &impl Fn(&mut PathBuf)) {
+        for c in &mut self.certificates {
+            resolve(&mut c.cert);
+            resolve(&mut c.key);
+        }
+        if let Some(auth) = self.client_auth.as_mut() {
+            resolve(&mut auth.ca);
+        }
+    }
+
     fn default_handshake_timeout() -> u64 {
         10_000
     }
@@ -237,13 +248,7 @@ pub struct CertificateConfig {
 impl ListenerConfig {
     pub(super) fn resolve_paths(&mut self, resolve: &impl Fn(&mut PathBuf)) {
         if let Some(tls) = self.tls.as_mut() {
-            for c in &mut tls.certificates {
-                resolve(&mut c.cert);
-                resolve(&mut c.key);
-            }
-            if let Some(auth) = tls.client_auth.as_mut() {
-                resolve(&mut auth.ca);
-            }
+            tls.resolve_paths(resolve);
         }
     }
 

@@ -15,10 +15,12 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+mod admin;
 mod alerts;
 mod listener;
 mod upstream;
 
+pub use admin::AdminConfig;
 pub use alerts::{AlertsConfig, Severity, WebhookConfig};
 pub use listener::{
     CertificateConfig, ClientAuthConfig, ClientAuthMode, Http1Config, Http2Config, ListenerConfig,
@@ -91,6 +93,10 @@ pub struct Config {
     /// Where alerts raised by plugins are delivered.
     #[serde(default)]
     pub alerts: AlertsConfig,
+    /// The admin listener: metrics, the admin API and the dashboard. Off
+    /// without this section.
+    #[serde(default)]
+    pub admin: Option<AdminConfig>,
     /// The directory of the config file, which relative paths start from
     /// (not a key).
     #[serde(skip)]
@@ -369,6 +375,11 @@ pub struct RouteConfig {
     /// Retries on this route, in place of the group's.
     #[serde(default)]
     pub retries: Option<RetryConfig>,
+    /// Whether this route's requests are also counted by consumer
+    /// (`portcullis_consumer_requests_total`). Off by default: a label per
+    /// consumer is as many series as there are consumers.
+    #[serde(default)]
+    pub metrics_consumer_label: bool,
 }
 
 impl RouteConfig {
@@ -587,6 +598,9 @@ impl Config {
         for listener in &mut self.listeners {
             listener.resolve_paths(&resolve);
         }
+        if let Some(admin) = self.admin.as_mut() {
+            admin.resolve_paths(&resolve);
+        }
         for tls in self.upstreams.values_mut().filter_map(|u| u.tls.as_mut()) {
             for path in [&mut tls.ca, &mut tls.cert, &mut tls.key]
                 .into_iter()
@@ -601,6 +615,9 @@ impl Config {
     /// each file that cannot be read.
     fn read_files(&mut self) -> Vec<Problem> {
         let mut problems = Vec::new();
+        if let Some(problem) = self.admin.as_mut().and_then(AdminConfig::read_token) {
+            problems.push(problem);
+        }
         for (i, route) in self.routes.iter_mut().enumerate() {
             for (j, plugin) in route.plugins.iter_mut().enumerate() {
                 for (key, file) in &plugin.files {
@@ -637,6 +654,7 @@ impl Config {
     pub fn watched_files(&self) -> impl Iterator<Item = &Path> {
         self.plugin_files()
             .chain(self.listeners.iter().flat_map(ListenerConfig::files))
+            .chain(self.admin.iter().flat_map(AdminConfig::files))
             .chain(self.upstreams.values().flat_map(UpstreamConfig::files))
     }
 
@@ -644,6 +662,7 @@ impl Config {
     pub fn validate(&self) -> Vec<Problem> {
         let mut problems = Vec::new();
         listener::validate(&self.listeners, &mut problems);
+        admin::validate(self.admin.as_ref(), &mut problems);
         let mut bad = |key: String, message: String| problems.push(Problem { key, message });
         if let Some(workers) = self.workers
             && !(1..=1024).contains(&workers)

@@ -143,7 +143,7 @@ impl<'de> Deserialize<'de> for ServerConfig {
 }
 
 /// How a group chooses a request's server.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Balance {
     /// In turn, each server as often as its weight says (nginx's smooth

@@ -67,6 +67,8 @@ pub struct CompiledPlugin {
     pub from_cache: bool,
     /// How long compiling (or loading from the cache) took.
     pub load_time: Duration,
+    /// When it was loaded.
+    pub loaded_at: std::time::SystemTime,
     /// Which compiler made its code.
     pub tier: Tier,
     /// The engine it was compiled for: its instances' stores use it.
@@ -394,6 +396,7 @@ impl PluginEngine {
             size: bytes.len(),
             from_cache,
             load_time: started.elapsed(),
+            loaded_at: std::time::SystemTime::now(),
             tier,
             engine: engine.clone(),
             pre,

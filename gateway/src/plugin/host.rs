@@ -24,6 +24,9 @@ pub struct HostServices {
     pub alerts: AlertSender,
     /// The clock behind `now-ms`.
     pub clock: Arc<dyn Clock>,
+    /// The gateway's metrics (the registry resolves each generation's
+    /// handles from them).
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl std::fmt::Debug for HostServices {
@@ -311,8 +314,20 @@ impl host::Host for StoreState {
         severity: host::Severity,
         kind: String,
         message: String,
-        labels: Vec<(String, String)>,
+        mut labels: Vec<(String, String)>,
     ) {
+        // The request the alert was raised on, so that an alert can be
+        // followed to its access-log line and its trace.
+        let request_id = self
+            .request
+            .as_ref()
+            .and_then(|r| r.head.headers.get(crate::trace::REQUEST_ID))
+            .and_then(|v| v.to_str().ok());
+        if let Some(id) = request_id
+            && !labels.iter().any(|(k, _)| k == "request_id")
+        {
+            labels.push(("request_id".to_owned(), id.to_owned()));
+        }
         self.services.alerts.send(Alert {
             time_ms: self.services.clock.now_ms(),
             severity: match severity {

@@ -40,6 +40,8 @@ pub struct ChainLink {
     pub pool: Arc<PluginPool>,
     /// The hooks it implements.
     pub hooks: Hooks,
+    /// Its metrics on this route.
+    pub metrics: crate::metrics::LinkMetrics,
 }
 
 /// A route, ready to serve.
@@ -65,6 +67,8 @@ pub struct RouteRuntime {
     pub upgrade_idle_timeout: Duration,
     /// The route's own upstream timeout and retries, if it sets them.
     pub upstream_overrides: RouteOverrides,
+    /// Its metrics.
+    pub metrics: crate::metrics::RouteMetrics,
 }
 
 /// Everything a request needs, immutable once published.
@@ -96,6 +100,77 @@ pub enum Trigger {
     /// The optimized build of `<name>.wasm`, compiled in the background,
     /// taking the place of the baseline build that served first.
     Optimized(String),
+    /// `POST /reload` on the admin API: the config file, reloaded.
+    Admin,
+}
+
+impl Trigger {
+    /// Lowercase name, as metrics and the admin API show it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Trigger::Startup => "startup",
+            Trigger::Plugin(_) => "plugin",
+            Trigger::Config => "config",
+            Trigger::Optimized(_) => "optimized",
+            Trigger::Admin => "admin",
+        }
+    }
+
+    /// The plugin it concerns, if one.
+    pub fn plugin(&self) -> Option<&str> {
+        match self {
+            Trigger::Plugin(name) | Trigger::Optimized(name) => Some(name),
+            _ => None,
+        }
+    }
+}
+
+impl Outcome {
+    /// Lowercase name, as metrics and the admin API show it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Outcome::Applied { .. } => "applied",
+            Outcome::Unchanged => "unchanged",
+            Outcome::Removed => "removed",
+            Outcome::Validated => "validated",
+            Outcome::Rejected { .. } => "rejected",
+        }
+    }
+}
+
+/// A module a reload changed (or tried to).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModuleChange {
+    /// The plugin.
+    pub name: String,
+    /// SHA-256 of the module that served before, if one did.
+    pub previous: Option<String>,
+    /// SHA-256 of the new module; `None` when it was removed.
+    pub sha256: Option<String>,
+}
+
+/// One reload in the history the admin API shows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryEntry {
+    /// When it ended.
+    pub time: SystemTime,
+    /// What started it and how it ended.
+    pub event: ReloadEvent,
+    /// The modules it changed (or, refused, would have).
+    pub modules: Vec<ModuleChange>,
+}
+
+/// What a module is, for the admin API.
+#[derive(Debug, Clone)]
+pub struct ModuleInfo {
+    /// The plugin's name.
+    pub name: String,
+    /// SHA-256 of the module file, hex.
+    pub sha256: String,
+    /// Compiled: a route uses it; otherwise only validated.
+    pub compiled: Option<Arc<CompiledPlugin>>,
+    /// The routes that use it.
+    pub routes: Vec<String>,
 }
 
 /// How a reload ended.
@@ -159,7 +234,12 @@ pub struct Registry {
     /// time at a low priority (compiling takes tens of MiB; a burst of new
     /// modules should not take them all at once).
     optimizer: mpsc::Sender<OptimizeJob>,
+    /// The last reloads, newest last.
+    history: Mutex<std::collections::VecDeque<HistoryEntry>>,
 }
+
+/// How many reloads the history keeps.
+pub const HISTORY: usize = 100;
 
 /// An optimized build to make: `bytes`, whose baseline build serves as
 /// `name` in `registry`.
@@ -319,6 +399,7 @@ impl Registry {
             events,
             cache,
             optimizer,
+            history: Mutex::new(std::collections::VecDeque::with_capacity(HISTORY)),
         });
         registry.emit(ReloadEvent {
             trigger: Trigger::Startup,
@@ -372,11 +453,77 @@ impl Registry {
     }
 
     fn emit(&self, event: ReloadEvent) -> ReloadEvent {
+        self.emit_changes(event, Vec::new())
+    }
+
+    /// The reloads kept, oldest first.
+    pub fn history(&self) -> Vec<HistoryEntry> {
+        let history = match self.history.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        history.iter().cloned().collect()
+    }
+
+    /// Every module loaded now, sorted by name.
+    pub fn module_infos(&self) -> Vec<ModuleInfo> {
+        let loaded = self.lock();
+        let users = |name: &str| -> Vec<String> {
+            loaded
+                .config
+                .routes
+                .iter()
+                .filter(|r| r.plugins.iter().any(|p| p.name == name))
+                .map(|r| r.name.clone())
+                .collect()
+        };
+        let mut infos: Vec<ModuleInfo> = loaded
+            .modules
+            .iter()
+            .map(|(name, module)| ModuleInfo {
+                name: name.clone(),
+                sha256: module.hash.clone(),
+                compiled: Some(module.clone()),
+                routes: users(name),
+            })
+            .chain(loaded.validated.iter().map(|(name, hash)| ModuleInfo {
+                name: name.clone(),
+                sha256: hash.clone(),
+                compiled: None,
+                routes: Vec::new(),
+            }))
+            .collect();
+        infos.sort_by(|a, b| a.name.cmp(&b.name));
+        infos
+    }
+
+    /// The metrics this registry's generations count into.
+    pub fn metrics(&self) -> &Arc<crate::metrics::Metrics> {
+        &self.services.metrics
+    }
+
+    fn emit_changes(&self, event: ReloadEvent, modules: Vec<ModuleChange>) -> ReloadEvent {
+        self.services.metrics.reloaded(&event);
+        if event.outcome != Outcome::Unchanged {
+            let mut history = match self.history.lock() {
+                Ok(g) => g,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            if history.len() == HISTORY {
+                history.pop_front();
+            }
+            history.push_back(HistoryEntry {
+                time: SystemTime::now(),
+                event: event.clone(),
+                modules,
+            });
+        }
         let what = match &event.trigger {
             Trigger::Startup => "startup".to_owned(),
             Trigger::Plugin(name) => format!("plugin `{name}`"),
             Trigger::Config => format!("config {}", self.config_path.display()),
             Trigger::Optimized(name) => format!("plugin `{name}` (optimized build)"),
+            Trigger::Admin => format!("config {} (admin API)", self.config_path.display()),
         };
         match &event.outcome {
             Outcome::Applied {
@@ -441,19 +588,34 @@ impl Registry {
                 for name in modules.keys() {
                     loaded.validated.remove(name);
                 }
+                let changes = module_changes(&loaded.modules, &modules);
                 loaded.config = config;
                 loaded.modules = modules;
                 loaded.next_id = id + 1;
                 self.current.store(Arc::new(generation));
-                self.emit(ReloadEvent {
-                    trigger,
-                    outcome: Outcome::Applied {
-                        generation: id,
-                        elapsed: started.elapsed(),
+                self.emit_changes(
+                    ReloadEvent {
+                        trigger,
+                        outcome: Outcome::Applied {
+                            generation: id,
+                            elapsed: started.elapsed(),
+                        },
                     },
-                })
+                    changes,
+                )
             }
-            Err(problems) => self.reject(trigger, problems.join("; ")),
+            Err(problems) => {
+                let changes = module_changes(&loaded.modules, &modules);
+                self.emit_changes(
+                    ReloadEvent {
+                        trigger,
+                        outcome: Outcome::Rejected {
+                            reason: problems.join("; "),
+                        },
+                    },
+                    changes,
+                )
+            }
         }
     }
 
@@ -546,6 +708,11 @@ impl Registry {
                 Err(e) => self.reject(trigger, e.to_string()),
             };
         }
+        let attempted = vec![ModuleChange {
+            name: name.to_owned(),
+            previous: loaded.modules.get(name).map(|m| m.hash.clone()),
+            sha256: Some(hash.clone()),
+        }];
         let (module, optimize) = match tiered_compile(
             &self.engine,
             name,
@@ -554,7 +721,12 @@ impl Registry {
             tiering(&config, &self.engine),
         ) {
             Ok((module, optimize)) => (Arc::new(module), optimize),
-            Err(e) => return self.reject(trigger, e.to_string()),
+            Err(e) => {
+                let outcome = Outcome::Rejected {
+                    reason: e.to_string(),
+                };
+                return self.emit_changes(ReloadEvent { trigger, outcome }, attempted);
+            }
         };
         let mut modules = loaded.modules.clone();
         modules.insert(name.to_owned(), module.clone());
@@ -604,11 +776,16 @@ impl Registry {
     /// plugin limits are fixed at start; changes to them are reported and
     /// ignored until a restart. Blocking (may compile).
     pub fn reload_config(&self) -> ReloadEvent {
+        self.reload_config_by(Trigger::Config)
+    }
+
+    /// [`reload_config`](Self::reload_config), started by `trigger`.
+    pub fn reload_config_by(&self, trigger: Trigger) -> ReloadEvent {
         let started = Instant::now();
         let mut loaded = self.lock();
         let mut config = match Config::load(&self.config_path) {
             Ok(c) => c,
-            Err(e) => return self.reject(Trigger::Config, e.to_string()),
+            Err(e) => return self.reject(trigger, e.to_string()),
         };
         keep_static_settings(&loaded.config, &mut config);
 
@@ -630,17 +807,11 @@ impl Registry {
                     modules.insert(name, Arc::new(m));
                 }
                 Err(reason) => {
-                    return self.reject(Trigger::Config, format!("plugin `{name}`: {reason}"));
+                    return self.reject(trigger, format!("plugin `{name}`: {reason}"));
                 }
             }
         }
-        let event = self.rebuild(
-            &mut loaded,
-            Arc::new(config),
-            modules,
-            started,
-            Trigger::Config,
-        );
+        let event = self.rebuild(&mut loaded, Arc::new(config), modules, started, trigger);
         if matches!(event.outcome, Outcome::Applied { .. }) {
             for (name, bytes) in to_optimize {
                 self.optimize(name, bytes);
@@ -689,10 +860,45 @@ fn keep_static_settings(old: &Config, new: &mut Config) {
         new.limits.plugin_timeout_ms = old.limits.plugin_timeout_ms;
         new.limits.max_instances = old.limits.max_instances;
     }
+    let bound = |c: &Config| c.admin.as_ref().map(|a| (a.address, a.tls.clone()));
+    if bound(new) != bound(old) {
+        tracing::warn!(
+            "config reload: the admin listener's address and TLS change only with a restart"
+        );
+        match (new.admin.as_mut(), old.admin.as_ref()) {
+            (Some(new), Some(old)) => {
+                new.address = old.address;
+                new.tls = old.tls.clone();
+            }
+            _ => new.admin = old.admin.clone(),
+        }
+    }
     if new.log != old.log {
         tracing::warn!("config reload: `[log]` changes only with a restart");
         new.log = old.log.clone();
     }
+}
+
+/// The modules that differ between `before` and `after`.
+fn module_changes(
+    before: &HashMap<String, Arc<CompiledPlugin>>,
+    after: &HashMap<String, Arc<CompiledPlugin>>,
+) -> Vec<ModuleChange> {
+    let mut names: Vec<&String> = before.keys().chain(after.keys()).collect();
+    names.sort();
+    names.dedup();
+    names
+        .into_iter()
+        .filter_map(|name| {
+            let previous = before.get(name).map(|m| m.hash.clone());
+            let sha256 = after.get(name).map(|m| m.hash.clone());
+            (previous != sha256).then(|| ModuleChange {
+                name: name.clone(),
+                previous,
+                sha256,
+            })
+        })
+        .collect()
 }
 
 fn used_plugins(config: &Config) -> Vec<String> {
@@ -893,8 +1099,10 @@ fn build(
                     }
                 },
             };
+            let plugin: Arc<str> = link.name.as_str().into();
             chain.push(ChainLink {
-                plugin: link.name.as_str().into(),
+                metrics: services.metrics.link(&plugin, &name),
+                plugin,
                 on_error: link.on_error,
                 hooks: pool.hooks(),
                 pool,
@@ -908,6 +1116,9 @@ fn build(
             continue;
         };
         routes.push(RouteRuntime {
+            metrics: services
+                .metrics
+                .route(&name, &route.upstream, route.metrics_consumer_label),
             request_body: chain.iter().any(|l| l.hooks.contains(Hooks::REQUEST_BODY)),
             response_body: chain.iter().any(|l| l.hooks.contains(Hooks::RESPONSE_BODY)),
             name,

@@ -12,6 +12,7 @@
 //! until it ends (an upgraded connection until its tunnel ends), so
 //! draining is waiting for all the slots to come back.
 
+mod counted;
 mod idle;
 pub mod tls;
 
@@ -24,7 +25,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
 
@@ -70,6 +71,10 @@ pub async fn serve(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let slots = Arc::new(Semaphore::new(max_connections));
+    let address = listener
+        .local_addr()
+        .map_or_else(|_| format!("listener {index}"), |a| a.to_string());
+    let metrics = registry.metrics().listener(&address);
     loop {
         // A free slot first: at the limit the listener stops accepting
         // and new clients wait in the kernel's backlog.
@@ -90,6 +95,7 @@ pub async fn serve(
                     let registry = registry.clone();
                     let shutdown = shutdown.clone();
                     let conn = Connection { listener: index, peer, tls: None, slot: Some(slot) };
+                    let stream = counted::Counted::new(stream, metrics.clone());
                     tokio::spawn(connection(stream, conn, settings, registry, shutdown));
                 }
                 Err(e) => {
@@ -111,13 +117,15 @@ pub async fn serve(
 }
 
 /// One accepted connection, from the handshake (if TLS) to its end.
-async fn connection(
-    stream: TcpStream,
+async fn connection<S>(
+    stream: S,
     mut conn: Connection,
     settings: Arc<ListenerRuntime>,
     registry: Arc<Registry>,
     shutdown: watch::Receiver<bool>,
-) {
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let peer = conn.peer;
     let Some(tls) = settings.tls.clone() else {
         let speaks = if settings.h2c {

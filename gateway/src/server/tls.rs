@@ -124,7 +124,18 @@ impl ListenerTls {
         previous: Option<&Arc<ListenerTls>>,
         now: SystemTime,
     ) -> Result<Arc<Self>, Vec<String>> {
-        let name = |problem: String| format!("listeners[{index}].tls: {problem}");
+        Self::load_named(&format!("listeners[{index}].tls"), tls, previous, now)
+    }
+
+    /// [`load`](Self::load) for the settings at config key `key` (the
+    /// admin listener's are `admin.tls`).
+    pub fn load_named(
+        at: &str,
+        tls: &TlsConfig,
+        previous: Option<&Arc<ListenerTls>>,
+        now: SystemTime,
+    ) -> Result<Arc<Self>, Vec<String>> {
+        let name = |problem: String| format!("{at}: {problem}");
         let files = read_files(tls).map_err(|ps| ps.into_iter().map(name).collect::<Vec<_>>())?;
         if let Some(previous) = previous
             && previous.source.0 == *tls
@@ -142,7 +153,7 @@ impl ListenerTls {
                     let left = info.not_after.duration_since(now).unwrap_or(Duration::ZERO);
                     if left < EXPIRY_WARNING {
                         tracing::warn!(
-                            listener = index,
+                            listener = at,
                             file = %info.file,
                             not_after = %humantime::format_rfc3339_seconds(info.not_after),
                             "certificate expires in {} days",

@@ -1,0 +1,356 @@
+//! The admin listener: Prometheus metrics, a JSON admin API and the
+//! dashboard, on an address of their own (`[admin]`, default
+//! `127.0.0.1:9901`). Every endpoint is in `openapi.json`, served at
+//! `/openapi.json` and checked against the implementation by the tests.
+//!
+//! Access: loopback by default. On any other address the config is
+//! refused without TLS and a bearer token; with a token, every endpoint
+//! but `/healthz`, `/readyz`, `/openapi.json` and the dashboard's page
+//! (which holds no data: it fetches the API with the token) needs
+//! `Authorization: Bearer <token>`, compared in constant time. Every call
+//! is logged (target `portcullis::admin`).
+//!
+//! Nothing here is on the request path: the API reads the current
+//! generation and the counters the request path keeps anyway.
+
+mod api;
+mod stats;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use sha2::{Digest, Sha256};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
+
+use crate::alerts::AlertSender;
+use crate::registry::Registry;
+use crate::server::tls::ListenerTls;
+
+pub use stats::Sampler;
+
+/// The dashboard: one page, its script and styles inline.
+const DASHBOARD: &str = include_str!("dashboard.html");
+/// The OpenAPI document of this API.
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+/// How long a client may take to send its request head.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Whether the gateway is ready for traffic.
+#[derive(Debug, Default)]
+pub struct Lifecycle {
+    ready: AtomicBool,
+    draining: AtomicBool,
+}
+
+impl Lifecycle {
+    /// Listeners bound and the first generation live.
+    pub fn set_ready(&self) {
+        self.ready.store(true, Ordering::Release);
+    }
+
+    /// Shutting down: finishing what is in flight, taking nothing new.
+    pub fn set_draining(&self) {
+        self.draining.store(true, Ordering::Release);
+    }
+
+    /// Whether `/readyz` answers 200.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire) && !self.is_draining()
+    }
+
+    /// Whether the gateway is draining.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+}
+
+/// What the admin API reads.
+#[derive(Debug)]
+pub struct Admin {
+    /// The registry: generations, modules, history, metrics.
+    pub registry: Arc<Registry>,
+    /// The alert queue: recent alerts and counters.
+    pub alerts: AlertSender,
+    /// The traffic listeners' bound addresses.
+    pub listeners: Vec<SocketAddr>,
+    /// Readiness.
+    pub lifecycle: Arc<Lifecycle>,
+    /// The dashboard's time series.
+    pub sampler: Arc<Sampler>,
+}
+
+type AdminBody = Full<Bytes>;
+
+/// A JSON answer.
+fn json(status: StatusCode, value: &serde_json::Value) -> Response<AdminBody> {
+    let body = serde_json::to_vec_pretty(value).unwrap_or_default();
+    respond(status, "application/json", body)
+}
+
+fn respond(
+    status: StatusCode,
+    content_type: &'static str,
+    body: impl Into<Bytes>,
+) -> Response<AdminBody> {
+    let mut response = Response::new(Full::new(body.into()));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static(content_type),
+    );
+    headers.insert(
+        header::CACHE_CONTROL,
+        http::HeaderValue::from_static("no-store"),
+    );
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        http::HeaderValue::from_static("nosniff"),
+    );
+    response
+}
+
+/// An error answer: `{"error": "..."}`.
+fn error(status: StatusCode, message: &str) -> Response<AdminBody> {
+    json(status, &serde_json::json!({ "error": message }))
+}
+
+/// Whether `given` is the token, in time that does not depend on where
+/// they differ (both are hashed first, so not on their lengths either).
+fn token_matches(given: &[u8], token: &[u8]) -> bool {
+    let (a, b) = (Sha256::digest(given), Sha256::digest(token));
+    a.iter()
+        .zip(b.iter())
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+        == 0
+}
+
+/// Endpoints anyone who reaches the listener may call.
+fn is_public(method: &Method, path: &str) -> bool {
+    *method == Method::GET
+        && matches!(
+            path,
+            "/healthz" | "/readyz" | "/openapi.json" | "/" | "/dashboard"
+        )
+}
+
+impl Admin {
+    /// Answers one admin call.
+    pub async fn handle<B>(&self, request: Request<B>) -> Response<AdminBody> {
+        let method = request.method().clone();
+        let path = request.uri().path().to_owned();
+        let config = self.registry.current().config.clone();
+        let admin = config.admin.as_ref();
+        if let Some(token) = admin.and_then(|a| a.token.as_deref())
+            && !is_public(&method, &path)
+        {
+            let given = request
+                .headers()
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .map(str::trim);
+            if !given.is_some_and(|g| token_matches(g.as_bytes(), token.as_bytes())) {
+                let mut response =
+                    error(StatusCode::UNAUTHORIZED, "a valid bearer token is required");
+                response.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    http::HeaderValue::from_static("Bearer realm=\"portcullis-admin\""),
+                );
+                return response;
+            }
+        }
+        let dashboard = admin.is_none_or(|a| a.dashboard);
+        let accept = request
+            .headers()
+            .get(header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned();
+        match (method, path.as_str()) {
+            (Method::GET, "/" | "/dashboard") if dashboard => {
+                let mut response = respond(StatusCode::OK, "text/html; charset=utf-8", DASHBOARD);
+                response.headers_mut().insert(
+                    header::CONTENT_SECURITY_POLICY,
+                    http::HeaderValue::from_static(
+                        "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src data:",
+                    ),
+                );
+                response
+            }
+            (Method::GET, "/healthz") => {
+                json(StatusCode::OK, &serde_json::json!({ "status": "ok" }))
+            }
+            (Method::GET, "/readyz") => {
+                let lifecycle = &self.lifecycle;
+                let (status, word) = if lifecycle.is_ready() {
+                    (StatusCode::OK, "ready")
+                } else if lifecycle.is_draining() {
+                    (StatusCode::SERVICE_UNAVAILABLE, "draining")
+                } else {
+                    (StatusCode::SERVICE_UNAVAILABLE, "starting")
+                };
+                json(status, &serde_json::json!({ "status": word }))
+            }
+            (Method::GET, "/openapi.json") => respond(StatusCode::OK, "application/json", OPENAPI),
+            (Method::GET, "/metrics") => {
+                let metrics = self.registry.metrics();
+                if accept.contains("application/openmetrics-text") {
+                    respond(
+                        StatusCode::OK,
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        metrics.openmetrics_text(),
+                    )
+                } else {
+                    respond(
+                        StatusCode::OK,
+                        "text/plain; version=0.0.4; charset=utf-8",
+                        metrics.prometheus_text(),
+                    )
+                }
+            }
+            (Method::GET, "/status") => json(StatusCode::OK, &api::status(self)),
+            (Method::GET, "/routes") => json(StatusCode::OK, &api::routes(&self.registry)),
+            (Method::GET, "/plugins") => json(StatusCode::OK, &api::plugins(&self.registry)),
+            (Method::GET, "/generations") => {
+                json(StatusCode::OK, &api::generations(&self.registry))
+            }
+            (Method::GET, "/upstreams") => json(StatusCode::OK, &api::upstreams(&self.registry)),
+            (Method::GET, "/alerts") => json(StatusCode::OK, &api::alerts(&self.alerts)),
+            (Method::GET, "/stats") => json(StatusCode::OK, &self.sampler.report(&self.registry)),
+            (Method::POST, "/reload") => {
+                let registry = self.registry.clone();
+                match tokio::task::spawn_blocking(move || {
+                    registry.reload_config_by(crate::registry::Trigger::Admin)
+                })
+                .await
+                {
+                    Ok(event) => {
+                        let status = match event.outcome {
+                            crate::registry::Outcome::Rejected { .. } => {
+                                StatusCode::UNPROCESSABLE_ENTITY
+                            }
+                            _ => StatusCode::OK,
+                        };
+                        json(status, &api::reload_event(&event))
+                    }
+                    Err(e) => error(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        &format!("the reload task failed: {e}"),
+                    ),
+                }
+            }
+            (method, path) => {
+                let allow = api::allowed(path, dashboard);
+                match allow {
+                    Some(allow) => {
+                        let mut response = error(
+                            StatusCode::METHOD_NOT_ALLOWED,
+                            &format!("{method} is not allowed on {path}"),
+                        );
+                        response
+                            .headers_mut()
+                            .insert(header::ALLOW, http::HeaderValue::from_static(allow));
+                        response
+                    }
+                    None => error(StatusCode::NOT_FOUND, &format!("no admin endpoint {path}")),
+                }
+            }
+        }
+    }
+}
+
+/// Serves the admin API on `listener` until `shutdown` turns true.
+pub async fn serve(
+    listener: TcpListener,
+    tls: Option<Arc<ListenerTls>>,
+    admin: Arc<Admin>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = shutdown.wait_for(|down| *down) => break,
+        };
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                tracing::warn!(target: "portcullis::admin", "accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let admin = admin.clone();
+        let tls = tls.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            match tls {
+                None => connection(stream, peer, admin, shutdown).await,
+                Some(tls) => {
+                    let acceptor = TlsAcceptor::from(tls.server.clone());
+                    match tokio::time::timeout(tls.handshake_timeout, acceptor.accept(stream)).await
+                    {
+                        Ok(Ok(stream)) => connection(stream, peer, admin, shutdown).await,
+                        _ => {
+                            tracing::debug!(target: "portcullis::admin", client = %peer, "TLS handshake failed")
+                        }
+                    }
+                }
+            }
+        });
+    }
+}
+
+async fn connection<S>(
+    stream: S,
+    peer: SocketAddr,
+    admin: Arc<Admin>,
+    mut shutdown: watch::Receiver<bool>,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |request: Request<Incoming>| {
+        let admin = admin.clone();
+        async move {
+            let (method, path) = (request.method().clone(), request.uri().path().to_owned());
+            let response = admin.handle(request).await;
+            tracing::info!(
+                target: "portcullis::admin",
+                client = %peer,
+                %method,
+                path,
+                status = response.status().as_u16(),
+                "admin call"
+            );
+            Ok::<_, Infallible>(response)
+        }
+    });
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT);
+    let connection = builder.serve_connection(TokioIo::new(stream), service);
+    let mut connection = std::pin::pin!(connection);
+    let stopping = tokio::select! {
+        _ = connection.as_mut() => false,
+        _ = shutdown.wait_for(|down| *down) => true,
+    };
+    if stopping {
+        connection.as_mut().graceful_shutdown();
+        let _ = tokio::time::timeout(Duration::from_secs(1), connection).await;
+    }
+}
