@@ -35,7 +35,7 @@ use prometheus_client::registry::{Registry as Prometheus, Unit};
 
 use crate::alerts::AlertSender;
 use crate::plugin::PluginError;
-use crate::registry::{Outcome as ReloadOutcome, Registry, ReloadEvent, Trigger};
+use crate::registry::{Outcome as ReloadOutcome, Registry, ReloadEvent};
 use crate::state::StoreBackend;
 
 /// Request and upstream durations: 0.5 ms to 10 s.
@@ -265,6 +265,7 @@ impl prometheus_client::encoding::EncodeLabelValue for Decision {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct FailureLabels {
     plugin: Arc<str>,
+    route: Arc<str>,
     kind: &'static str,
 }
 
@@ -430,7 +431,7 @@ impl Metrics {
         let failures = registered(
             &mut p,
             "plugin_failures",
-            "Failed plugin calls by kind: trap, deadline, memory, exhausted, busy, invalid_result, instantiate",
+            "Failed plugin calls by plugin, route and kind: trap, deadline, memory, exhausted, busy, invalid_result, instantiate, load",
             None,
             Family::<FailureLabels, Counter>::default(),
         );
@@ -612,27 +613,16 @@ impl Metrics {
 
     /// Counts a reload and, when it applied, the new generation.
     pub fn reloaded(&self, event: &ReloadEvent) {
-        let kind = match event.trigger {
-            Trigger::Startup => "startup",
-            Trigger::Plugin(_) => "plugin",
-            Trigger::Config => "config",
-            Trigger::Optimized(_) => "optimized",
-            Trigger::Admin => "admin",
-        };
-        let result = match &event.outcome {
-            ReloadOutcome::Applied { generation, .. } => {
-                self.generation
-                    .set(i64::try_from(*generation).unwrap_or(i64::MAX));
-                self.last_reload.set(unix_seconds(SystemTime::now()));
-                "applied"
-            }
-            ReloadOutcome::Unchanged => "unchanged",
-            ReloadOutcome::Removed => "removed",
-            ReloadOutcome::Validated => "validated",
-            ReloadOutcome::Rejected { .. } => "rejected",
-        };
+        if let ReloadOutcome::Applied { generation, .. } = &event.outcome {
+            self.generation
+                .set(i64::try_from(*generation).unwrap_or(i64::MAX));
+            self.last_reload.set(unix_seconds(SystemTime::now()));
+        }
         self.reloads
-            .get_or_create(&ReloadLabels { kind, result })
+            .get_or_create(&ReloadLabels {
+                kind: event.trigger.kind(),
+                result: event.outcome.kind(),
+            })
             .inc();
     }
 
@@ -739,6 +729,7 @@ impl LinkMetrics {
         self.failures
             .get_or_create(&FailureLabels {
                 plugin: self.plugin.clone(),
+                route: self.route.clone(),
                 kind: failure_kind(error),
             })
             .inc();
@@ -786,12 +777,14 @@ impl LinkMetrics {
             "busy",
             "invalid_result",
             "instantiate",
+            "load",
         ];
         kinds
             .into_iter()
             .map(|kind| {
                 let labels = FailureLabels {
                     plugin: self.plugin.clone(),
+                    route: self.route.clone(),
                     kind,
                 };
                 (kind, self.failures.get(&labels).map_or(0, |c| c.get()))

@@ -21,9 +21,9 @@ pub(super) fn time(t: SystemTime) -> String {
 pub(super) fn allowed(path: &str, dashboard: bool) -> Option<&'static str> {
     match path {
         "/reload" => Some("POST"),
-        "/" | "/dashboard" if dashboard => Some("GET"),
+        "/" | "/dashboard" if dashboard => Some("GET, HEAD"),
         "/healthz" | "/readyz" | "/openapi.json" | "/metrics" | "/status" | "/routes"
-        | "/plugins" | "/generations" | "/upstreams" | "/alerts" | "/stats" => Some("GET"),
+        | "/plugins" | "/generations" | "/upstreams" | "/alerts" | "/stats" => Some("GET, HEAD"),
         _ => None,
     }
 }
@@ -46,9 +46,11 @@ pub(super) fn status(admin: &Admin) -> Value {
     })
 }
 
-/// Words in a config key that mark its value as a secret.
-const SENSITIVE: [&str; 10] = [
+/// Words in a config key that mark its value as a secret. `jwk` covers
+/// `jwks`: a JWKS may hold symmetric (`oct`) keys.
+const SENSITIVE: [&str; 11] = [
     "key",
+    "jwk",
     "secret",
     "password",
     "passwd",
@@ -103,6 +105,12 @@ pub(super) fn routes(registry: &Registry) -> Value {
                 .plugins
                 .iter()
                 .map(|p| {
+                    let mut config = p.config.clone();
+                    // Values read from files are secrets more often than not:
+                    // operators put them in files to keep them out of config.
+                    for key in p.files.keys() {
+                        config.insert(key.clone(), toml::Value::String("[redacted]".into()));
+                    }
                     json!({
                         "name": p.name,
                         "on_error": match p.on_error {
@@ -110,7 +118,10 @@ pub(super) fn routes(registry: &Registry) -> Value {
                             crate::config::OnError::Deny => "deny",
                         },
                         "timeout_ms": p.timeout_ms,
-                        "config": redacted(&toml::Value::Table(p.config.clone())),
+                        "config": redacted(&toml::Value::Table(config)),
+                        "files": p.files.iter()
+                            .map(|(k, v)| (k.clone(), Value::String(v.display().to_string())))
+                            .collect::<serde_json::Map<_, _>>(),
                     })
                 })
                 .collect();
@@ -264,17 +275,19 @@ pub(super) fn upstreams(registry: &Registry) -> Value {
 pub(super) fn alerts(alerts: &AlertSender) -> Value {
     let recent = alerts.recent();
     // Firing: the last alert of each (plugin, route, kind, subject) whose
-    // state is `firing` (an alert without a state is an event, not a
-    // condition that fires and resolves).
+    // state says a condition holds: `firing` from plugins, `down` or
+    // `ejected` from upstream health (an alert without a state is an
+    // event, not a condition that fires and resolves).
     let subject = |a: &crate::alerts::Alert| {
+        let label = |key| a.label(key).map(str::to_owned);
         (
-            a.plugin.clone(),
-            a.route.clone(),
-            a.kind.clone(),
-            a.label("client_ip").map(str::to_owned),
-            a.label("consumer").map(str::to_owned),
+            (a.plugin.clone(), a.route.clone(), a.kind.clone()),
+            (label("client_ip"), label("consumer")),
+            (label("upstream"), label("server")),
         )
     };
+    let holds =
+        |a: &crate::alerts::Alert| matches!(a.label("state"), Some("firing" | "down" | "ejected"));
     let mut last = std::collections::HashMap::new();
     for (i, alert) in recent.iter().enumerate() {
         last.insert(subject(alert), i);
@@ -283,7 +296,7 @@ pub(super) fn alerts(alerts: &AlertSender) -> Value {
         .iter()
         .enumerate()
         .rev()
-        .filter(|(i, a)| last.get(&subject(a)) == Some(i) && a.label("state") == Some("firing"))
+        .filter(|(i, a)| last.get(&subject(a)) == Some(i) && holds(a))
         .map(|(_, a)| serde_json::to_value(Payload::from(a)).unwrap_or(Value::Null))
         .collect();
     let recent: Vec<Value> = recent

@@ -138,6 +138,16 @@ fn token_matches(given: &[u8], token: &[u8]) -> bool {
         == 0
 }
 
+/// The token of an `Authorization: Bearer <token>` value; the scheme is
+/// case-insensitive (RFC 9110, section 11.1).
+fn bearer(value: &str) -> Option<&str> {
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
+}
+
 /// Endpoints anyone who reaches the listener may call.
 fn is_public(method: &Method, path: &str) -> bool {
     *method == Method::GET
@@ -150,7 +160,11 @@ fn is_public(method: &Method, path: &str) -> bool {
 impl Admin {
     /// Answers one admin call.
     pub async fn handle<B>(&self, request: Request<B>) -> Response<AdminBody> {
-        let method = request.method().clone();
+        // HEAD is GET without the body (hyper leaves the body out).
+        let method = match request.method() {
+            &Method::HEAD => Method::GET,
+            m => m.clone(),
+        };
         let path = request.uri().path().to_owned();
         let config = self.registry.current().config.clone();
         let admin = config.admin.as_ref();
@@ -161,8 +175,7 @@ impl Admin {
                 .headers()
                 .get(header::AUTHORIZATION)
                 .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("Bearer "))
-                .map(str::trim);
+                .and_then(bearer);
             if !given.is_some_and(|g| token_matches(g.as_bytes(), token.as_bytes())) {
                 let mut response =
                     error(StatusCode::UNAUTHORIZED, "a valid bearer token is required");

@@ -44,8 +44,10 @@ pub struct Alert {
 impl Alert {
     /// The value of label `key`, if the plugin set it.
     pub fn label(&self, key: &str) -> Option<&str> {
+        // The last one, as the `labels` map of a webhook payload keeps it.
         self.labels
             .iter()
+            .rev()
             .find(|(k, _)| k == key)
             .map(|(_, v)| v.as_str())
     }

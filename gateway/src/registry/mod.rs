@@ -787,7 +787,9 @@ impl Registry {
             Ok(c) => c,
             Err(e) => return self.reject(trigger, e.to_string()),
         };
-        keep_static_settings(&loaded.config, &mut config);
+        if let Err(reason) = keep_static_settings(&loaded.config, &mut config) {
+            return self.reject(trigger, reason);
+        }
 
         // Modules the new config uses that are not loaded yet (new files, or
         // files that failed before) are loaded now.
@@ -821,7 +823,10 @@ impl Registry {
     }
 }
 
-fn keep_static_settings(old: &Config, new: &mut Config) {
+/// Puts back in `new` what only a restart changes (bound sockets, the
+/// engine's limits...). Refuses a config that would leave the admin
+/// listener, which stays where it is bound, off loopback without a token.
+fn keep_static_settings(old: &Config, new: &mut Config) -> Result<(), String> {
     // A listener's TLS settings and certificates change with a reload;
     // which sockets are bound changes only with a restart.
     let addresses = |c: &Config| c.listeners.iter().map(|l| l.address).collect::<Vec<_>>();
@@ -873,10 +878,20 @@ fn keep_static_settings(old: &Config, new: &mut Config) {
             _ => new.admin = old.admin.clone(),
         }
     }
+    if let Some(admin) = &new.admin
+        && !admin.address.ip().is_loopback()
+        && admin.token.is_none()
+    {
+        return Err(format!(
+            "admin.token: the admin listener stays on {} (not loopback) until a restart, and must keep a bearer token",
+            admin.address
+        ));
+    }
     if new.log != old.log {
         tracing::warn!("config reload: `[log]` changes only with a restart");
         new.log = old.log.clone();
     }
+    Ok(())
 }
 
 /// The modules that differ between `before` and `after`.
