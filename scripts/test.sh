@@ -1,11 +1,26 @@
 #!/usr/bin/env bash
 # The whole check, as CI runs it: formatting, lints (host and wasm32-wasip2),
-# and every test. Needs only the Rust toolchain (rustup + cargo).
+# and every test. Needs the Rust toolchain (rustup + cargo); installs Chromium
+# and chromedriver for the dashboard test (apt-get, as root) when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 rustup target add wasm32-wasip2
 rustup component add rustfmt clippy
+
+# The dashboard test (tests/tests/dashboard.rs) drives Debian's Chromium
+# through chromedriver.
+if ! command -v chromedriver >/dev/null 2>&1 || ! command -v chromium >/dev/null 2>&1; then
+    if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
+        echo "installing chromium and chromium-driver for the dashboard test" >&2
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver
+    else
+        echo "error: the dashboard test needs Chromium and chromedriver; install them with:" >&2
+        echo "    sudo apt-get install -y chromium chromium-driver" >&2
+        exit 1
+    fi
+fi
 
 cargo fmt --all --check
 cargo clippy --workspace --all-targets -- -D warnings
