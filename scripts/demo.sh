@@ -33,7 +33,8 @@ trap 'kill $echo_pids 2>/dev/null || true' EXIT
 
 cat <<'TRY'
 
-==> Portcullis is starting on http://127.0.0.1:8080 and https://127.0.0.1:8443 (Ctrl-C to stop).
+==> Portcullis is starting on http://127.0.0.1:8080 and https://127.0.0.1:8443, admin and
+    dashboard on http://127.0.0.1:9901 (Ctrl-C to stop).
     Try (from the repository root):
 
   curl -i localhost:8080/hello                                          # public: 200
@@ -57,6 +58,12 @@ cat <<'TRY'
   curl -i -H "authorization: Bearer $(cat examples/keys/expired.jwt)" localhost:8080/partners/orders  # 401
   curl -i localhost:8080/catalog/v1/items                               # Deprecation, Sunset, Link
   curl -i localhost:8080/catalog/v0/items                               # retired: 410
+
+  The dashboard: http://127.0.0.1:9901/ (metrics, policies, reloads, alerts, upstreams)
+  curl -s localhost:9901/metrics | grep portcullis_requests_total       # Prometheus
+  curl -s localhost:9901/plugins                                        # modules, SHA-256, load times
+  curl -s localhost:9901/generations                                    # reload history, refusals and why
+  curl -s -X POST localhost:9901/reload                                 # reload the config now
 
   Hot reload: rebuild or copy a module into examples/plugins/ while it runs;
   edit examples/portcullis.toml (or `kill -HUP <pid>`) to reload the config.

@@ -37,8 +37,8 @@ pub(crate) struct Case {
 
 /// The cases: nginx and Portcullis without plugins, with key_auth, with the
 /// four-plugin chain.
-pub(crate) fn all() -> Vec<Case> {
-    vec![
+pub(crate) fn all(baseline: bool) -> Vec<Case> {
+    let cases = vec![
         Case {
             name: "nginx proxy_pass",
             proxy: Proxy::Nginx,
@@ -59,7 +59,30 @@ pub(crate) fn all() -> Vec<Case> {
             proxy: Proxy::Portcullis(Chain::Four),
             baseline: Some("portcullis, no plugins"),
         },
-    ]
+    ];
+    if !baseline {
+        return cases;
+    }
+    cases
+        .into_iter()
+        .flat_map(|case| match case.proxy {
+            Proxy::Portcullis(chain) => {
+                let name = cases::baseline_name(case.name);
+                vec![
+                    Case {
+                        name,
+                        proxy: Proxy::Baseline(chain),
+                        baseline: None,
+                    },
+                    Case {
+                        baseline: Some(name),
+                        ..case
+                    },
+                ]
+            }
+            _ => vec![case],
+        })
+        .collect()
 }
 
 /// Instructions per request of `case`.
@@ -88,7 +111,8 @@ pub(crate) fn measure(case: &Case, env: &Env) -> Result<f64, String> {
                 .arg(&conf);
             vec![]
         }
-        Proxy::Portcullis(chain) => {
+        Proxy::Portcullis(chain) | Proxy::Baseline(chain) => {
+            let binary = cases::binary(env, case.proxy)?;
             let conf = env.work.join("portcullis-callgrind.toml");
             // valgrind refuses the pooling allocator's default address
             // space reservation; four instances fit.
@@ -97,17 +121,13 @@ pub(crate) fn measure(case: &Case, env: &Env) -> Result<f64, String> {
             // Compiled natively first, so the cache spares valgrind the
             // compiler.
             procs::run(
-                Command::new(&env.portcullis)
+                Command::new(binary)
                     .arg("check")
                     .arg("--config")
                     .arg(&conf)
                     .stdout(std::process::Stdio::null()),
             )?;
-            command
-                .arg(&env.portcullis)
-                .arg("run")
-                .arg("--config")
-                .arg(&conf);
+            command.arg(binary).arg("run").arg("--config").arg(&conf);
             match chain {
                 Chain::Empty | Chain::Neighbours => vec![],
                 Chain::KeyAuth | Chain::Four => vec![KEY],

@@ -63,6 +63,8 @@ pub(crate) enum Proxy {
     Nginx,
     /// Portcullis, one worker thread, with this plugin chain.
     Portcullis(Chain),
+    /// The same, with the `--baseline` binary.
+    Baseline(Chain),
 }
 
 /// A Portcullis route's plugins.
@@ -121,7 +123,7 @@ pub(crate) struct Case {
 }
 
 /// The cases of `groups`.
-pub(crate) fn all(groups: &[Group]) -> Vec<Case> {
+pub(crate) fn all(groups: &[Group], baseline: bool) -> Vec<Case> {
     let plain = format!("http://127.0.0.1:{PROXY_PORT}/");
     let tls = format!("https://127.0.0.1:{PROXY_TLS_PORT}/");
     let wrk = |url: &str, headers: Vec<(&'static str, &'static str)>| Load::Wrk {
@@ -273,10 +275,48 @@ pub(crate) fn all(groups: &[Group]) -> Vec<Case> {
             )
         },
     ];
+    let cases = cases.into_iter().filter(|c| groups.contains(&c.group));
+    if !baseline {
+        return cases.collect();
+    }
     cases
-        .into_iter()
-        .filter(|c| groups.contains(&c.group))
+        .flat_map(|case| match case.proxy {
+            Proxy::Portcullis(chain) if matches!(case.group, Group::Proxy | Group::Plugins) => {
+                let name = baseline_name(case.name);
+                let twin = Case {
+                    name,
+                    proxy: Proxy::Baseline(chain),
+                    baseline: None,
+                    ..case.clone()
+                };
+                vec![
+                    twin,
+                    Case {
+                        baseline: Some(name),
+                        ..case
+                    },
+                ]
+            }
+            _ => vec![case],
+        })
         .collect()
+}
+
+/// The name of a case's twin run with the `--baseline` binary.
+pub(crate) fn baseline_name(name: &str) -> &'static str {
+    // A handful of names, once per run of the harness.
+    Box::leak(format!("{name} [baseline build]").into_boxed_str())
+}
+
+/// The binary that runs a Portcullis case.
+pub(crate) fn binary(env: &Env, proxy: Proxy) -> Result<&Path, String> {
+    match proxy {
+        Proxy::Baseline(_) => env
+            .baseline
+            .as_deref()
+            .ok_or_else(|| "a baseline case without --baseline".to_string()),
+        _ => Ok(&env.portcullis),
+    }
 }
 
 /// One measured run of a case, as the report keeps it.
@@ -301,13 +341,18 @@ pub(crate) struct Sample {
 /// Starts the case's proxy, warms it up, measures, stops it.
 pub(crate) fn measure(case: &Case, env: &Env, options: &Options) -> Result<Sample, String> {
     let ready = match case.proxy {
-        Proxy::Portcullis(Chain::KeyAuth | Chain::Four) => vec![KEY],
+        Proxy::Portcullis(Chain::KeyAuth | Chain::Four)
+        | Proxy::Baseline(Chain::KeyAuth | Chain::Four) => vec![KEY],
         _ => vec![],
     };
     let mut proxy = match case.proxy {
         Proxy::Direct => None,
         Proxy::Nginx => Some(start_nginx(env)?),
-        Proxy::Portcullis(chain) => Some(start_portcullis(env, chain)?),
+        Proxy::Portcullis(chain) | Proxy::Baseline(chain) => Some(start_portcullis(
+            binary(env, case.proxy)?,
+            &env.work,
+            chain,
+        )?),
     };
     let port = match case.proxy {
         Proxy::Direct => UPSTREAM_PORT,
@@ -408,14 +453,13 @@ pub(crate) fn nginx_proxy_conf(work: &Path, master: bool) -> String {
     )
 }
 
-fn start_portcullis(env: &Env, chain: Chain) -> Result<Proc, String> {
-    let work = &env.work;
+fn start_portcullis(binary: &Path, work: &Path, chain: Chain) -> Result<Proc, String> {
     let conf = work.join("portcullis.toml");
     setup::write(&conf, &portcullis_conf(chain))?;
     Proc::start(
         Command::new("taskset")
             .args(["-c", PROXY_CPU])
-            .arg(&env.portcullis)
+            .arg(binary)
             .arg("run")
             .arg("--config")
             .arg(&conf),

@@ -34,6 +34,10 @@ pub(crate) struct Options {
     pub(crate) groups: Vec<Group>,
     /// Skip `cargo build` (the binaries are already built).
     pub(crate) no_build: bool,
+    /// A gateway binary built from another commit: each Portcullis case of
+    /// the proxy, plugins and callgrind groups also runs it, just before,
+    /// and is compared with it.
+    pub(crate) baseline: Option<PathBuf>,
     /// The repository root.
     pub(crate) root: PathBuf,
     /// Scratch directory: configs, certificates, logs, the report.
@@ -50,6 +54,9 @@ usage: cargo run --release -p portcullis-bench -- [options]
   --cases LIST      comma-separated groups: proxy, plugins, tls, h2, scenarios,
                     callgrind (default all)
   --no-build        use the binaries already built
+  --baseline PATH   also run each Portcullis case of the proxy, plugins and
+                    callgrind groups with this gateway binary (built from
+                    another commit), side by side, and compare with it
 ";
 
 fn parse_args() -> Result<Options, String> {
@@ -64,6 +71,7 @@ fn parse_args() -> Result<Options, String> {
         connections: 32,
         groups: Group::ALL.to_vec(),
         no_build: false,
+        baseline: None,
         work: root.join("target/bench"),
         root,
     };
@@ -103,6 +111,13 @@ fn parse_args() -> Result<Options, String> {
                     .collect::<Result<_, _>>()?
             }
             "--no-build" => options.no_build = true,
+            "--baseline" => {
+                let path = PathBuf::from(value("--baseline")?);
+                if !path.is_file() {
+                    return Err(format!("--baseline: {} is not a file", path.display()));
+                }
+                options.baseline = Some(path);
+            }
             "-h" | "--help" => return Err(USAGE.to_string()),
             other => return Err(format!("unknown option `{other}`\n\n{USAGE}")),
         }
@@ -133,7 +148,7 @@ fn run(options: &Options) -> Result<(), String> {
         setup::build(&options.root)?;
     }
     let env = setup::prepare(options)?;
-    let cases = cases::all(&options.groups);
+    let cases = cases::all(&options.groups, options.baseline.is_some());
     let mut results = report::Results::new(&cases);
     eprintln!(
         "==> {} cases, {} rounds of {} s after {} s of warm-up each",
@@ -156,7 +171,7 @@ fn run(options: &Options) -> Result<(), String> {
         }
     }
     if options.groups.contains(&Group::Callgrind) {
-        for case in callgrind::all() {
+        for case in callgrind::all(options.baseline.is_some()) {
             eprint!("callgrind: {:<40} ", case.name);
             let instructions = callgrind::measure(&case, &env)?;
             eprintln!("{instructions:>9.0} instructions/request");

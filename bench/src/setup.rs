@@ -43,6 +43,8 @@ pub(crate) struct Env {
     pub(crate) work: PathBuf,
     /// The release gateway binary.
     pub(crate) portcullis: PathBuf,
+    /// The gateway binary of `--baseline`.
+    pub(crate) baseline: Option<PathBuf>,
     /// The nginx binary.
     pub(crate) nginx: PathBuf,
     /// The upstream nginx.
@@ -192,6 +194,7 @@ pub(crate) fn prepare(options: &Options) -> Result<Env, String> {
     Ok(Env {
         work,
         portcullis,
+        baseline: options.baseline.clone(),
         nginx,
         _upstream: upstream,
     })

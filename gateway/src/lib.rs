@@ -352,6 +352,11 @@ impl GatewayHandle {
         self.alerts.counts()
     }
 
+    /// Each alert sink's counters (`log`, `webhooks[<index>] <host>`).
+    pub fn alert_sink_counts(&self) -> Vec<alerts::SinkCounts> {
+        self.alerts.sink_counts()
+    }
+
     /// Reloads the config file now (what SIGHUP does).
     pub async fn reload_config(&self) -> anyhow::Result<ReloadEvent> {
         let registry = self.registry.clone();

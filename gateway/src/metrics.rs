@@ -847,22 +847,30 @@ impl Collector for Live {
             return Ok(());
         };
         let counts = sources.alerts.counts();
-        let alerts = [
-            (vec![("result", "delivered")], counts.delivered as f64),
-            (vec![("result", "failed")], counts.failed as f64),
-            (
-                vec![("result", "dropped_queue_full")],
-                counts.dropped_queue_full as f64,
-            ),
-            (
-                vec![("result", "dropped_webhook_queue_full")],
-                counts.dropped_webhook_queue_full as f64,
-            ),
-        ];
+        let mut alerts = vec![(
+            vec![
+                ("sink", "queue".to_owned()),
+                ("result", "dropped".to_owned()),
+            ],
+            counts.dropped_queue_full as f64,
+        )];
+        for sink in sources.alerts.sink_counts() {
+            let mut add = |result: &str, value: u64| {
+                alerts.push((
+                    vec![("sink", sink.sink.clone()), ("result", result.to_owned())],
+                    value as f64,
+                ));
+            };
+            add("delivered", sink.delivered);
+            if sink.sink != "log" {
+                add("failed", sink.failed);
+                add("dropped", sink.dropped);
+            }
+        }
         encode_family(
             &mut encoder,
             "alerts",
-            "Alerts by what became of them: delivered to a webhook, failed after its retries, or dropped with a queue full",
+            "Alerts by sink and what became of them: delivered (logged, or accepted by a webhook), failed after a webhook's retries, or dropped with a queue full (sink `queue`: the main queue, before any sink)",
             None,
             MetricType::Counter,
             &alerts,

@@ -27,10 +27,17 @@ fn example_config(echo: &Echo) -> String {
     let text = std::fs::read_to_string(examples().join("portcullis.toml")).expect("example config");
     let listener = r#"address = "127.0.0.1:8080""#;
     let https = r#"address = "127.0.0.1:8443""#;
+    let admin = r#"address = "127.0.0.1:9901""#;
     let upstream = r#"servers = ["127.0.0.1:9000", "127.0.0.1:9001"]"#;
-    assert!(text.contains(listener) && text.contains(https) && text.contains(upstream));
+    assert!(
+        text.contains(listener)
+            && text.contains(https)
+            && text.contains(admin)
+            && text.contains(upstream)
+    );
     text.replace(listener, r#"address = "127.0.0.1:0""#)
         .replace(https, r#"address = "127.0.0.1:0""#)
+        .replace(admin, r#"address = "127.0.0.1:0""#)
         .replace(
             upstream,
             &format!(r#"servers = ["{}", "{}"]"#, echo.addr, echo.addr),
@@ -237,6 +244,33 @@ async fn the_readme_curl_lines_do_what_the_readme_says() {
     assert_eq!(v1.header("sunset"), Some("Wed, 30 Jun 2027 00:00:00 GMT"));
     let v0 = get(&gw, "/catalog/v0/items", &[]).await;
     assert_eq!(v0.status, StatusCode::GONE);
+
+    // The admin listener: what happened, counted.
+    let admin = gw.handle.admin_addr().expect("the example has [admin]");
+    let metrics = Client::new()
+        .get(&format!("http://{admin}/metrics"), &[])
+        .await
+        .expect("metrics");
+    metrics.assert_ok();
+    let text = String::from_utf8_lossy(&metrics.body);
+    for line in [
+        r#"portcullis_requests_total{route="api",method="GET",code="401"}"#,
+        r#"portcullis_requests_total{route="api",method="GET",code="429"}"#,
+        r#"portcullis_plugin_decisions_total{plugin="key_auth",route="api",decision="401"}"#,
+    ] {
+        assert!(text.contains(line), "{line} not in /metrics");
+    }
+    let generations = Client::new()
+        .get(&format!("http://{admin}/generations"), &[])
+        .await
+        .expect("generations");
+    let history: serde_json::Value = generations.json().expect("JSON");
+    assert!(
+        history["history"]
+            .as_array()
+            .is_some_and(|h| h.iter().any(|e| e["trigger"] == "startup")),
+        "{history}"
+    );
 
     gw.stop().await;
 }

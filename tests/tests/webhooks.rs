@@ -108,6 +108,13 @@ async fn twenty_bad_keys_from_one_ip_post_one_alert_then_one_resolution() {
     assert_eq!(alert["plugin"], "alerts");
     assert_eq!(alert["client_ip"], "127.0.0.1");
     assert_eq!(alert["labels"]["state"], "firing");
+    // The request that fired it, as its X-Request-Id (and the access log) name it.
+    assert!(
+        alert["labels"]["request_id"]
+            .as_str()
+            .is_some_and(|id| id.len() == 36),
+        "{alert}"
+    );
     assert_eq!(alert["counts"]["count"], 20);
     assert_eq!(alert["counts"]["threshold"], 20);
     assert_eq!(alert["counts"]["window_s"], 10);
@@ -138,6 +145,14 @@ async fn twenty_bad_keys_from_one_ip_post_one_alert_then_one_resolution() {
     let counts = gw.handle.alert_counts();
     assert_eq!(counts.failed, 0);
     assert_eq!(counts.dropped_queue_full, 0);
+    // Per sink, as /metrics shows them (`portcullis_alerts_total{sink,result}`).
+    let hook = gw
+        .handle
+        .alert_sink_counts()
+        .into_iter()
+        .find(|s| s.sink == "webhooks[0] 127.0.0.1")
+        .expect("the webhook's counters");
+    assert_eq!((hook.delivered, hook.failed, hook.dropped), (2, 0, 0));
     gw.stop().await;
 }
 
@@ -220,6 +235,12 @@ async fn a_dead_webhook_costs_requests_nothing_and_its_alerts_are_counted() {
     let counts = gw.handle.alert_counts();
     assert_eq!(counts.failed, 1, "{counts:?}");
     assert_eq!(counts.delivered, 0, "{counts:?}");
+    let sinks = gw.handle.alert_sink_counts();
+    let hook = sinks
+        .iter()
+        .find(|s| s.sink == "webhooks[0] 127.0.0.1")
+        .expect("the webhook's counters");
+    assert_eq!((hook.delivered, hook.failed), (0, 1), "{sinks:?}");
     gw.stop().await;
 }
 

@@ -120,6 +120,58 @@ struct Stats {
     /// The last [`RECENT`] alerts taken from the queue, oldest first
     /// (written by the sink task, not on the request path).
     recent: std::sync::Mutex<std::collections::VecDeque<Alert>>,
+    /// Each sink's counters by its name, kept across reloads.
+    sinks: std::sync::Mutex<Vec<(String, Arc<SinkStats>)>>,
+}
+
+/// One sink's counters.
+#[derive(Debug, Default)]
+struct SinkStats {
+    delivered: AtomicU64,
+    failed: AtomicU64,
+    dropped: AtomicU64,
+}
+
+impl Stats {
+    /// The counters of the sink `name`, made on first use.
+    fn sink(&self, name: &str) -> Arc<SinkStats> {
+        let mut sinks = match self.sinks.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if let Some((_, stats)) = sinks.iter().find(|(n, _)| n == name) {
+            return stats.clone();
+        }
+        let stats = Arc::new(SinkStats::default());
+        sinks.push((name.to_owned(), stats.clone()));
+        stats
+    }
+
+    /// `n` alerts a webhook (`sink`) accepted.
+    fn delivered(&self, sink: &SinkStats, n: u64) {
+        self.delivered.fetch_add(n, Ordering::Relaxed);
+        sink.delivered.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// `n` alerts a webhook (`sink`) gave up on.
+    fn failed(&self, sink: &SinkStats, n: u64) {
+        self.failed.fetch_add(n, Ordering::Relaxed);
+        sink.failed.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+/// What became of the alerts sent to one sink, since start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SinkCounts {
+    /// `log`, or `webhooks[<index>] <host>` (the URL's path and query can
+    /// hold a secret, so they are left out).
+    pub sink: String,
+    /// Written to the log, or accepted by the webhook (2xx).
+    pub delivered: u64,
+    /// Given up on after the webhook's retries ran out (or a 4xx).
+    pub failed: u64,
+    /// Not queued for the webhook because its queue was full.
+    pub dropped: u64,
 }
 
 /// A snapshot of the alert pipeline's counters, since start.
@@ -164,6 +216,24 @@ impl AlertSender {
         }
     }
 
+    /// Each sink's counters, in the order the sinks were first configured.
+    pub fn sink_counts(&self) -> Vec<SinkCounts> {
+        let sinks = match self.stats.sinks.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        sinks
+            .iter()
+            .map(|(name, s)| SinkCounts {
+                sink: name.clone(),
+                delivered: load(&s.delivered),
+                failed: load(&s.failed),
+                dropped: load(&s.dropped),
+            })
+            .collect()
+    }
+
     /// Every counter of the pipeline.
     pub fn counts(&self) -> AlertCounts {
         let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
@@ -199,17 +269,33 @@ pub fn queue(capacity: usize) -> (AlertSender, AlertReceiver) {
 /// The sinks of one `[alerts]` configuration.
 struct Sinks {
     config: AlertsConfig,
+    log: Arc<SinkStats>,
     webhooks: Vec<webhook::Webhook>,
+}
+
+/// A webhook's name as a sink: its place in the config and its host.
+fn webhook_name(index: usize, url: &str) -> String {
+    let host = url
+        .parse::<http::Uri>()
+        .ok()
+        .and_then(|u| u.host().map(str::to_owned))
+        .unwrap_or_default();
+    format!("webhooks[{index}] {host}")
 }
 
 impl Sinks {
     fn new(config: &AlertsConfig, stats: &Arc<Stats>) -> Self {
         Self {
             config: config.clone(),
+            log: stats.sink("log"),
             webhooks: config
                 .webhooks
                 .iter()
-                .map(|hook| webhook::Webhook::spawn(hook.clone(), stats.clone()))
+                .enumerate()
+                .map(|(i, hook)| {
+                    let sink = stats.sink(&webhook_name(i, &hook.url));
+                    webhook::Webhook::spawn(hook.clone(), stats.clone(), sink)
+                })
                 .collect(),
         }
     }
@@ -217,10 +303,12 @@ impl Sinks {
     fn deliver(&self, alert: Alert, stats: &Stats) {
         if self.config.log {
             log(&alert);
+            self.log.delivered.fetch_add(1, Ordering::Relaxed);
         }
         for hook in &self.webhooks {
             if !hook.send(&alert) {
                 stats.webhook_queue_full.fetch_add(1, Ordering::Relaxed);
+                hook.sink.dropped.fetch_add(1, Ordering::Relaxed);
             }
         }
     }

@@ -3,7 +3,6 @@
 //! and task, so a slow or dead receiver delays only itself.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -16,7 +15,7 @@ use hyper_util::rt::TokioExecutor;
 use serde::Serialize;
 use tokio::sync::mpsc;
 
-use super::{Alert, Payload, Stats};
+use super::{Alert, Payload, SinkStats, Stats};
 use crate::config::WebhookConfig;
 
 /// Longest wait between two attempts.
@@ -29,15 +28,21 @@ type HttpsClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 pub(super) struct Webhook {
     tx: mpsc::Sender<Alert>,
     min_severity: super::Severity,
+    /// This webhook's counters.
+    pub(super) sink: Arc<SinkStats>,
 }
 
 impl Webhook {
     /// Starts the webhook's task.
-    pub(super) fn spawn(config: WebhookConfig, stats: Arc<Stats>) -> Self {
+    pub(super) fn spawn(config: WebhookConfig, stats: Arc<Stats>, sink: Arc<SinkStats>) -> Self {
         let (tx, rx) = mpsc::channel(config.queue.max(1));
         let min_severity = config.min_severity;
-        tokio::spawn(run(config, rx, stats));
-        Self { tx, min_severity }
+        tokio::spawn(run(config, rx, stats, sink.clone()));
+        Self {
+            tx,
+            min_severity,
+            sink,
+        }
     }
 
     /// Queues `alert` if it is severe enough; false if the queue was full.
@@ -61,13 +66,18 @@ enum Attempt {
     GiveUp(String),
 }
 
-async fn run(config: WebhookConfig, mut rx: mpsc::Receiver<Alert>, stats: Arc<Stats>) {
+async fn run(
+    config: WebhookConfig,
+    mut rx: mpsc::Receiver<Alert>,
+    stats: Arc<Stats>,
+    sink: Arc<SinkStats>,
+) {
     let endpoint = match Endpoint::new(&config) {
         Ok(endpoint) => endpoint,
         Err(e) => {
             tracing::error!(target: "portcullis::alert", url = %config.url, "webhook disabled: {e}");
             while let Some(_alert) = rx.recv().await {
-                stats.failed.fetch_add(1, Ordering::Relaxed);
+                stats.failed(&sink, 1);
             }
             return;
         }
@@ -87,7 +97,7 @@ async fn run(config: WebhookConfig, mut rx: mpsc::Receiver<Alert>, stats: Arc<St
                 _ = tokio::time::sleep_until(deadline) => break,
             }
         }
-        deliver(&endpoint, &config, &batch, &stats).await;
+        deliver(&endpoint, &config, &batch, &stats, &sink).await;
     }
 }
 
@@ -133,16 +143,20 @@ impl Endpoint {
 }
 
 /// Sends one batch, retrying as configured; counts the outcome.
-async fn deliver(endpoint: &Endpoint, config: &WebhookConfig, batch: &[Alert], stats: &Stats) {
+async fn deliver(
+    endpoint: &Endpoint,
+    config: &WebhookConfig,
+    batch: &[Alert],
+    stats: &Stats,
+    sink: &SinkStats,
+) {
     let body = match serde_json::to_vec(&Batch {
         alerts: batch.iter().map(Payload::from).collect(),
     }) {
         Ok(body) => Bytes::from(body),
         Err(e) => {
             tracing::error!(target: "portcullis::alert", "cannot encode alerts: {e}");
-            stats
-                .failed
-                .fetch_add(batch.len() as u64, Ordering::Relaxed);
+            stats.failed(sink, batch.len() as u64);
             return;
         }
     };
@@ -151,9 +165,7 @@ async fn deliver(endpoint: &Endpoint, config: &WebhookConfig, batch: &[Alert], s
     loop {
         let why = match attempt(endpoint, config.timeout_ms, body.clone()).await {
             Attempt::Delivered => {
-                stats
-                    .delivered
-                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                stats.delivered(sink, batch.len() as u64);
                 return;
             }
             Attempt::Retry(why) if attempt_no < config.max_retries => {
@@ -165,9 +177,7 @@ async fn deliver(endpoint: &Endpoint, config: &WebhookConfig, batch: &[Alert], s
             }
             Attempt::Retry(why) | Attempt::GiveUp(why) => why,
         };
-        stats
-            .failed
-            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        stats.failed(sink, batch.len() as u64);
         tracing::warn!(
             target: "portcullis::alert",
             url = %config.url,
