@@ -19,8 +19,9 @@
 //! unless a route opts in to the consumer label: cardinality stays bounded
 //! by the config.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock, Weak};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use prometheus_client::collector::Collector;
@@ -182,7 +183,7 @@ impl EncodeMetric for Histogram {
             .bounds
             .iter()
             .copied()
-            .chain(std::iter::once(f64::MAX))
+            .chain(std::iter::once(f64::INFINITY))
             .zip(snapshot.counts.iter().copied())
             .collect();
         encoder.encode_histogram::<NoLabelSet>(snapshot.sum, snapshot.count(), &buckets, None)
@@ -195,13 +196,6 @@ impl EncodeMetric for Histogram {
 
 /// The route label of a request that matched no route.
 pub const NO_ROUTE: &str = "(no route)";
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct RequestLabels {
-    route: Arc<str>,
-    method: &'static str,
-    code: u16,
-}
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ConsumerLabels {
@@ -295,19 +289,123 @@ pub fn failure_kind(error: &PluginError) -> &'static str {
     }
 }
 
-/// The method label: the standard methods by name, anything else `OTHER`.
-pub fn method_label(method: &http::Method) -> &'static str {
-    match *method {
-        http::Method::GET => "GET",
-        http::Method::POST => "POST",
-        http::Method::PUT => "PUT",
-        http::Method::DELETE => "DELETE",
-        http::Method::PATCH => "PATCH",
-        http::Method::HEAD => "HEAD",
-        http::Method::OPTIONS => "OPTIONS",
-        http::Method::CONNECT => "CONNECT",
-        http::Method::TRACE => "TRACE",
-        _ => "OTHER",
+/// The method labels: the standard methods by name, anything else `OTHER`.
+const METHODS: [&str; 10] = [
+    "GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "CONNECT", "TRACE", "OTHER",
+];
+
+/// A request's method label, as an index into the labels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MethodLabel(u8);
+
+impl MethodLabel {
+    /// The label's text.
+    pub fn as_str(self) -> &'static str {
+        METHODS.get(usize::from(self.0)).copied().unwrap_or("OTHER")
+    }
+}
+
+/// The method label of `method`.
+pub fn method_label(method: &http::Method) -> MethodLabel {
+    MethodLabel(match *method {
+        http::Method::GET => 0,
+        http::Method::POST => 1,
+        http::Method::PUT => 2,
+        http::Method::DELETE => 3,
+        http::Method::PATCH => 4,
+        http::Method::HEAD => 5,
+        http::Method::OPTIONS => 6,
+        http::Method::CONNECT => 7,
+        http::Method::TRACE => 8,
+        _ => 9,
+    })
+}
+
+/// Slots of a route's request table: distinct (method, status) pairs a
+/// route sees before the rare ones go to a locked overflow map.
+const CODE_SLOTS: usize = 64;
+
+/// A route's requests by method and status, and by status class: what
+/// `portcullis_requests_total` and the dashboard read. The request path
+/// counts with two atomic operations and no lock: an open-addressing
+/// table whose slots are claimed once by compare-and-swap. Shared by the
+/// route's handles in every generation (by route name).
+#[derive(Debug)]
+pub struct RouteCounts {
+    /// Index 1 for 1xx to 5 for 5xx; 0 for anything else.
+    classes: [AtomicU64; 6],
+    /// `(method + 1) << 16 | status`, 0 for a free slot; and its count.
+    slots: [(AtomicU32, AtomicU64); CODE_SLOTS],
+    /// Pairs beyond the table's slots (a route answering more than 64
+    /// distinct method and status pairs).
+    overflow: Mutex<HashMap<u32, u64>>,
+}
+
+impl Default for RouteCounts {
+    fn default() -> Self {
+        Self {
+            classes: Default::default(),
+            slots: std::array::from_fn(|_| Default::default()),
+            overflow: Mutex::default(),
+        }
+    }
+}
+
+impl RouteCounts {
+    fn add(&self, method: MethodLabel, status: u16) {
+        if let Some(class) = self.classes.get(usize::from(status / 100)) {
+            class.fetch_add(1, Ordering::Relaxed);
+        }
+        let key = (u32::from(method.0) + 1) << 16 | u32::from(status);
+        let start = (usize::from(status) * 7 + usize::from(method.0)) % CODE_SLOTS;
+        for i in 0..CODE_SLOTS {
+            let (slot, count) = &self.slots[(start + i) % CODE_SLOTS];
+            let mut found = slot.load(Ordering::Acquire);
+            if found == 0 {
+                found = match slot.compare_exchange(0, key, Ordering::AcqRel, Ordering::Acquire) {
+                    Ok(_) => key,
+                    Err(taken) => taken,
+                };
+            }
+            if found == key {
+                count.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        }
+        let mut overflow = match self.overflow.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        *overflow.entry(key).or_default() += 1;
+    }
+
+    /// Every (method, status, count) counted so far.
+    fn by_code(&self) -> Vec<(&'static str, u16, u64)> {
+        let split = |key: u32| {
+            let method = MethodLabel(u8::try_from((key >> 16).saturating_sub(1)).unwrap_or(9));
+            (method.as_str(), (key & 0xffff) as u16)
+        };
+        let mut found: Vec<(&'static str, u16, u64)> = self
+            .slots
+            .iter()
+            .filter_map(|(slot, count)| {
+                let key = slot.load(Ordering::Acquire);
+                (key != 0).then(|| {
+                    let (method, code) = split(key);
+                    (method, code, count.load(Ordering::Relaxed))
+                })
+            })
+            .collect();
+        let overflow = match self.overflow.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        found.extend(overflow.iter().map(|(key, n)| {
+            let (method, code) = split(*key);
+            (method, code, *n)
+        }));
+        found.sort_unstable();
+        found
     }
 }
 
@@ -326,7 +424,6 @@ pub struct Sources {
 /// Every metric of one gateway.
 pub struct Metrics {
     prometheus: Prometheus,
-    requests: Family<RequestLabels, Counter>,
     consumer_requests: Family<ConsumerLabels, Counter>,
     request_duration: Family<RouteLabel, Histogram, fn() -> Histogram>,
     overhead: Family<RouteLabel, Histogram, fn() -> Histogram>,
@@ -342,7 +439,7 @@ pub struct Metrics {
     last_reload: Gauge<f64, AtomicU64>,
     /// Requests by status class per route name, shared by the route's
     /// handles in every generation.
-    classes: dashmap::DashMap<Arc<str>, Arc<[AtomicU64; 6]>>,
+    routes: Arc<dashmap::DashMap<Arc<str>, Arc<RouteCounts>>>,
     no_route: RouteMetrics,
     started: SystemTime,
 }
@@ -379,13 +476,6 @@ impl Metrics {
     /// `sources` once it is set.
     pub fn new(sources: Arc<OnceLock<Sources>>) -> Self {
         let mut p = Prometheus::with_prefix("portcullis");
-        let requests = registered(
-            &mut p,
-            "requests",
-            "Requests answered, by route, method and status code",
-            None,
-            Family::<RequestLabels, Counter>::default(),
-        );
         let consumer_requests = registered(
             &mut p,
             "consumer_requests",
@@ -486,24 +576,26 @@ impl Metrics {
             Unit::Seconds,
             start_time,
         );
-        p.register_collector(Box::new(Live { sources }));
+        let routes: Arc<dashmap::DashMap<Arc<str>, Arc<RouteCounts>>> = Arc::default();
+        p.register_collector(Box::new(Live {
+            sources,
+            routes: routes.clone(),
+        }));
         let no_route_label = RouteLabel {
             route: Arc::from(NO_ROUTE),
         };
-        let classes = dashmap::DashMap::new();
         let no_route = RouteMetrics {
             route: no_route_label.route.clone(),
             duration: request_duration.get_or_create_owned(&no_route_label),
             overhead: overhead.get_or_create_owned(&no_route_label),
             // Never observed: no upstream is asked.
             upstream: request_histogram(),
-            classes: Arc::default(),
+            counts: Arc::default(),
             consumer_label: false,
         };
-        classes.insert(no_route.route.clone(), no_route.classes.clone());
+        routes.insert(no_route.route.clone(), no_route.counts.clone());
         Self {
             prometheus: p,
-            requests,
             consumer_requests,
             request_duration,
             overhead,
@@ -517,7 +609,7 @@ impl Metrics {
             sent,
             generation,
             last_reload,
-            classes,
+            routes,
             no_route,
             started,
         }
@@ -540,7 +632,7 @@ impl Metrics {
             upstream: self.upstream_duration.get_or_create_owned(&UpstreamLabel {
                 upstream: upstream.into(),
             }),
-            classes: self.classes.entry(route.clone()).or_default().clone(),
+            counts: self.routes.entry(route.clone()).or_default().clone(),
             consumer_label,
         }
     }
@@ -577,7 +669,7 @@ impl Metrics {
     pub fn request(
         &self,
         route: &RouteMetrics,
-        method: &'static str,
+        method: MethodLabel,
         status: u16,
         total: Duration,
         upstream: Option<Duration>,
@@ -590,9 +682,7 @@ impl Metrics {
         if let Some(upstream) = upstream {
             route.upstream.observe(upstream);
         }
-        if let Some(class) = route.classes.get(usize::from(status / 100)) {
-            class.fetch_add(1, Ordering::Relaxed);
-        }
+        route.counts.add(method, status);
         if route.consumer_label {
             self.consumer_requests
                 .get_or_create(&ConsumerLabels {
@@ -602,13 +692,6 @@ impl Metrics {
                 })
                 .inc();
         }
-        self.requests
-            .get_or_create(&RequestLabels {
-                route: route.route.clone(),
-                method,
-                code: status,
-            })
-            .inc();
     }
 
     /// Counts a reload and, when it applied, the new generation.
@@ -662,7 +745,7 @@ pub struct RouteMetrics {
     overhead: Histogram,
     upstream: Histogram,
     /// Requests by status class: index 1 for 1xx to 5 for 5xx.
-    classes: Arc<[AtomicU64; 6]>,
+    counts: Arc<RouteCounts>,
     consumer_label: bool,
 }
 
@@ -689,7 +772,7 @@ impl RouteMetrics {
 
     /// Requests so far by status class: index 1 for 1xx to 5 for 5xx.
     pub fn classes(&self) -> [u64; 6] {
-        std::array::from_fn(|i| self.classes[i].load(Ordering::Relaxed))
+        std::array::from_fn(|i| self.counts.classes[i].load(Ordering::Relaxed))
     }
 }
 
@@ -813,6 +896,8 @@ fn unix_seconds(time: SystemTime) -> f64 {
 #[derive(Debug)]
 struct Live {
     sources: Arc<OnceLock<Sources>>,
+    /// Each route's requests (and `(no route)`'s), by name.
+    routes: Arc<dashmap::DashMap<Arc<str>, Arc<RouteCounts>>>,
 }
 
 /// A gauge or counter value with its labels, for [`encode_family`].
@@ -843,6 +928,27 @@ fn encode_family<L: EncodeLabelSet>(
 
 impl Collector for Live {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let mut requests = Vec::new();
+        for entry in self.routes.iter() {
+            for (method, code, count) in entry.value().by_code() {
+                requests.push((
+                    vec![
+                        ("route", entry.key().to_string()),
+                        ("method", method.to_owned()),
+                        ("code", code.to_string()),
+                    ],
+                    count as f64,
+                ));
+            }
+        }
+        encode_family(
+            &mut encoder,
+            "requests",
+            "Requests answered, by route, method and status code",
+            None,
+            MetricType::Counter,
+            &requests,
+        )?;
         let Some(sources) = self.sources.get() else {
             return Ok(());
         };
@@ -950,20 +1056,32 @@ impl Collector for Live {
             &servers,
         )?;
         let mut certificates = Vec::new();
-        for listener in &generation.listeners {
+        // The runtime listeners are built from the configured ones, in order.
+        let listeners = generation
+            .listeners
+            .iter()
+            .zip(&generation.config.listeners);
+        for (listener, config) in listeners {
             for cert in listener.tls.iter().flat_map(|t| &t.certificates) {
                 let name = cert
                     .names
                     .first()
                     .cloned()
                     .unwrap_or_else(|| cert.file.clone());
-                certificates.push((vec![("name", name)], unix_seconds(cert.not_after)));
+                certificates.push((
+                    vec![
+                        ("name", name),
+                        ("listener", config.address.to_string()),
+                        ("file", cert.file.clone()),
+                    ],
+                    unix_seconds(cert.not_after),
+                ));
             }
         }
         encode_family(
             &mut encoder,
             "tls_certificate_not_after",
-            "When each listener certificate expires, seconds since the Unix epoch, by its first DNS name",
+            "When each listener certificate expires, seconds since the Unix epoch, by its first DNS name, listener and file",
             Some(&Unit::Seconds),
             MetricType::Gauge,
             &certificates,

@@ -62,13 +62,15 @@ fn valid_request_id(value: &HeaderValue) -> bool {
 /// Sets the request's id: the trusted proxy's when `trusted` and it is
 /// well formed, else a new one. Returns it.
 pub fn request_id(headers: &mut HeaderMap, trusted: bool) -> HeaderValue {
-    let mut sent = headers.get_all(&REQUEST_ID).iter();
-    if trusted
-        && let (Some(id), None) = (sent.next(), sent.next())
-        && valid_request_id(id)
-    {
-        return id.clone();
+    if trusted {
+        let mut sent = headers.get_all(&REQUEST_ID).iter();
+        if let (Some(id), None) = (sent.next(), sent.next())
+            && valid_request_id(id)
+        {
+            return id.clone();
+        }
     }
+    // One lookup: `insert` replaces whatever the client sent.
     let id = new_request_id();
     headers.insert(REQUEST_ID, id.clone());
     id
@@ -91,12 +93,17 @@ impl TraceContext {
     /// Continues the trace of `headers` (or starts one) and writes this
     /// hop's `traceparent` into them.
     pub fn propagate(headers: &mut HeaderMap) -> Self {
-        let parsed = {
-            let mut all = headers.get_all(&TRACEPARENT).iter();
-            match (all.next(), all.next()) {
-                (Some(value), None) => parse_traceparent(value.as_bytes()),
-                _ => None,
+        // One lookup for reading and then writing `traceparent`.
+        let entry = headers.entry(TRACEPARENT);
+        let parsed = match &entry {
+            http::header::Entry::Occupied(found) => {
+                let mut all = found.iter();
+                match (all.next(), all.next()) {
+                    (Some(value), None) => parse_traceparent(value.as_bytes()),
+                    _ => None,
+                }
             }
+            http::header::Entry::Vacant(_) => None,
         };
         let context = match parsed {
             Some((trace_id, parent, flags)) => TraceContext {
@@ -105,18 +112,26 @@ impl TraceContext {
                 span_id: new_span_id(),
                 flags,
             },
-            None => {
-                // No (valid) parent: a tracestate has nothing to belong to.
-                headers.remove(&TRACESTATE);
-                TraceContext {
-                    trace_id: new_trace_id(),
-                    parent_id: None,
-                    span_id: new_span_id(),
-                    flags: 0,
-                }
-            }
+            None => TraceContext {
+                trace_id: new_trace_id(),
+                parent_id: None,
+                span_id: new_span_id(),
+                flags: 0,
+            },
         };
-        headers.insert(TRACEPARENT, context.traceparent());
+        let value = context.traceparent();
+        match entry {
+            http::header::Entry::Occupied(mut found) => {
+                found.insert(value);
+            }
+            http::header::Entry::Vacant(empty) => {
+                empty.insert(value);
+            }
+        }
+        if context.parent_id.is_none() {
+            // No (valid) parent: a tracestate has nothing to belong to.
+            headers.remove(&TRACESTATE);
+        }
         context
     }
 

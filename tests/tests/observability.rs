@@ -880,3 +880,103 @@ async fn without_an_admin_section_there_is_no_admin_listener() {
     assert!(reply.header("x-request-id").is_some());
     gw.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_in_the_operators_browser_cannot_use_the_admin_api() {
+    let echo = Echo::start_local().await.expect("echo");
+    let config = format!(
+        "{}\n[admin]\naddress = \"127.0.0.1:0\"\n{}",
+        base_config(echo.addr),
+        route("open", "/open", &[])
+    );
+    let gw = TestGateway::start(&config, &[]).await.expect("starts");
+    let addr = gw.handle.admin_addr().expect("admin");
+    let client = Client::new();
+    let url = |path: &str| format!("http://{addr}{path}");
+    // No token: a rebound name is refused, an address or localhost is not.
+    let rebound = client
+        .get(&url("/status"), &[("host", "rebind.example:9901")])
+        .await
+        .expect("answer");
+    assert_eq!(rebound.status, StatusCode::FORBIDDEN);
+    let local = client
+        .get(
+            &url("/status"),
+            &[("host", &format!("localhost:{}", addr.port()))],
+        )
+        .await
+        .expect("answer");
+    local.assert_ok();
+    // A forged POST from another site is refused, and nothing reloads.
+    for header in [
+        ("origin", "https://evil.example"),
+        ("sec-fetch-site", "cross-site"),
+    ] {
+        let forged = client
+            .request(Method::POST, &url("/reload"), &[header], Bytes::new())
+            .await
+            .expect("answer");
+        assert_eq!(forged.status, StatusCode::FORBIDDEN, "{header:?}");
+    }
+    let history: Value = client
+        .get(&url("/generations"), &[])
+        .await
+        .expect("answer")
+        .json()
+        .expect("JSON");
+    assert!(
+        !history["history"]
+            .as_array()
+            .expect("history")
+            .iter()
+            .any(|e| e["trigger"] == "admin"),
+        "{history}"
+    );
+    // Its own page (same origin) and curl may.
+    let own = client
+        .request(
+            Method::POST,
+            &url("/reload"),
+            &[("origin", &format!("http://{addr}"))],
+            Bytes::new(),
+        )
+        .await
+        .expect("answer");
+    own.assert_ok();
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_gets_openmetrics_when_it_asks() {
+    let (gw, _echo, admin) = start().await;
+    get(&gw, "/open", &[]).await.assert_ok();
+    let accept = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+    let reply = admin
+        .client
+        .get(
+            &admin.url("/metrics"),
+            &[
+                ("authorization", &format!("Bearer {TOKEN}")),
+                ("accept", accept),
+            ],
+        )
+        .await
+        .expect("metrics");
+    reply.assert_ok();
+    assert!(
+        reply
+            .header("content-type")
+            .is_some_and(|c| c.starts_with("application/openmetrics-text; version=1.0.0")),
+        "{:?}",
+        reply.headers
+    );
+    let text = String::from_utf8_lossy(&reply.body);
+    assert!(text.ends_with("# EOF\n"), "OpenMetrics ends with # EOF");
+    // Every histogram has its +Inf bucket, which histogram_quantile needs.
+    assert!(
+        text.contains(r#"portcullis_request_duration_seconds_bucket{le="+Inf",route="open"} 1"#),
+        "{text}"
+    );
+    assert!(!text.contains("e308"), "no finite stand-in for +Inf");
+    gw.stop().await;
+}

@@ -148,6 +148,67 @@ fn bearer(value: &str) -> Option<&str> {
         .filter(|t| !t.is_empty())
 }
 
+/// Refuses what a web page open in the operator's browser could make the
+/// browser send (a reason, for a 403):
+///
+/// * without a token, a `Host` that is a DNS name other than `localhost`:
+///   a page whose name was rebound to 127.0.0.1 could otherwise read the
+///   API (DNS rebinding);
+/// * a request that changes something (`POST /reload`) from another
+///   origin (`Origin` not this `Host`, or `Sec-Fetch-Site` cross-site or
+///   same-site): cross-site request forgery. Browsers send those headers;
+///   other clients (curl, Prometheus) do not.
+fn browser_guard<B>(request: &Request<B>, has_token: bool) -> Option<&'static str> {
+    let headers = request.headers();
+    let host = headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| request.uri().authority().map(|a| a.as_str()));
+    if !has_token && let Some(host) = host {
+        let name = match host.rsplit_once(':') {
+            Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+            _ => host,
+        };
+        let name = name.trim_start_matches('[').trim_end_matches(']');
+        if !name.eq_ignore_ascii_case("localhost") && name.parse::<std::net::IpAddr>().is_err() {
+            return Some(
+                "without [admin] token the admin API answers only to an IP address or localhost in Host",
+            );
+        }
+    }
+    if matches!(*request.method(), Method::GET | Method::HEAD) {
+        return None;
+    }
+    let fetch_site = headers.get("sec-fetch-site").map(|v| v.as_bytes());
+    if matches!(fetch_site, Some(b"cross-site" | b"same-site")) {
+        return Some("a request from another site is refused");
+    }
+    let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
+    if let Some(origin) = origin {
+        let authority = origin.split_once("://").map_or(origin, |(_, rest)| rest);
+        if !host.is_some_and(|h| h.eq_ignore_ascii_case(authority)) {
+            return Some("a request from another origin is refused");
+        }
+    }
+    None
+}
+
+/// Whether `Accept` asks for OpenMetrics (a media range with a q-value
+/// above 0), as Prometheus does.
+fn wants_openmetrics(accept: &str) -> bool {
+    accept.split(',').any(|range| {
+        let mut parts = range.split(';').map(str::trim);
+        parts
+            .next()
+            .is_some_and(|media| media.eq_ignore_ascii_case("application/openmetrics-text"))
+            && !parts.any(|p| {
+                p.strip_prefix("q=")
+                    .and_then(|q| q.parse::<f64>().ok())
+                    .is_some_and(|q| q <= 0.0)
+            })
+    })
+}
+
 /// Endpoints anyone who reaches the listener may call.
 fn is_public(method: &Method, path: &str) -> bool {
     *method == Method::GET
@@ -168,6 +229,10 @@ impl Admin {
         let path = request.uri().path().to_owned();
         let config = self.registry.current().config.clone();
         let admin = config.admin.as_ref();
+        let has_token = admin.is_some_and(|a| a.token.is_some());
+        if let Some(reason) = browser_guard(&request, has_token) {
+            return error(StatusCode::FORBIDDEN, reason);
+        }
         if let Some(token) = admin.and_then(|a| a.token.as_deref())
             && !is_public(&method, &path)
         {
@@ -221,7 +286,7 @@ impl Admin {
             (Method::GET, "/openapi.json") => respond(StatusCode::OK, "application/json", OPENAPI),
             (Method::GET, "/metrics") => {
                 let metrics = self.registry.metrics();
-                if accept.contains("application/openmetrics-text") {
+                if wants_openmetrics(&accept) {
                     respond(
                         StatusCode::OK,
                         "application/openmetrics-text; version=1.0.0; charset=utf-8",
@@ -365,5 +430,74 @@ async fn connection<S>(
     if stopping {
         connection.as_mut().graceful_shutdown();
         let _ = tokio::time::timeout(Duration::from_secs(1), connection).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn openmetrics_only_when_asked_for_with_a_positive_q() {
+        let prometheus = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+        assert!(wants_openmetrics(prometheus));
+        assert!(!wants_openmetrics("text/plain"));
+        assert!(!wants_openmetrics("application/openmetrics-text;q=0"));
+        assert!(!wants_openmetrics(""));
+    }
+
+    fn request(method: Method, headers: &[(&str, &str)]) -> Request<()> {
+        let mut builder = Request::builder().method(method).uri("/reload");
+        for (k, v) in headers {
+            builder = builder.header(*k, *v);
+        }
+        builder.body(()).expect("request")
+    }
+
+    #[test]
+    fn a_rebound_name_or_another_origin_is_refused() {
+        let ok = [
+            ("127.0.0.1:9901", true),
+            ("localhost:9901", true),
+            ("[::1]:9901", true),
+            ("admin.example.com:9901", false),
+        ];
+        for (host, allowed) in ok {
+            let get = request(Method::GET, &[("host", host)]);
+            assert_eq!(browser_guard(&get, false).is_none(), allowed, "{host}");
+            // With a token a page cannot read anything: any name will do.
+            assert!(browser_guard(&get, true).is_none(), "{host}");
+        }
+        let same = request(
+            Method::POST,
+            &[
+                ("host", "127.0.0.1:9901"),
+                ("origin", "http://127.0.0.1:9901"),
+            ],
+        );
+        assert!(browser_guard(&same, false).is_none());
+        let forged = request(
+            Method::POST,
+            &[
+                ("host", "127.0.0.1:9901"),
+                ("origin", "https://evil.example"),
+            ],
+        );
+        assert!(browser_guard(&forged, true).is_some());
+        let cross = request(
+            Method::POST,
+            &[("host", "127.0.0.1:9901"), ("sec-fetch-site", "cross-site")],
+        );
+        assert!(browser_guard(&cross, true).is_some());
+        let curl = request(Method::POST, &[("host", "127.0.0.1:9901")]);
+        assert!(browser_guard(&curl, false).is_none());
+    }
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive() {
+        assert_eq!(bearer("Bearer abc"), Some("abc"));
+        assert_eq!(bearer("bearer abc"), Some("abc"));
+        assert_eq!(bearer("Basic abc"), None);
+        assert_eq!(bearer("Bearer "), None);
     }
 }
