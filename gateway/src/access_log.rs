@@ -125,10 +125,14 @@ impl Record {
     }
 
     /// The request's id and trace.
-    pub(crate) fn trace(&mut self, id: &http::HeaderValue, trace: &crate::trace::TraceContext) {
+    pub(crate) fn trace(
+        &mut self,
+        id: &http::HeaderValue,
+        trace: Option<crate::trace::TraceContext>,
+    ) {
         if self.on {
             self.request_id = Some(id.clone());
-            self.trace = Some(*trace);
+            self.trace = trace;
         }
     }
 

@@ -77,8 +77,11 @@ pub async fn handle(
         .iter()
         .any(|net| net.contains(&conn.peer.ip()));
     let request_id = trace::request_id(request.headers_mut(), trusted);
-    let context = TraceContext::propagate(request.headers_mut());
-    record.trace(&request_id, &context);
+    let context = TraceContext::propagate(
+        request.headers_mut(),
+        generation.config.tracing.start_traces,
+    );
+    record.trace(&request_id, context);
     let mut response = match proxy(&generation, request, conn, &mut record).await {
         Ok(response) => response,
         Err(error) => {

@@ -90,9 +90,10 @@ pub struct TraceContext {
 }
 
 impl TraceContext {
-    /// Continues the trace of `headers` (or starts one) and writes this
-    /// hop's `traceparent` into them.
-    pub fn propagate(headers: &mut HeaderMap) -> Self {
+    /// Continues the trace of `headers`, or starts one when `start`, and
+    /// writes this hop's `traceparent` into them. `None`: no trace (no
+    /// valid `traceparent` came, and `start` is off).
+    pub fn propagate(headers: &mut HeaderMap, start: bool) -> Option<Self> {
         // One lookup for reading and then writing `traceparent`.
         let entry = headers.entry(TRACEPARENT);
         let parsed = match &entry {
@@ -112,12 +113,21 @@ impl TraceContext {
                 span_id: new_span_id(),
                 flags,
             },
-            None => TraceContext {
+            None if start => TraceContext {
                 trace_id: new_trace_id(),
                 parent_id: None,
                 span_id: new_span_id(),
                 flags: 0,
             },
+            None => {
+                // No (valid) parent: a tracestate has nothing to belong
+                // to, and an invalid traceparent is not passed on.
+                if let http::header::Entry::Occupied(invalid) = entry {
+                    invalid.remove();
+                }
+                headers.remove(&TRACESTATE);
+                return None;
+            }
         };
         let value = context.traceparent();
         match entry {
@@ -129,10 +139,9 @@ impl TraceContext {
             }
         }
         if context.parent_id.is_none() {
-            // No (valid) parent: a tracestate has nothing to belong to.
             headers.remove(&TRACESTATE);
         }
-        context
+        Some(context)
     }
 
     /// This hop's `traceparent`: `00-<trace id>-<span id>-<flags>`.
@@ -262,7 +271,7 @@ mod tests {
             HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
         );
         headers.insert(TRACESTATE, HeaderValue::from_static("congo=t61rcWkgMzE"));
-        let context = TraceContext::propagate(&mut headers);
+        let context = TraceContext::propagate(&mut headers, false).expect("continued");
         assert_eq!(context.trace_id_hex(), "4bf92f3577b34da6a3ce929d0e0e4736");
         assert_eq!(
             context.parent_id,
@@ -277,7 +286,7 @@ mod tests {
     }
 
     #[test]
-    fn an_invalid_traceparent_starts_a_new_trace_and_drops_tracestate() {
+    fn an_invalid_traceparent_starts_a_new_trace_when_asked_and_drops_tracestate() {
         for bad in [
             "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
             "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
@@ -290,7 +299,11 @@ mod tests {
             let mut headers = HeaderMap::new();
             headers.insert(TRACEPARENT, HeaderValue::from_static(bad));
             headers.insert(TRACESTATE, HeaderValue::from_static("congo=t61rcWkgMzE"));
-            let context = TraceContext::propagate(&mut headers);
+            // Not asked to start one: no trace, and nothing invalid passed on.
+            let mut kept = headers.clone();
+            assert_eq!(TraceContext::propagate(&mut kept, false), None, "{bad}");
+            assert!(kept.get(TRACEPARENT).is_none() && kept.get(TRACESTATE).is_none());
+            let context = TraceContext::propagate(&mut headers, true).expect("started");
             assert_eq!(context.parent_id, None, "{bad}");
             assert_ne!(context.trace_id_hex(), "4bf92f3577b34da6a3ce929d0e0e4736");
             assert!(headers.get(TRACESTATE).is_none(), "{bad}");

@@ -766,15 +766,15 @@ async fn request_ids_and_trace_context_go_upstream_back_and_into_the_log() {
         lines[0]
     );
 
-    // Without a parent, a new trace; an orphan tracestate is dropped.
+    // Without a parent, no trace is started (`[tracing] start_traces` is
+    // off), and an orphan tracestate is dropped.
     let reply = get(&gw, "/open/new", &[("tracestate", "vendor=orphan")]).await;
     let seen = reply.seen();
-    let started = seen.header("traceparent").expect("a new traceparent");
-    assert!(
-        started.starts_with("00-") && started.len() == 55,
-        "{started}"
-    );
+    assert_eq!(seen.header("traceparent"), None);
     assert_eq!(seen.header("tracestate"), None);
+    let id = reply.header("x-request-id").expect("id");
+    let lines = logged_lines(&[&format!("request_id=\"{id}\"")]);
+    assert!(lines[0].contains("trace_id=\"-\""), "{}", lines[0]);
     // A refused request gets an id too; so do requests that match no route.
     for path in ["/keyed", "/nowhere"] {
         let reply = get(&gw, path, &[]).await;
@@ -789,17 +789,35 @@ async fn request_ids_and_trace_context_go_upstream_back_and_into_the_log() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_trusted_proxys_request_id_is_kept() {
+async fn a_trusted_proxys_request_id_is_kept_and_traces_can_start_here() {
     let echo = Echo::start_local().await.expect("echo");
     let config = format!(
-        "trusted_proxies = [\"127.0.0.1/32\"]\n{}{}",
+        "trusted_proxies = [\"127.0.0.1/32\"]\n{}\n[tracing]\nstart_traces = true\n{}",
         base_config(echo.addr),
         route("open", "/open", &[])
     );
     let gw = TestGateway::start(&config, &[]).await.expect("starts");
-    let reply = get(&gw, "/open", &[("x-request-id", "edge-4711")]).await;
+    let reply = get(
+        &gw,
+        "/open",
+        &[
+            ("x-request-id", "edge-4711"),
+            ("tracestate", "vendor=orphan"),
+        ],
+    )
+    .await;
     assert_eq!(reply.header("x-request-id"), Some("edge-4711"));
-    assert_eq!(reply.seen().header("x-request-id"), Some("edge-4711"));
+    let seen = reply.seen();
+    assert_eq!(seen.header("x-request-id"), Some("edge-4711"));
+    // `start_traces`: a request without a parent starts a trace; the
+    // orphan tracestate is dropped.
+    let started = seen.header("traceparent").expect("a new traceparent");
+    assert!(
+        started.starts_with("00-") && started.len() == 55,
+        "{started}"
+    );
+    assert!(started.ends_with("-00"), "not sampled: no span is recorded");
+    assert_eq!(seen.header("tracestate"), None);
     // Malformed or repeated ids are replaced even from a trusted proxy.
     let reply = get(&gw, "/open", &[("x-request-id", "has space")]).await;
     assert_ne!(reply.header("x-request-id"), Some("has space"));

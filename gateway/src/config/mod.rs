@@ -21,6 +21,26 @@ mod listener;
 mod upstream;
 
 pub use admin::AdminConfig;
+
+/// W3C trace context (`traceparent`, `tracestate`).
+///
+/// ```toml
+/// [tracing]
+/// start_traces = true   # give requests without a traceparent a new trace
+/// ```
+///
+/// A request that comes with a valid `traceparent` always continues its
+/// trace, with a new span id for this hop.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TracingConfig {
+    /// Start a trace (a new `traceparent`, sent upstream, its id in the
+    /// access log) for requests that come without one. Off by default:
+    /// the gateway records no spans of its own yet, and `X-Request-Id`
+    /// already ties a request's log lines together.
+    #[serde(default)]
+    pub start_traces: bool,
+}
 pub use alerts::{AlertsConfig, Severity, WebhookConfig};
 pub use listener::{
     CertificateConfig, ClientAuthConfig, ClientAuthMode, Http1Config, Http2Config, ListenerConfig,
@@ -97,6 +117,9 @@ pub struct Config {
     /// without this section.
     #[serde(default)]
     pub admin: Option<AdminConfig>,
+    /// W3C trace context.
+    #[serde(default)]
+    pub tracing: TracingConfig,
     /// The directory of the config file, which relative paths start from
     /// (not a key).
     #[serde(skip)]
