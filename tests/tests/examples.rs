@@ -268,7 +268,10 @@ async fn the_readme_curl_lines_do_what_the_readme_says() {
     assert!(
         history["history"]
             .as_array()
-            .is_some_and(|h| h.iter().any(|e| e["trigger"] == "startup")),
+            .is_some_and(|h| h.iter().any(|e| e["trigger"] == "startup"
+                && e["modules"]
+                    .as_array()
+                    .is_some_and(|m| m.iter().any(|m| m["name"] == "key_auth")))),
         "{history}"
     );
 

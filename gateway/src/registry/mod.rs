@@ -383,6 +383,8 @@ impl Registry {
         let generation = build(&config, &modules, None, &engine, &services, &runtime, 1)
             .map_err(|problems| anyhow::anyhow!("{}", problems.join("\n")))?;
         let (events, _) = broadcast::channel(256);
+        // The startup generation's history entry lists every module it loaded.
+        let loaded_at_start = module_changes(&HashMap::new(), &modules);
         let registry = Arc::new_cyclic(|me| Self {
             me: me.clone(),
             current: ArcSwap::from_pointee(generation),
@@ -401,13 +403,16 @@ impl Registry {
             optimizer,
             history: Mutex::new(std::collections::VecDeque::with_capacity(HISTORY)),
         });
-        registry.emit(ReloadEvent {
-            trigger: Trigger::Startup,
-            outcome: Outcome::Applied {
-                generation: 1,
-                elapsed: started.elapsed(),
+        registry.emit_changes(
+            ReloadEvent {
+                trigger: Trigger::Startup,
+                outcome: Outcome::Applied {
+                    generation: 1,
+                    elapsed: started.elapsed(),
+                },
             },
-        });
+            loaded_at_start,
+        );
         for (name, bytes) in to_optimize {
             registry.optimize(name, bytes);
         }
