@@ -853,6 +853,16 @@ async fn off_loopback_the_admin_listener_needs_tls_and_a_token() {
         &["admin.token", "16"],
     )
     .await;
+    // Its TLS is checked as a listener's is.
+    assert_config_refused(
+        &format!(
+            "[admin]\naddress = \"127.0.0.1:0\"\n[admin.tls]\nhandshake_timeout_ms = 0\n\
+             [[admin.tls.certificates]]\ncert = \"c.pem\"\nkey = \"k.pem\"\n{open}"
+        ),
+        &[],
+        &["admin.tls.handshake_timeout_ms", "between 100 and 300000"],
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -269,7 +269,8 @@ pub fn queue(capacity: usize) -> (AlertSender, AlertReceiver) {
 /// The sinks of one `[alerts]` configuration.
 struct Sinks {
     config: AlertsConfig,
-    log: Arc<SinkStats>,
+    /// The log sink's counters, when alerts go to the log.
+    log: Option<Arc<SinkStats>>,
     webhooks: Vec<webhook::Webhook>,
 }
 
@@ -287,7 +288,7 @@ impl Sinks {
     fn new(config: &AlertsConfig, stats: &Arc<Stats>) -> Self {
         Self {
             config: config.clone(),
-            log: stats.sink("log"),
+            log: config.log.then(|| stats.sink("log")),
             webhooks: config
                 .webhooks
                 .iter()
@@ -301,9 +302,9 @@ impl Sinks {
     }
 
     fn deliver(&self, alert: Alert, stats: &Stats) {
-        if self.config.log {
+        if let Some(sink) = &self.log {
             log(&alert);
-            self.log.delivered.fetch_add(1, Ordering::Relaxed);
+            sink.delivered.fetch_add(1, Ordering::Relaxed);
         }
         for hook in &self.webhooks {
             if !hook.send(&alert) {

@@ -138,12 +138,9 @@ pub(super) fn validate(admin: Option<&AdminConfig>, problems: &mut Vec<Problem>)
             });
         }
     }
-    if let Some(tls) = &admin.tls
-        && tls.certificates.is_empty()
-    {
-        problems.push(Problem {
-            key: "admin.tls.certificates".into(),
-            message: "at least one certificate is required".into(),
+    if let Some(tls) = &admin.tls {
+        tls.validate("admin.tls", "admin.tls", &mut |key, message| {
+            problems.push(Problem { key, message })
         });
     }
 }

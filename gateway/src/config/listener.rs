@@ -374,25 +374,37 @@ pub(super) fn validate(listeners: &[ListenerConfig], problems: &mut Vec<Problem>
                 ),
             );
         }
-        let Some(tls) = &l.tls else { continue };
-        if tls.certificates.is_empty() {
+        if let Some(tls) = &l.tls {
+            tls.validate(&format!("listeners[{i}].tls"), "listeners.tls", &mut bad);
+        }
+    }
+}
+
+impl TlsConfig {
+    /// Reports what is wrong with these TLS settings, keys under `at`
+    /// (`listeners[0].tls`), the TOML table being `table`
+    /// (`listeners.tls`).
+    pub(super) fn validate(&self, at: &str, table: &str, bad: &mut impl FnMut(String, String)) {
+        if self.certificates.is_empty() {
             bad(
-                format!("listeners[{i}].tls.certificates"),
-                "at least one certificate is required: [[listeners.tls.certificates]] cert = \"...\" key = \"...\"".into(),
+                format!("{at}.certificates"),
+                format!(
+                    "at least one certificate is required: [[{table}.certificates]] cert = \"...\" key = \"...\""
+                ),
             );
         }
-        if tls.certificates.iter().filter(|c| c.default).count() > 1 {
+        if self.certificates.iter().filter(|c| c.default).count() > 1 {
             bad(
-                format!("listeners[{i}].tls.certificates"),
+                format!("{at}.certificates"),
                 "at most one certificate can be `default = true`".into(),
             );
         }
-        if !(100..=300_000).contains(&tls.handshake_timeout_ms) {
+        if !(100..=300_000).contains(&self.handshake_timeout_ms) {
             bad(
-                format!("listeners[{i}].tls.handshake_timeout_ms"),
+                format!("{at}.handshake_timeout_ms"),
                 format!(
                     "must be between 100 and 300000, got {}",
-                    tls.handshake_timeout_ms
+                    self.handshake_timeout_ms
                 ),
             );
         }
