@@ -59,18 +59,8 @@ struct Decision {
     outcome: Outcome,
 }
 
-/// The outcome of one plugin's call.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Outcome {
-    /// The request went on.
-    Continue,
-    /// The plugin answered the request with this status.
-    Respond(u16),
-    /// The plugin failed and the request failed with it.
-    Failed,
-    /// The plugin failed and the request went on without it.
-    FailedAllowed,
-}
+/// The outcome of one plugin's call: what the metrics count too.
+pub(crate) use crate::metrics::Decision as Outcome;
 
 impl std::fmt::Display for Decision {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

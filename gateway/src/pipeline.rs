@@ -46,7 +46,7 @@ use crate::forward::{
     ambiguous_framing, client_address, host_of, https_redirect, strip_hop_by_hop, tunnel,
     upstream_request, websocket_upgrade,
 };
-use crate::metrics::{self, Decision};
+use crate::metrics;
 use crate::plugin::apply::{apply_action, apply_response};
 use crate::plugin::view::{BodyView, RequestView, ResponseView};
 use crate::plugin::{Hooks, PluginError};
@@ -532,12 +532,7 @@ async fn read_body(body: ProxyBody, max: usize) -> Result<(ProxyBody, BodyView),
 
 /// Counts what a plugin decided, for the access log and the metrics.
 fn decide(record: &mut Record, link: &ChainLink, outcome: Outcome) {
-    link.metrics.decided(match outcome {
-        Outcome::Continue => Decision::Continue,
-        Outcome::Respond(status) => Decision::Respond(status),
-        Outcome::Failed => Decision::Failed,
-        Outcome::FailedAllowed => Decision::FailedAllowed,
-    });
+    link.metrics.decided(outcome);
     record.decide(link, outcome);
 }
 
