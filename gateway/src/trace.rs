@@ -9,9 +9,12 @@
 //!   as a request header.
 //! * `traceparent` ([W3C Trace Context](https://www.w3.org/TR/trace-context/)):
 //!   a valid one keeps its trace id and flags and gets a new span id for
-//!   this hop (the incoming span id is this hop's parent); a missing or
-//!   invalid one starts a new trace, and an orphan `tracestate` is dropped
-//!   as the spec says. `tracestate` otherwise passes unchanged.
+//!   this hop (the incoming span id is this hop's parent). An invalid one
+//!   is dropped with its `tracestate`. With `[tracing] start_traces`, a
+//!   request without a valid one starts a new trace, and any orphan
+//!   `tracestate` is dropped, as the spec's processing model says;
+//!   without it, such a request passes through untouched (the gateway
+//!   then forwards trace headers and takes no part in the trace).
 
 use http::HeaderMap;
 use http::header::{HeaderName, HeaderValue};
@@ -26,13 +29,37 @@ pub const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 /// The longest request id kept from a trusted proxy.
 const MAX_REQUEST_ID: usize = 200;
 
-const HEX: &[u8; 16] = b"0123456789abcdef";
+/// Each byte's two lowercase hex digits: one lookup a byte.
+static HEX_PAIRS: [[u8; 2]; 256] = {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut pairs = [[0u8; 2]; 256];
+    let mut i = 0;
+    while i < 256 {
+        pairs[i] = [DIGITS[i >> 4], DIGITS[i & 0xf]];
+        i += 1;
+    }
+    pairs
+};
 
 fn hex_into(out: &mut [u8], bytes: &[u8]) {
     for (pair, byte) in out.chunks_exact_mut(2).zip(bytes) {
-        pair[0] = HEX[usize::from(byte >> 4)];
-        pair[1] = HEX[usize::from(byte & 0xf)];
+        pair.copy_from_slice(&HEX_PAIRS[usize::from(*byte)]);
     }
+}
+
+/// The length of a request id we make: a UUID's 36 characters.
+const UUID_LEN: usize = 36;
+/// How many request ids share one allocation.
+const IDS_PER_CHUNK: usize = 112;
+
+thread_local! {
+    /// Where this thread writes its request ids. Each id is a view into
+    /// a shared chunk, so making one neither allocates nor copies, and
+    /// cloning it (the upstream request, the response, a retry's replay)
+    /// only counts a reference. A chunk is freed when the last id in it
+    /// is dropped: at most one chunk per thread outlives its requests.
+    static ID_CHUNK: std::cell::RefCell<Option<bytes::BytesMut>> =
+        const { std::cell::RefCell::new(None) };
 }
 
 /// A new random request id: a version 4 UUID.
@@ -40,14 +67,22 @@ pub fn new_request_id() -> HeaderValue {
     let mut bytes = fastrand::u128(..).to_be_bytes();
     bytes[6] = (bytes[6] & 0x0f) | 0x40;
     bytes[8] = (bytes[8] & 0x3f) | 0x80;
-    let mut text = [b'-'; 36];
+    let mut text = [b'-'; UUID_LEN];
     hex_into(&mut text[0..8], &bytes[0..4]);
     hex_into(&mut text[9..13], &bytes[4..6]);
     hex_into(&mut text[14..18], &bytes[6..8]);
     hex_into(&mut text[19..23], &bytes[8..10]);
     hex_into(&mut text[24..36], &bytes[10..16]);
-    // Only hex digits and dashes.
-    HeaderValue::from_bytes(&text).unwrap_or(HeaderValue::from_static("-"))
+    let shared = ID_CHUNK.with_borrow_mut(|chunk| {
+        let chunk = match chunk {
+            Some(chunk) if chunk.capacity() >= UUID_LEN => chunk,
+            _ => chunk.insert(bytes::BytesMut::with_capacity(UUID_LEN * IDS_PER_CHUNK)),
+        };
+        chunk.extend_from_slice(&text);
+        chunk.split().freeze()
+    });
+    // Only hex digits and dashes: always a valid header value.
+    HeaderValue::from_maybe_shared(shared).unwrap_or(HeaderValue::from_static("-"))
 }
 
 /// Whether `value` is a request id worth keeping: 1 to 200 visible ASCII
@@ -106,6 +141,13 @@ impl TraceContext {
             }
             http::header::Entry::Vacant(_) => None,
         };
+        if parsed.is_none() && !start && matches!(entry, http::header::Entry::Vacant(_)) {
+            // No trace, and none to start: the gateway takes no part in
+            // tracing and forwards what came, as the spec asks of a
+            // forwarder; a lone `tracestate` is the next tracer's to
+            // discard. (Removing it cost 150 instructions a request.)
+            return None;
+        }
         let context = match parsed {
             Some((trace_id, parent, flags)) => TraceContext {
                 trace_id,
@@ -120,8 +162,8 @@ impl TraceContext {
                 flags: 0,
             },
             None => {
-                // No (valid) parent: a tracestate has nothing to belong
-                // to, and an invalid traceparent is not passed on.
+                // An invalid (or repeated) parent: it is not passed on,
+                // and its tracestate has nothing left to belong to.
                 if let http::header::Entry::Occupied(invalid) = entry {
                     invalid.remove();
                 }
@@ -245,6 +287,29 @@ mod tests {
     }
 
     #[test]
+    fn request_ids_from_shared_chunks_stay_intact_and_unique() {
+        // More ids than a chunk holds, kept alive together: a new chunk
+        // must never overwrite an id still in use.
+        let ids: Vec<HeaderValue> = (0..IDS_PER_CHUNK * 3 + 7)
+            .map(|_| new_request_id())
+            .collect();
+        let texts: std::collections::HashSet<String> = ids
+            .iter()
+            .map(|id| id.to_str().expect("ascii").to_owned())
+            .collect();
+        assert_eq!(texts.len(), ids.len());
+        for text in &texts {
+            assert_eq!(text.len(), UUID_LEN, "{text}");
+            assert_eq!(&text[14..15], "4", "{text}");
+            assert!(
+                text.bytes()
+                    .all(|b| b == b'-' || b.is_ascii_hexdigit() && !b.is_ascii_uppercase()),
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
     fn a_request_id_is_kept_only_from_a_trusted_proxy() {
         let mut headers = HeaderMap::new();
         headers.insert(REQUEST_ID, HeaderValue::from_static("abc-123"));
@@ -283,6 +348,19 @@ mod tests {
         assert!(sent.ends_with("-01"));
         assert!(!sent.contains("00f067aa0ba902b7"), "a new span id: {sent}");
         assert_eq!(headers[TRACESTATE], "congo=t61rcWkgMzE");
+    }
+
+    #[test]
+    fn without_a_traceparent_nothing_changes_unless_traces_start_here() {
+        let mut headers = HeaderMap::new();
+        headers.insert(TRACESTATE, HeaderValue::from_static("congo=t61rcWkgMzE"));
+        assert_eq!(TraceContext::propagate(&mut headers, false), None);
+        assert_eq!(headers[TRACESTATE], "congo=t61rcWkgMzE");
+        assert!(headers.get(TRACEPARENT).is_none());
+        let context = TraceContext::propagate(&mut headers, true).expect("started");
+        assert_eq!(context.parent_id, None);
+        assert!(headers.get(TRACESTATE).is_none(), "an orphan is dropped");
+        assert!(headers.get(TRACEPARENT).is_some());
     }
 
     #[test]

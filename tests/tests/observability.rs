@@ -767,8 +767,18 @@ async fn request_ids_and_trace_context_go_upstream_back_and_into_the_log() {
     );
 
     // Without a parent, no trace is started (`[tracing] start_traces` is
-    // off), and an orphan tracestate is dropped.
+    // off): the gateway forwards trace headers as they came.
     let reply = get(&gw, "/open/new", &[("tracestate", "vendor=orphan")]).await;
+    let seen = reply.seen();
+    assert_eq!(seen.header("traceparent"), None);
+    assert_eq!(seen.header("tracestate"), Some("vendor=orphan"));
+    // An invalid parent is not passed on, nor is its tracestate.
+    let reply = get(
+        &gw,
+        "/open/new",
+        &[("traceparent", "00-XYZ"), ("tracestate", "vendor=stale")],
+    )
+    .await;
     let seen = reply.seen();
     assert_eq!(seen.header("traceparent"), None);
     assert_eq!(seen.header("tracestate"), None);
