@@ -8,7 +8,7 @@ use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
 use http::uri::Authority;
@@ -19,11 +19,13 @@ use crate::body::{BodyWatch, BoxError, ProxyBody};
 use crate::error::ProxyError;
 use crate::forward::Connection;
 use crate::registry::ChainLink;
+use crate::trace::otlp::{FinishedSpan, SpanExport};
 
 /// What the access log and the metrics say about a request, gathered on
 /// its way.
 ///
-/// Built with [`Record::new`]`(false)` when there is no access log: then
+/// Built with [`Record::new`]`(false)` when there is no access log and no
+/// span to export: then
 /// the setters below keep only what metrics need (the route, the upstream
 /// time, and the consumer on a route counted by consumer), so a request
 /// pays no allocation or formatting for a line nobody writes.
@@ -165,17 +167,22 @@ impl Record {
     }
 }
 
-/// A request whose line waits for the end of its response body.
+/// A request whose line (or span) waits for the end of its response body.
 pub(crate) struct Pending {
     pub(crate) record: Record,
     pub(crate) method: Method,
     pub(crate) path: String,
     pub(crate) conn: Arc<Connection>,
     pub(crate) started: Instant,
+    /// Whether to write the access-log line.
+    pub(crate) log: bool,
+    /// Where the request's span goes, when its trace is sampled.
+    pub(crate) span: Option<Arc<SpanExport>>,
 }
 
-/// `response`, whose body writes the access-log line when it ends, fails
-/// or is dropped (the client went away: `aborted=true`).
+/// `response`, whose body writes the access-log line and exports the
+/// request's span when it ends, fails or is dropped (the client went away:
+/// `aborted=true`).
 pub(crate) fn logged(response: Response<ProxyBody>, pending: Pending) -> Response<ProxyBody> {
     let status = response.status();
     let head_ms = pending.started.elapsed().as_secs_f64() * 1000.0;
@@ -201,6 +208,40 @@ struct Logged {
 impl Logged {
     fn finish(&mut self, aborted: bool) {
         let Some(p) = self.pending.take() else { return };
+        if p.log {
+            self.log(&p, aborted);
+        }
+        if let (Some(export), Some(context)) = (&p.span, p.record.trace) {
+            let r = &p.record;
+            let duration = p.started.elapsed();
+            export.record(FinishedSpan {
+                context,
+                start: SystemTime::now()
+                    .checked_sub(duration)
+                    .unwrap_or(SystemTime::UNIX_EPOCH),
+                duration,
+                method: &p.method,
+                path: &p.path,
+                scheme: if p.conn.tls.is_some() {
+                    "https"
+                } else {
+                    "http"
+                },
+                route: r.route.as_deref(),
+                status: self.status.as_u16(),
+                client: r.client.unwrap_or(p.conn.peer.ip()),
+                request_id: r.request_id.as_ref().and_then(|v| v.to_str().ok()),
+                upstream: r.upstream.as_ref().map(Authority::as_str),
+                upstream_time: r.upstream_time,
+                decisions: r.decisions.iter().map(|d| d.to_string().into()).collect(),
+                error: r.error.as_deref(),
+                bytes_out: self.bytes_out,
+                aborted,
+            });
+        }
+    }
+
+    fn log(&self, p: &Pending, aborted: bool) {
         let r = &p.record;
         let tls = p.conn.tls.as_ref();
         tracing::info!(

@@ -59,6 +59,8 @@ const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 
 /// How often the dashboard's series are sampled.
 const SAMPLE_INTERVAL: Duration = Duration::from_secs(5);
+/// How long a stopping gateway waits for its last spans to be exported.
+const SPAN_FLUSH: Duration = Duration::from_secs(3);
 
 /// Entry point: configure, then [`GatewayBuilder::start`].
 #[derive(Debug)]
@@ -124,11 +126,16 @@ impl GatewayBuilder {
         ));
         let (alerts, alert_rx) = alerts::queue(limits.alert_queue);
         let sources = Arc::new(std::sync::OnceLock::new());
+        let spans = match &config.tracing.otlp {
+            Some(otlp) => Some(trace::otlp::SpanExport::start(otlp).map_err(anyhow::Error::msg)?),
+            None => None,
+        };
         let services = Arc::new(HostServices {
             store: store.clone(),
             alerts: alerts.clone(),
             clock: self.clock,
             metrics: Arc::new(metrics::Metrics::new(sources.clone())),
+            spans,
         });
         let registry = tokio::task::spawn_blocking(move || {
             Registry::start(config, config_path, engine, services)
@@ -383,5 +390,8 @@ impl GatewayHandle {
             let _ = task.await;
         }
         self.sink.abort();
+        if let Some(spans) = self.registry.spans() {
+            spans.shutdown(SPAN_FLUSH).await;
+        }
     }
 }

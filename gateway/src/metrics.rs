@@ -1009,6 +1009,30 @@ impl Collector for Live {
         let Some(registry) = sources.registry.upgrade() else {
             return Ok(());
         };
+        if let Some(spans) = registry.spans() {
+            let stats = spans.stats();
+            let spans: Vec<_> = [
+                ("exported", &stats.exported),
+                ("dropped", &stats.dropped),
+                ("failed", &stats.failed),
+            ]
+            .into_iter()
+            .map(|(result, count)| {
+                (
+                    vec![("result", result.to_owned())],
+                    count.load(std::sync::atomic::Ordering::Relaxed) as f64,
+                )
+            })
+            .collect();
+            encode_family(
+                &mut encoder,
+                "otlp_spans",
+                "Spans by what became of them: exported (accepted by the collector), dropped with the export queue full, or failed (refused, or the collector unreachable)",
+                None,
+                MetricType::Counter,
+                &spans,
+            )?;
+        }
         let generation = registry.current();
         let mut instances = Vec::new();
         let mut servers = Vec::new();

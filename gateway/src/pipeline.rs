@@ -64,23 +64,27 @@ pub async fn handle(
 ) -> Response<ProxyBody> {
     let started = Instant::now();
     let generation = registry.current();
-    // Copied only when there is an access log to write.
-    let access = generation
-        .config
-        .log
-        .access_log
-        .then(|| (request.method().clone(), request.uri().path().to_owned()));
-    let mut record = Record::new(access.is_some());
     let method = metrics::method_label(request.method());
     let trusted = generation
         .trusted_proxies
         .iter()
         .any(|net| net.contains(&conn.peer.ip()));
     let request_id = trace::request_id(request.headers_mut(), trusted);
+    let tracing = &generation.config.tracing;
     let context = TraceContext::propagate(
         request.headers_mut(),
-        generation.config.tracing.start_traces,
+        tracing.start_traces,
+        tracing.sample_ratio(),
     );
+    let log = generation.config.log.access_log;
+    let span = registry
+        .spans()
+        .filter(|_| context.is_some_and(|c| c.sampled()))
+        .cloned();
+    // Copied only when there is an access-log line or a span to write.
+    let head = (log || span.is_some())
+        .then(|| (request.method().clone(), request.uri().path().to_owned()));
+    let mut record = Record::new(head.is_some());
     record.trace(&request_id, context);
     let mut response = match proxy(&generation, request, conn, &mut record).await {
         Ok(response) => response,
@@ -103,7 +107,7 @@ pub async fn handle(
         record.upstream_time,
         record.consumer_name(),
     );
-    match access {
+    match head {
         Some((method, path)) => access_log::logged(
             response,
             Pending {
@@ -112,6 +116,8 @@ pub async fn handle(
                 path,
                 conn: conn.clone(),
                 started,
+                log,
+                span,
             },
         ),
         None => response,

@@ -34,6 +34,7 @@ pub fn engine(
         alerts,
         clock,
         metrics: Default::default(),
+        spans: None,
     };
     (Arc::new(engine), Arc::new(services))
 }

@@ -18,29 +18,12 @@ use serde::Deserialize;
 mod admin;
 mod alerts;
 mod listener;
+mod traces;
 mod upstream;
 
 pub use admin::AdminConfig;
+pub use traces::{OtlpConfig, TracingConfig};
 
-/// W3C trace context (`traceparent`, `tracestate`).
-///
-/// ```toml
-/// [tracing]
-/// start_traces = true   # give requests without a traceparent a new trace
-/// ```
-///
-/// A request that comes with a valid `traceparent` always continues its
-/// trace, with a new span id for this hop.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TracingConfig {
-    /// Start a trace (a new `traceparent`, sent upstream, its id in the
-    /// access log) for requests that come without one. Off by default:
-    /// the gateway records no spans of its own yet, and `X-Request-Id`
-    /// already ties a request's log lines together.
-    #[serde(default)]
-    pub start_traces: bool,
-}
 pub use alerts::{AlertsConfig, Severity, WebhookConfig};
 pub use listener::{
     CertificateConfig, ClientAuthConfig, ClientAuthMode, Http1Config, Http2Config, ListenerConfig,
@@ -624,6 +607,9 @@ impl Config {
         if let Some(admin) = self.admin.as_mut() {
             admin.resolve_paths(&resolve);
         }
+        if let Some(otlp) = self.tracing.otlp.as_mut() {
+            otlp.resolve_paths(&resolve);
+        }
         for tls in self.upstreams.values_mut().filter_map(|u| u.tls.as_mut()) {
             for path in [&mut tls.ca, &mut tls.cert, &mut tls.key]
                 .into_iter()
@@ -686,6 +672,7 @@ impl Config {
         let mut problems = Vec::new();
         listener::validate(&self.listeners, &mut problems);
         admin::validate(self.admin.as_ref(), &mut problems);
+        traces::validate(&self.tracing, &mut problems);
         let mut bad = |key: String, message: String| problems.push(Problem { key, message });
         if let Some(workers) = self.workers
             && !(1..=1024).contains(&workers)

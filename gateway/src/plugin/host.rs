@@ -27,6 +27,8 @@ pub struct HostServices {
     /// The gateway's metrics (the registry resolves each generation's
     /// handles from them).
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Where sampled requests' spans go (`[tracing.otlp]`), if anywhere.
+    pub spans: Option<Arc<crate::trace::otlp::SpanExport>>,
 }
 
 impl std::fmt::Debug for HostServices {

@@ -502,6 +502,11 @@ impl Registry {
         infos
     }
 
+    /// Where sampled requests' spans go, if anywhere.
+    pub fn spans(&self) -> Option<&Arc<crate::trace::otlp::SpanExport>> {
+        self.services.spans.as_ref()
+    }
+
     /// The metrics this registry's generations count into.
     pub fn metrics(&self) -> &Arc<crate::metrics::Metrics> {
         &self.services.metrics
@@ -891,6 +896,10 @@ fn keep_static_settings(old: &Config, new: &mut Config) -> Result<(), String> {
             "admin.token: the admin listener stays on {} (not loopback) until a restart, and must keep a bearer token",
             admin.address
         ));
+    }
+    if new.tracing.otlp != old.tracing.otlp {
+        tracing::warn!("config reload: `[tracing.otlp]` changes only with a restart");
+        new.tracing.otlp = old.tracing.otlp.clone();
     }
     if new.log != old.log {
         tracing::warn!("config reload: `[log]` changes only with a restart");

@@ -16,6 +16,8 @@
 //!   without it, such a request passes through untouched (the gateway
 //!   then forwards trace headers and takes no part in the trace).
 
+pub mod otlp;
+
 use http::HeaderMap;
 use http::header::{HeaderName, HeaderValue};
 
@@ -125,10 +127,11 @@ pub struct TraceContext {
 }
 
 impl TraceContext {
-    /// Continues the trace of `headers`, or starts one when `start`, and
-    /// writes this hop's `traceparent` into them. `None`: no trace (no
-    /// valid `traceparent` came, and `start` is off).
-    pub fn propagate(headers: &mut HeaderMap, start: bool) -> Option<Self> {
+    /// Continues the trace of `headers`, or starts one when `start`
+    /// (sampled with probability `sample_ratio`), and writes this hop's
+    /// `traceparent` into them. `None`: no trace (no valid `traceparent`
+    /// came, and `start` is off).
+    pub fn propagate(headers: &mut HeaderMap, start: bool, sample_ratio: f64) -> Option<Self> {
         // One lookup for reading and then writing `traceparent`.
         let entry = headers.entry(TRACEPARENT);
         let parsed = match &entry {
@@ -159,7 +162,7 @@ impl TraceContext {
                 trace_id: new_trace_id(),
                 parent_id: None,
                 span_id: new_span_id(),
-                flags: 0,
+                flags: u8::from(sample_ratio > 0.0 && fastrand::f64() < sample_ratio),
             },
             None => {
                 // An invalid (or repeated) parent: it is not passed on,
@@ -184,6 +187,11 @@ impl TraceContext {
             headers.remove(&TRACESTATE);
         }
         Some(context)
+    }
+
+    /// Whether the trace is sampled (flag `01`): its spans are recorded.
+    pub fn sampled(&self) -> bool {
+        self.flags & 1 == 1
     }
 
     /// This hop's `traceparent`: `00-<trace id>-<span id>-<flags>`.
@@ -336,7 +344,7 @@ mod tests {
             HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
         );
         headers.insert(TRACESTATE, HeaderValue::from_static("congo=t61rcWkgMzE"));
-        let context = TraceContext::propagate(&mut headers, false).expect("continued");
+        let context = TraceContext::propagate(&mut headers, false, 0.0).expect("continued");
         assert_eq!(context.trace_id_hex(), "4bf92f3577b34da6a3ce929d0e0e4736");
         assert_eq!(
             context.parent_id,
@@ -354,13 +362,20 @@ mod tests {
     fn without_a_traceparent_nothing_changes_unless_traces_start_here() {
         let mut headers = HeaderMap::new();
         headers.insert(TRACESTATE, HeaderValue::from_static("congo=t61rcWkgMzE"));
-        assert_eq!(TraceContext::propagate(&mut headers, false), None);
+        assert_eq!(TraceContext::propagate(&mut headers, false, 0.0), None);
         assert_eq!(headers[TRACESTATE], "congo=t61rcWkgMzE");
         assert!(headers.get(TRACEPARENT).is_none());
-        let context = TraceContext::propagate(&mut headers, true).expect("started");
+        let context = TraceContext::propagate(&mut headers, true, 0.0).expect("started");
         assert_eq!(context.parent_id, None);
         assert!(headers.get(TRACESTATE).is_none(), "an orphan is dropped");
         assert!(headers.get(TRACEPARENT).is_some());
+        // Started traces are sampled at the ratio asked: all, or none.
+        for _ in 0..20 {
+            let all = TraceContext::propagate(&mut HeaderMap::new(), true, 1.0).expect("started");
+            assert!(all.sampled() && all.traceparent().as_bytes().ends_with(b"-01"));
+            let none = TraceContext::propagate(&mut HeaderMap::new(), true, 0.0).expect("started");
+            assert!(!none.sampled() && none.traceparent().as_bytes().ends_with(b"-00"));
+        }
     }
 
     #[test]
@@ -379,9 +394,13 @@ mod tests {
             headers.insert(TRACESTATE, HeaderValue::from_static("congo=t61rcWkgMzE"));
             // Not asked to start one: no trace, and nothing invalid passed on.
             let mut kept = headers.clone();
-            assert_eq!(TraceContext::propagate(&mut kept, false), None, "{bad}");
+            assert_eq!(
+                TraceContext::propagate(&mut kept, false, 0.0),
+                None,
+                "{bad}"
+            );
             assert!(kept.get(TRACEPARENT).is_none() && kept.get(TRACESTATE).is_none());
-            let context = TraceContext::propagate(&mut headers, true).expect("started");
+            let context = TraceContext::propagate(&mut headers, true, 0.0).expect("started");
             assert_eq!(context.parent_id, None, "{bad}");
             assert_ne!(context.trace_id_hex(), "4bf92f3577b34da6a3ce929d0e0e4736");
             assert!(headers.get(TRACESTATE).is_none(), "{bad}");
