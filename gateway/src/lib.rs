@@ -142,16 +142,36 @@ impl GatewayBuilder {
         })
         .await
         .context("plugin loading task failed")??;
+        // The admin listener's certificate is checked here, so that
+        // `portcullis check` refuses what `run` would.
+        let admin_tls = match registry
+            .current()
+            .config
+            .admin
+            .as_ref()
+            .and_then(|a| a.tls.as_ref())
+        {
+            Some(tls) => Some(
+                ListenerTls::load_named("admin.tls", tls, None, std::time::SystemTime::now())
+                    .map_err(|ps| anyhow::anyhow!("{}", ps.join("\n")))?,
+            ),
+            None => None,
+        };
         let _ = sources.set(metrics::Sources {
             registry: Arc::downgrade(&registry),
             store: store.clone(),
             alerts: alerts.clone(),
+            admin_certificates: admin_tls
+                .as_ref()
+                .map(|tls| tls.certificates.clone())
+                .unwrap_or_default(),
         });
         Ok(Loaded {
             registry,
             store,
             alerts,
             alert_rx,
+            admin_tls,
         })
     }
 
@@ -165,6 +185,7 @@ impl GatewayBuilder {
             store,
             alerts,
             alert_rx,
+            admin_tls,
         } = self.load().await?;
         let config = registry.current().config.clone();
         let listeners_config = config.listeners.clone();
@@ -180,18 +201,7 @@ impl GatewayBuilder {
         let admin_listener = match &config.admin {
             None => None,
             Some(admin) => {
-                let tls = match &admin.tls {
-                    None => None,
-                    Some(tls) => Some(
-                        ListenerTls::load_named(
-                            "admin.tls",
-                            tls,
-                            None,
-                            std::time::SystemTime::now(),
-                        )
-                        .map_err(|ps| anyhow::anyhow!("{}", ps.join("\n")))?,
-                    ),
-                };
+                let tls = admin_tls;
                 let bound = TcpListener::bind(admin.address).await.with_context(|| {
                     format!("cannot listen on {} (admin.address)", admin.address)
                 })?;
@@ -280,6 +290,8 @@ struct Loaded {
     store: Arc<dyn StoreBackend>,
     alerts: AlertSender,
     alert_rx: alerts::AlertReceiver,
+    /// The admin listener's TLS, loaded and checked.
+    admin_tls: Option<Arc<ListenerTls>>,
 }
 
 async fn sweep(store: Arc<dyn StoreBackend>, mut shutdown: watch::Receiver<bool>) {

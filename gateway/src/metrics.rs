@@ -419,6 +419,8 @@ pub struct Sources {
     pub store: Arc<dyn StoreBackend>,
     /// The alert queue, for its counters.
     pub alerts: AlertSender,
+    /// The admin listener's certificates (loaded at start only).
+    pub admin_certificates: Vec<crate::server::tls::CertificateInfo>,
 }
 
 /// Every metric of one gateway.
@@ -442,6 +444,8 @@ pub struct Metrics {
     routes: Arc<dashmap::DashMap<Arc<str>, Arc<RouteCounts>>>,
     no_route: RouteMetrics,
     started: SystemTime,
+    /// What scrape-time values are read from.
+    sources: Arc<OnceLock<Sources>>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -578,7 +582,7 @@ impl Metrics {
         );
         let routes: Arc<dashmap::DashMap<Arc<str>, Arc<RouteCounts>>> = Arc::default();
         p.register_collector(Box::new(Live {
-            sources,
+            sources: sources.clone(),
             routes: routes.clone(),
         }));
         let no_route_label = RouteLabel {
@@ -612,6 +616,7 @@ impl Metrics {
             routes,
             no_route,
             started,
+            sources,
         }
     }
 
@@ -657,6 +662,13 @@ impl Metrics {
             decisions: self.decisions.clone(),
             failures: self.failures.clone(),
         }
+    }
+
+    /// The admin listener's certificates, once the gateway is loaded.
+    pub fn admin_certificates(&self) -> &[crate::server::tls::CertificateInfo] {
+        self.sources
+            .get()
+            .map_or(&[], |sources| sources.admin_certificates.as_slice())
     }
 
     /// The handles of requests that matched no route.
@@ -1087,15 +1099,22 @@ impl Collector for Live {
             .zip(&generation.config.listeners);
         for (listener, config) in listeners {
             for cert in listener.tls.iter().flat_map(|t| &t.certificates) {
-                let name = cert
-                    .names
-                    .first()
-                    .cloned()
-                    .unwrap_or_else(|| cert.file.clone());
                 certificates.push((
                     vec![
-                        ("name", name),
+                        ("name", cert.display_name()),
                         ("listener", config.address.to_string()),
+                        ("file", cert.file.clone()),
+                    ],
+                    unix_seconds(cert.not_after),
+                ));
+            }
+        }
+        if let Some(admin) = &generation.config.admin {
+            for cert in &sources.admin_certificates {
+                certificates.push((
+                    vec![
+                        ("name", cert.display_name()),
+                        ("listener", format!("admin {}", admin.address)),
                         ("file", cert.file.clone()),
                     ],
                     unix_seconds(cert.not_after),
@@ -1105,7 +1124,7 @@ impl Collector for Live {
         encode_family(
             &mut encoder,
             "tls_certificate_not_after",
-            "When each listener certificate expires, seconds since the Unix epoch, by its first DNS name, listener and file",
+            "When each listener certificate expires, seconds since the Unix epoch, by its first DNS name, listener (the admin listener's as `admin <address>`) and file",
             Some(&Unit::Seconds),
             MetricType::Gauge,
             &certificates,

@@ -876,6 +876,47 @@ async fn off_loopback_the_admin_listener_needs_tls_and_a_token() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_listeners_certificate_is_in_the_expiry_metric() {
+    use portcullis_tests::tls::{self, TestCa};
+    let echo = Echo::start_local().await.expect("echo");
+    let ca = TestCa::new();
+    let config = format!(
+        "{}\n[admin]\naddress = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\"\n\
+         [[admin.tls.certificates]]\ncert = \"admin.pem\"\nkey = \"admin.key\"\n{}",
+        base_config(echo.addr),
+        route("open", "/open", &[])
+    );
+    let dir = TestGateway::prepare(&config, &[]).expect("prepared");
+    ca.issue(&["admin.test"], -1, 30)
+        .write(dir.path(), "admin")
+        .expect("certificate written");
+    let gw = TestGateway::start_in(dir).await.expect("starts");
+    let admin = gw.handle.admin_addr().expect("admin");
+    let (_, reply) = tls::get_with(
+        admin,
+        "admin.test",
+        ca.client_config(&[b"http/1.1"]),
+        http::Request::get("https://admin.test/metrics")
+            .header("authorization", format!("Bearer {TOKEN}")),
+    )
+    .await
+    .expect("metrics over TLS");
+    assert_eq!(reply.status, StatusCode::OK);
+    let scrape = Scrape::parse(&String::from_utf8_lossy(&reply.body)).expect("parses");
+    let not_after = scrape.sum(
+        "portcullis_tls_certificate_not_after_seconds",
+        &[("name", "admin.test"), ("listener", "admin 127.0.0.1:0")],
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs_f64();
+    let days = (not_after - now) / 86_400.0;
+    assert!((29.0..=31.0).contains(&days), "{days} days left");
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_and_readiness_need_no_token() {
     let (gw, _echo, admin) = start().await;
     for path in ["/healthz", "/readyz"] {

@@ -225,18 +225,22 @@ impl Sampler {
             }
         }
         let now = SystemTime::now();
-        let mut certificates = Vec::new();
-        for listener in &generation.listeners {
-            for cert in listener.tls.iter().flat_map(|t| &t.certificates) {
+        let admin_certificates = registry.metrics().admin_certificates();
+        let certificates: Vec<Value> = generation
+            .listeners
+            .iter()
+            .flat_map(|l| l.tls.iter().flat_map(|t| &t.certificates))
+            .chain(admin_certificates)
+            .map(|cert| {
                 let left = cert.not_after.duration_since(now).unwrap_or_default();
-                certificates.push(json!({
-                    "name": cert.names.first().cloned().unwrap_or_else(|| cert.file.clone()),
+                json!({
+                    "name": cert.display_name(),
                     "file": cert.file,
                     "not_after": super::api::time(cert.not_after),
                     "days_left": left.as_secs() / 86_400,
-                }));
-            }
-        }
+                })
+            })
+            .collect();
         let series = self.lock();
         json!({
             "interval_seconds": self.interval.as_secs_f64(),

@@ -72,6 +72,16 @@ pub struct CertificateInfo {
     pub not_after: SystemTime,
 }
 
+impl CertificateInfo {
+    /// Its first DNS name, or its file without one.
+    pub fn display_name(&self) -> String {
+        self.names
+            .first()
+            .cloned()
+            .unwrap_or_else(|| self.file.clone())
+    }
+}
+
 /// The files of a listener, read once: what [`ListenerTls::load`] checks
 /// and what tells whether anything changed.
 struct Files {
