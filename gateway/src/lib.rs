@@ -30,6 +30,7 @@ pub mod plugin;
 pub mod registry;
 pub mod router;
 pub mod server;
+pub mod signing;
 pub mod state;
 pub mod ticker;
 pub mod trace;
@@ -369,6 +370,11 @@ impl GatewayHandle {
     /// The alert pipeline's counters: delivered, failed and dropped alerts.
     pub fn alert_counts(&self) -> alerts::AlertCounts {
         self.alerts.counts()
+    }
+
+    /// The last alerts the sinks took, oldest first.
+    pub fn recent_alerts(&self) -> Vec<alerts::Alert> {
+        self.alerts.recent()
     }
 
     /// Each alert sink's counters (`log`, `webhooks[<index>] <host>`).

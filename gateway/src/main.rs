@@ -40,6 +40,29 @@ enum Command {
         #[arg(short, long, value_name = "FILE", default_value = "portcullis.toml")]
         config: PathBuf,
     },
+    /// Make an Ed25519 key pair for signing plugin modules: `<OUT>.key`
+    /// (private, mode 0600; keep it in your CI's secrets) and `<OUT>.pub`
+    /// (list it in `[signatures] trusted_keys`). Prints the key id.
+    Keygen {
+        /// Where to write, without extension (`keys/release`).
+        #[arg(long, value_name = "PATH")]
+        out: PathBuf,
+    },
+    /// Sign a plugin module: writes `<MODULE>.sig` over the plugin's name,
+    /// the version stamped in it and its SHA-256. Copy both into the
+    /// plugin directory, in either order.
+    Sign {
+        /// The private key (`PRIVATE KEY` PEM, Ed25519, as `keygen` or
+        /// `openssl genpkey -algorithm ed25519` writes it).
+        #[arg(long, value_name = "FILE")]
+        key: PathBuf,
+        /// The plugin name it is signed for; by default the module's file
+        /// name (`key_auth.wasm`: `key_auth`).
+        #[arg(long)]
+        name: Option<String>,
+        /// The module.
+        module: PathBuf,
+    },
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -82,6 +105,20 @@ fn main() -> ExitCode {
     let (config_path, log_format, check_only) = match cli.command {
         Command::Run { config, log_format } => (config, log_format, false),
         Command::Check { config } => (config, None, true),
+        Command::Keygen { out } => {
+            let (private, public) = portcullis::signing::key_pair_paths(&out);
+            return done(
+                portcullis::signing::write_key_pair(&out)
+                    .map(|id| format!("{} and {}: key {id}", private.display(), public.display())),
+            );
+        }
+        Command::Sign { key, name, module } => {
+            return done(portcullis::signing::sign_module(
+                &key,
+                &module,
+                name.as_deref(),
+            ));
+        }
     };
     // A bad config exits here, before anything binds a port.
     let config = match Config::load(&config_path) {
@@ -114,6 +151,20 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Prints what a one-shot command did, or its error; its exit code.
+fn done(result: Result<String, String>) -> ExitCode {
+    match result {
+        Ok(what) => {
+            println!("{what}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
             ExitCode::FAILURE
         }
     }

@@ -188,3 +188,78 @@ fn sighup_reloads_the_config_and_sigterm_drains_requests_in_flight() {
     let status = child.wait().expect("exit");
     assert!(status.success(), "{status}");
 }
+
+#[test]
+fn keygen_and_sign_make_files_the_gateway_and_openssl_accept() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = dir.path().join("release");
+    let made = Command::new(BIN)
+        .args(["keygen", "--out"])
+        .arg(&out)
+        .output()
+        .expect("runs");
+    assert!(made.status.success(), "{made:?}");
+    let said = String::from_utf8_lossy(&made.stdout).to_string();
+    let key = portcullis::signing::SigningKey::load(&dir.path().join("release.key"))
+        .expect("a private key");
+    let public = portcullis::signing::TrustedKey::load(&dir.path().join("release.pub"))
+        .expect("a public key");
+    assert_eq!(key.id, public.id);
+    assert!(said.contains(&key.id), "{said}");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(dir.path().join("release.key"))
+            .expect("key file")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    // Never over an existing key.
+    let again = Command::new(BIN)
+        .args(["keygen", "--out"])
+        .arg(&out)
+        .output()
+        .expect("runs");
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("exists"));
+
+    // Any bytes will do as a module here: signing reads no more than its
+    // SHA-256 and stamp.
+    let module = dir.path().join("key_auth.wasm");
+    std::fs::write(&module, b"\0asm\x01\0\0\0").expect("module");
+    let signed = Command::new(BIN)
+        .args(["sign", "--key"])
+        .arg(dir.path().join("release.key"))
+        .arg(&module)
+        .output()
+        .expect("runs");
+    assert!(signed.status.success(), "{signed:?}");
+    let sha = portcullis::plugin::engine::content_hash(b"\0asm\x01\0\0\0");
+    assert_eq!(
+        portcullis::signing::verify(&module, "key_auth", "", &sha, std::slice::from_ref(&public)),
+        Ok(public.id.clone())
+    );
+    // A file name that is no plugin name needs --name.
+    let odd = dir.path().join("Odd.wasm");
+    std::fs::write(&odd, b"\0asm\x01\0\0\0").expect("module");
+    let refused = Command::new(BIN)
+        .args(["sign", "--key"])
+        .arg(dir.path().join("release.key"))
+        .arg(&odd)
+        .output()
+        .expect("runs");
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--name"));
+
+    // OpenSSL reads the private key and derives the same public key.
+    if let Ok(openssl) = Command::new("openssl")
+        .args(["pkey", "-pubout", "-in"])
+        .arg(dir.path().join("release.key"))
+        .output()
+        && openssl.status.success()
+    {
+        let derived = String::from_utf8_lossy(&openssl.stdout).to_string();
+        assert_eq!(derived, public.to_pem());
+    }
+}

@@ -26,6 +26,46 @@ pub use bindings::export;
 
 use bindings::portcullis::policy::types as wit;
 
+/// The custom section in which `#[policy]` stamps the plugin crate's name
+/// and version (`name=<crate>\nversion=<semver>\n`), which the gateway
+/// shows next to the module's SHA-256 and signatures cover.
+pub const STAMP_SECTION: &str = "portcullis-plugin";
+
+/// `text` as the fixed-size array a `#[link_section]` static needs.
+pub const fn stamp_bytes<const N: usize>(text: &str) -> [u8; N] {
+    let bytes = text.as_bytes();
+    let mut out = [0u8; N];
+    let mut i = 0;
+    while i < N && i < bytes.len() {
+        out[i] = bytes[i];
+        i += 1;
+    }
+    out
+}
+
+/// Emits the stamp of the crate it is expanded in (`#[policy]` does).
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __stamp {
+    () => {
+        const __PORTCULLIS_STAMP_TEXT: &str = concat!(
+            "name=",
+            env!("CARGO_PKG_NAME"),
+            "\nversion=",
+            env!("CARGO_PKG_VERSION"),
+            "\n"
+        );
+        // A custom section of the module: data, never code or memory.
+        #[allow(unsafe_code)]
+        #[used]
+        #[unsafe(link_section = "portcullis-plugin")]
+        static __PORTCULLIS_STAMP: [u8; __PORTCULLIS_STAMP_TEXT.len()] =
+            $crate::__private::stamp_bytes(__PORTCULLIS_STAMP_TEXT);
+    };
+}
+
+pub use crate::__stamp as stamp;
+
 /// `Policy::__HOOKS` bit: the impl defines `on_request`.
 pub const HOOK_ON_REQUEST: u8 = 1 << 0;
 /// `Policy::__HOOKS` bit: the impl defines `on_response`.

@@ -148,6 +148,8 @@ pub(super) fn plugins(registry: &Registry) -> Value {
             Some(c) => json!({
                 "name": m.name,
                 "sha256": m.sha256,
+                "version": m.version,
+                "signer": m.signer,
                 "size": c.size,
                 "state": "compiled",
                 "tier": match c.tier {
@@ -162,6 +164,8 @@ pub(super) fn plugins(registry: &Registry) -> Value {
             None => json!({
                 "name": m.name,
                 "sha256": m.sha256,
+                "version": m.version,
+                "signer": m.signer,
                 "size": null,
                 "state": "validated",
                 "tier": null,
@@ -186,7 +190,9 @@ pub(super) fn reload_event(event: &ReloadEvent) -> Value {
             json!((elapsed.as_secs_f64() * 1e4).round() / 10.0),
             Value::Null,
         ),
-        Outcome::Rejected { reason } => (Value::Null, Value::Null, json!(reason)),
+        Outcome::Rejected { reason } | Outcome::Waiting { reason } => {
+            (Value::Null, Value::Null, json!(reason))
+        }
         _ => (Value::Null, Value::Null, Value::Null),
     };
     json!({

@@ -18,10 +18,12 @@ use serde::Deserialize;
 mod admin;
 mod alerts;
 mod listener;
+mod signatures;
 mod traces;
 mod upstream;
 
 pub use admin::AdminConfig;
+pub use signatures::SignaturesConfig;
 pub use traces::{OtlpConfig, TracingConfig};
 
 pub use alerts::{AlertsConfig, Severity, WebhookConfig};
@@ -103,6 +105,9 @@ pub struct Config {
     /// W3C trace context.
     #[serde(default)]
     pub tracing: TracingConfig,
+    /// Signed plugin modules.
+    #[serde(default)]
+    pub signatures: SignaturesConfig,
     /// The directory of the config file, which relative paths start from
     /// (not a key).
     #[serde(skip)]
@@ -610,6 +615,7 @@ impl Config {
         if let Some(otlp) = self.tracing.otlp.as_mut() {
             otlp.resolve_paths(&resolve);
         }
+        self.signatures.resolve_paths(&resolve);
         for tls in self.upstreams.values_mut().filter_map(|u| u.tls.as_mut()) {
             for path in [&mut tls.ca, &mut tls.cert, &mut tls.key]
                 .into_iter()
@@ -623,7 +629,7 @@ impl Config {
     /// Reads every plugin's `files` into its `config`; returns a problem for
     /// each file that cannot be read.
     fn read_files(&mut self) -> Vec<Problem> {
-        let mut problems = Vec::new();
+        let mut problems = self.signatures.read_keys();
         if let Some(problem) = self.admin.as_mut().and_then(AdminConfig::read_token) {
             problems.push(problem);
         }
@@ -665,6 +671,7 @@ impl Config {
             .chain(self.listeners.iter().flat_map(ListenerConfig::files))
             .chain(self.admin.iter().flat_map(AdminConfig::files))
             .chain(self.upstreams.values().flat_map(UpstreamConfig::files))
+            .chain(self.signatures.trusted_keys.iter().map(PathBuf::as_path))
     }
 
     /// Checks everything the schema cannot; returns every problem found.
@@ -673,6 +680,7 @@ impl Config {
         listener::validate(&self.listeners, &mut problems);
         admin::validate(self.admin.as_ref(), &mut problems);
         traces::validate(&self.tracing, &mut problems);
+        signatures::validate(&self.signatures, &mut problems);
         let mut bad = |key: String, message: String| problems.push(Problem { key, message });
         if let Some(workers) = self.workers
             && !(1..=1024).contains(&workers)

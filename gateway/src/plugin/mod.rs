@@ -22,6 +22,7 @@ pub mod cache;
 pub mod engine;
 mod host;
 pub mod pool;
+pub mod stamp;
 pub mod view;
 
 pub use cache::ModuleCache;

@@ -27,6 +27,7 @@ use crate::plugin::{
 use crate::router::Router;
 use crate::server::ListenerRuntime;
 use crate::server::tls::ListenerTls;
+use crate::signing::SignatureError;
 use crate::upstream::{RouteOverrides, Upstream};
 
 /// One plugin in a route's chain, ready to run.
@@ -133,6 +134,7 @@ impl Outcome {
             Outcome::Unchanged => "unchanged",
             Outcome::Removed => "removed",
             Outcome::Validated => "validated",
+            Outcome::Waiting { .. } => "waiting",
             Outcome::Rejected { .. } => "rejected",
         }
     }
@@ -171,6 +173,17 @@ pub struct ModuleInfo {
     pub compiled: Option<Arc<CompiledPlugin>>,
     /// The routes that use it.
     pub routes: Vec<String>,
+    /// The version the SDK stamped in it, if it has a stamp.
+    pub version: Option<String>,
+    /// The id of the trusted key that signed it, if it is signed.
+    pub signer: Option<String>,
+}
+
+/// What a module's content says and who signed it.
+#[derive(Debug, Clone, Default)]
+struct ModuleMeta {
+    version: Option<String>,
+    signer: Option<String>,
 }
 
 /// How a reload ended.
@@ -190,6 +203,13 @@ pub enum Outcome {
     /// A module no route uses was checked (a valid component) and is
     /// compiled when a route uses it; no generation changed.
     Validated,
+    /// A new module waits for its signature (`[signatures] required`);
+    /// it is checked again when the signature comes, and refused if none
+    /// comes within `wait_ms`.
+    Waiting {
+        /// What it waits for, in words for the log.
+        reason: String,
+    },
     /// Refused; the current generation keeps serving.
     Rejected {
         /// Why, in words for the log.
@@ -214,6 +234,10 @@ struct Loaded {
     /// Compiling costs memory (megabytes of code and compiler state) that
     /// an unused module should not.
     validated: HashMap<String, String>,
+    /// Version and signer of each module loaded, by (name, SHA-256).
+    meta: HashMap<(String, String), ModuleMeta>,
+    /// New modules waiting for their signature: SHA-256 and until when.
+    waiting: HashMap<String, (String, Instant)>,
     next_id: u64,
 }
 
@@ -315,6 +339,14 @@ fn module_files(dir: &Path) -> std::io::Result<Vec<(String, PathBuf)>> {
     Ok(found)
 }
 
+/// The plugin whose signature `path` is, if it is one (`key_auth.wasm.sig`).
+pub fn signature_plugin_name(path: &Path) -> Option<String> {
+    if path.extension()? != "sig" {
+        return None;
+    }
+    plugin_name(&path.with_extension(""))
+}
+
 /// The plugin name of a module path, if it is one (`key_auth.wasm`).
 pub fn plugin_name(path: &Path) -> Option<String> {
     if path.extension()? != "wasm" {
@@ -345,13 +377,15 @@ impl Registry {
         let used = used_plugins(&config);
         let mut modules = HashMap::new();
         let mut validated = HashMap::new();
+        let mut meta = HashMap::new();
         let mut to_optimize = Vec::new();
         let mut problems = Vec::new();
         for (name, path) in files {
             if !used.contains(&name) {
-                match validate_module(&engine, &path) {
-                    Ok(hash) => {
+                match validate_module(&engine, &config, &name, &path) {
+                    Ok((hash, module_meta)) => {
                         log_validated(&name, &hash);
+                        meta.insert((name.clone(), hash.clone()), module_meta);
                         validated.insert(name, hash);
                     }
                     Err(reason) => {
@@ -360,12 +394,13 @@ impl Registry {
                 }
                 continue;
             }
-            match load_module(&engine, &name, &path, cache.as_ref(), tiering) {
-                Ok((module, optimize)) => {
-                    log_module(&module, "loaded");
+            match load_module(&engine, &config, &name, &path, cache.as_ref(), tiering) {
+                Ok((module, optimize, module_meta)) => {
+                    log_module(&module, "loaded", &module_meta);
                     if let Some(bytes) = optimize {
                         to_optimize.push((name.clone(), bytes));
                     }
+                    meta.insert((name.clone(), module.hash.clone()), module_meta);
                     modules.insert(name, Arc::new(module));
                 }
                 Err(reason) => problems.push(format!("plugin `{name}`: {reason}")),
@@ -392,6 +427,8 @@ impl Registry {
                 config,
                 modules,
                 validated,
+                meta,
+                waiting: HashMap::new(),
                 next_id: 2,
             }),
             engine,
@@ -482,20 +519,37 @@ impl Registry {
                 .map(|r| r.name.clone())
                 .collect()
         };
+        let meta = |name: &str, hash: &str| {
+            loaded
+                .meta
+                .get(&(name.to_owned(), hash.to_owned()))
+                .cloned()
+                .unwrap_or_default()
+        };
         let mut infos: Vec<ModuleInfo> = loaded
             .modules
             .iter()
-            .map(|(name, module)| ModuleInfo {
-                name: name.clone(),
-                sha256: module.hash.clone(),
-                compiled: Some(module.clone()),
-                routes: users(name),
+            .map(|(name, module)| {
+                let ModuleMeta { version, signer } = meta(name, &module.hash);
+                ModuleInfo {
+                    name: name.clone(),
+                    sha256: module.hash.clone(),
+                    compiled: Some(module.clone()),
+                    routes: users(name),
+                    version,
+                    signer,
+                }
             })
-            .chain(loaded.validated.iter().map(|(name, hash)| ModuleInfo {
-                name: name.clone(),
-                sha256: hash.clone(),
-                compiled: None,
-                routes: Vec::new(),
+            .chain(loaded.validated.iter().map(|(name, hash)| {
+                let ModuleMeta { version, signer } = meta(name, hash);
+                ModuleInfo {
+                    name: name.clone(),
+                    sha256: hash.clone(),
+                    compiled: None,
+                    routes: Vec::new(),
+                    version,
+                    signer,
+                }
             }))
             .collect();
         infos.sort_by(|a, b| a.name.cmp(&b.name));
@@ -549,6 +603,7 @@ impl Registry {
             Outcome::Validated => {
                 tracing::info!("{what}: valid; no route uses it, so it is compiled when one does")
             }
+            Outcome::Waiting { reason } => tracing::warn!("{what}: {reason}"),
             Outcome::Rejected { reason } => tracing::error!(
                 generation = self.current.load().id,
                 "{what} rejected, the current generation keeps serving: {reason}"
@@ -675,13 +730,19 @@ impl Registry {
         let trigger = Trigger::Optimized(name.to_owned());
         let event = self.rebuild(&mut loaded, config, modules, started, trigger);
         if matches!(event.outcome, Outcome::Applied { .. }) {
-            log_module(&module, "optimized build loaded");
+            let meta = loaded
+                .meta
+                .get(&(name.to_owned(), module.hash.clone()))
+                .cloned()
+                .unwrap_or_default();
+            log_module(&module, "optimized build loaded", &meta);
         }
         Some(event)
     }
 
-    /// Reacts to a change of `<name>.wasm` in the plugin directory: loads
-    /// the new content, or handles its removal. Blocking (compiles).
+    /// Reacts to a change of `<name>.wasm` (or of its signature,
+    /// `<name>.wasm.sig`) in the plugin directory: loads the new content,
+    /// or handles its removal. Blocking (compiles).
     pub fn reload_plugin(&self, name: &str) -> ReloadEvent {
         let started = Instant::now();
         let trigger = Trigger::Plugin(name.to_owned());
@@ -691,6 +752,7 @@ impl Registry {
         let bytes = match std::fs::read(&path) {
             Ok(bytes) => bytes,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                loaded.waiting.remove(name);
                 return self.remove_plugin(&mut loaded, name, trigger);
             }
             Err(e) => return self.reject(trigger, format!("cannot read {}: {e}", path.display())),
@@ -699,16 +761,41 @@ impl Registry {
         if loaded.modules.get(name).is_some_and(|m| m.hash == hash)
             || loaded.validated.get(name).is_some_and(|h| *h == hash)
         {
+            loaded.waiting.remove(name);
             return self.emit(ReloadEvent {
                 trigger,
                 outcome: Outcome::Unchanged,
             });
         }
+        let attempted = vec![ModuleChange {
+            name: name.to_owned(),
+            previous: loaded
+                .modules
+                .get(name)
+                .map(|m| m.hash.clone())
+                .or_else(|| loaded.validated.get(name).cloned()),
+            sha256: Some(hash.clone()),
+        }];
+        // The signature is checked before anything else reads the module.
+        let meta = match module_meta(&config, name, &path, &bytes, &hash) {
+            Ok(meta) => {
+                loaded.waiting.remove(name);
+                meta
+            }
+            Err(e) if e.may_still_come() && config.signatures.wait_ms > 0 => {
+                return self.wait_for_signature(&mut loaded, name, &hash, &e, attempted);
+            }
+            Err(e) => {
+                loaded.waiting.remove(name);
+                return self.refuse_module(trigger, name, &hash, e.to_string(), attempted);
+            }
+        };
         if !used_plugins(&config).iter().any(|u| u == name) {
             // No route uses it: checked, not compiled.
             return match self.engine.validate(&bytes) {
                 Ok(()) => {
                     loaded.modules.remove(name);
+                    loaded.meta.insert((name.to_owned(), hash.clone()), meta);
                     loaded.validated.insert(name.to_owned(), hash);
                     self.emit(ReloadEvent {
                         trigger,
@@ -718,11 +805,6 @@ impl Registry {
                 Err(e) => self.reject(trigger, e.to_string()),
             };
         }
-        let attempted = vec![ModuleChange {
-            name: name.to_owned(),
-            previous: loaded.modules.get(name).map(|m| m.hash.clone()),
-            sha256: Some(hash.clone()),
-        }];
         let (module, optimize) = match tiered_compile(
             &self.engine,
             name,
@@ -740,14 +822,106 @@ impl Registry {
         };
         let mut modules = loaded.modules.clone();
         modules.insert(name.to_owned(), module.clone());
+        loaded
+            .meta
+            .insert((name.to_owned(), module.hash.clone()), meta.clone());
         let event = self.rebuild(&mut loaded, config, modules, started, trigger);
         if matches!(event.outcome, Outcome::Applied { .. }) {
-            log_module(&module, "loaded");
+            log_module(&module, "loaded", &meta);
             if let Some(bytes) = optimize {
                 self.optimize(name.to_owned(), bytes);
             }
         }
         event
+    }
+
+    /// Module `name` (SHA-256 `hash`) has no signature of its own yet
+    /// (`why`): it waits for one, up to `[signatures] wait_ms` from when
+    /// it was first seen, and is checked again then; past that it is
+    /// refused.
+    fn wait_for_signature(
+        &self,
+        loaded: &mut Loaded,
+        name: &str,
+        hash: &str,
+        why: &SignatureError,
+        attempted: Vec<ModuleChange>,
+    ) -> ReloadEvent {
+        let trigger = Trigger::Plugin(name.to_owned());
+        let wait = Duration::from_millis(loaded.config.signatures.wait_ms);
+        let now = Instant::now();
+        let deadline = match loaded.waiting.get(name) {
+            Some((waiting, deadline)) if waiting == hash => *deadline,
+            _ => {
+                let deadline = now + wait;
+                loaded
+                    .waiting
+                    .insert(name.to_owned(), (hash.to_owned(), deadline));
+                self.check_again_at(name, deadline);
+                deadline
+            }
+        };
+        if now >= deadline {
+            loaded.waiting.remove(name);
+            let reason = format!(
+                "{why}, and its own signature did not come within {} ms (signatures.wait_ms)",
+                wait.as_millis()
+            );
+            return self.refuse_module(trigger, name, hash, reason, attempted);
+        }
+        self.emit(ReloadEvent {
+            trigger,
+            outcome: Outcome::Waiting {
+                reason: format!(
+                    "{why}; waiting up to {} ms for its signature, the loaded version keeps serving",
+                    deadline.saturating_duration_since(now).as_millis()
+                ),
+            },
+        })
+    }
+
+    /// Runs [`reload_plugin`](Self::reload_plugin) for `name` at `when`.
+    fn check_again_at(&self, name: &str, when: Instant) {
+        let me = self.me.clone();
+        let name = name.to_owned();
+        self.runtime.spawn(async move {
+            tokio::time::sleep_until(when.into()).await;
+            if let Some(registry) = me.upgrade() {
+                let _ = tokio::task::spawn_blocking(move || registry.reload_plugin(&name)).await;
+            }
+        });
+    }
+
+    /// Refuses module `name` (SHA-256 `hash`) for a signature that does
+    /// not hold: the reload is rejected (logged, counted, in the history)
+    /// and a critical alert raised.
+    fn refuse_module(
+        &self,
+        trigger: Trigger,
+        name: &str,
+        hash: &str,
+        reason: String,
+        attempted: Vec<ModuleChange>,
+    ) -> ReloadEvent {
+        self.services.alerts.send(crate::alerts::Alert {
+            time_ms: self.services.clock.now_ms(),
+            severity: crate::config::Severity::Critical,
+            kind: "module-refused".into(),
+            message: format!("module {name}.wasm refused: {reason}"),
+            plugin: name.to_owned(),
+            route: String::new(),
+            labels: vec![
+                ("sha256".into(), hash.to_owned()),
+                ("reason".into(), reason.clone()),
+            ],
+        });
+        self.emit_changes(
+            ReloadEvent {
+                trigger,
+                outcome: Outcome::Rejected { reason },
+            },
+            attempted,
+        )
     }
 
     fn remove_plugin(&self, loaded: &mut Loaded, name: &str, trigger: Trigger) -> ReloadEvent {
@@ -805,17 +979,34 @@ impl Registry {
         // files that failed before) are loaded now.
         let mut modules = loaded.modules.clone();
         let mut to_optimize = Vec::new();
+        let mut metas = Vec::new();
         for name in used_plugins(&config) {
-            if modules.contains_key(&name) {
+            let path = config.plugins.directory.join(format!("{name}.wasm"));
+            if let Some(module) = modules.get(&name) {
+                // Loaded already: under new `[signatures]` it must still
+                // be signed by a key the new config trusts.
+                let key = (name.clone(), module.hash.clone());
+                let meta = loaded.meta.get(&key).cloned().unwrap_or_default();
+                match recheck_signature(&config, &name, &path, &module.hash, meta) {
+                    Ok(meta) => metas.push((key, meta)),
+                    Err(e) => return self.reject(trigger, format!("plugin `{name}`: {e}")),
+                }
                 continue;
             }
-            let path = config.plugins.directory.join(format!("{name}.wasm"));
             let tiering = tiering(&config, &self.engine);
-            match load_module(&self.engine, &name, &path, self.cache.as_ref(), tiering) {
-                Ok((m, optimize)) => {
+            match load_module(
+                &self.engine,
+                &config,
+                &name,
+                &path,
+                self.cache.as_ref(),
+                tiering,
+            ) {
+                Ok((m, optimize, meta)) => {
                     if let Some(bytes) = optimize {
                         to_optimize.push((name.clone(), bytes));
                     }
+                    metas.push(((name.clone(), m.hash.clone()), meta));
                     modules.insert(name, Arc::new(m));
                 }
                 Err(reason) => {
@@ -823,6 +1014,7 @@ impl Registry {
                 }
             }
         }
+        loaded.meta.extend(metas);
         let event = self.rebuild(&mut loaded, Arc::new(config), modules, started, trigger);
         if matches!(event.outcome, Outcome::Applied { .. }) {
             for (name, bytes) in to_optimize {
@@ -962,21 +1154,94 @@ fn tiering(config: &Config, engine: &PluginEngine) -> bool {
     config.plugins.baseline_compiler && engine.has_baseline()
 }
 
-/// Reads and compiles the module at `path` (see [`tiered_compile`]).
+/// Reads the module at `path`, checks its signature as `config` says, and
+/// compiles it (see [`tiered_compile`]).
 fn load_module(
     engine: &PluginEngine,
+    config: &Config,
     name: &str,
     path: &Path,
     cache: Option<&Arc<ModuleCache>>,
     tiering: bool,
-) -> Result<(CompiledPlugin, Option<Vec<u8>>), String> {
+) -> Result<(CompiledPlugin, Option<Vec<u8>>, ModuleMeta), String> {
     let bytes = std::fs::read(path).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => {
             format!("no module {} in the plugin directory", path.display())
         }
         _ => format!("cannot read {}: {e}", path.display()),
     })?;
-    tiered_compile(engine, name, bytes, cache, tiering).map_err(|e| e.to_string())
+    let hash = crate::plugin::engine::content_hash(&bytes);
+    let meta = module_meta(config, name, path, &bytes, &hash).map_err(|e| e.to_string())?;
+    let (module, optimize) =
+        tiered_compile(engine, name, bytes, cache, tiering).map_err(|e| e.to_string())?;
+    Ok((module, optimize, meta))
+}
+
+/// Whether loaded module `name` (SHA-256 `hash`, `meta` as it was checked)
+/// passes `config`'s `[signatures]`: its signer is still trusted, or its
+/// signature file, read again, holds. Its meta, with the signer now.
+fn recheck_signature(
+    config: &Config,
+    name: &str,
+    path: &Path,
+    hash: &str,
+    meta: ModuleMeta,
+) -> Result<ModuleMeta, SignatureError> {
+    let signatures = &config.signatures;
+    let trusted = |id: &String| signatures.keys.iter().any(|k| k.id == *id);
+    if meta.signer.as_ref().is_some_and(trusted) {
+        return Ok(meta);
+    }
+    let checked = crate::signing::verify(
+        path,
+        name,
+        meta.version.as_deref().unwrap_or(""),
+        hash,
+        &signatures.keys,
+    );
+    match checked {
+        Ok(key_id) => Ok(ModuleMeta {
+            signer: Some(key_id),
+            ..meta
+        }),
+        Err(e) if signatures.required => Err(e),
+        Err(_) => Ok(ModuleMeta {
+            signer: None,
+            ..meta
+        }),
+    }
+}
+
+/// The version stamped in module `name` (at `path`, content `bytes` of
+/// SHA-256 `hash`) and who signed it. With `[signatures] required`, a
+/// module without a valid signature from a trusted key is an error;
+/// without, a signature that does not hold is ignored (logged).
+fn module_meta(
+    config: &Config,
+    name: &str,
+    path: &Path,
+    bytes: &[u8],
+    hash: &str,
+) -> Result<ModuleMeta, SignatureError> {
+    let version = crate::plugin::stamp::read(bytes).map(|s| s.version);
+    let signatures = &config.signatures;
+    let checked = crate::signing::verify(
+        path,
+        name,
+        version.as_deref().unwrap_or(""),
+        hash,
+        &signatures.keys,
+    );
+    let signer = match checked {
+        Ok(key_id) => Some(key_id),
+        Err(e) if signatures.required => return Err(e),
+        Err(e) if e.is_missing() => None,
+        Err(e) => {
+            tracing::warn!(plugin = %name, "signature ignored (signatures are not required): {e}");
+            None
+        }
+    };
+    Ok(ModuleMeta { version, signer })
 }
 
 /// A module ready to serve: its optimized build from the cache if there is
@@ -1002,12 +1267,19 @@ fn tiered_compile(
         .map(|module| (module, None))
 }
 
-/// Reads and validates the module at `path` without compiling it; its
-/// SHA-256.
-fn validate_module(engine: &PluginEngine, path: &Path) -> Result<String, String> {
+/// Reads and validates the module at `path` without compiling it (its
+/// signature first, as `config` says); its SHA-256, version and signer.
+fn validate_module(
+    engine: &PluginEngine,
+    config: &Config,
+    name: &str,
+    path: &Path,
+) -> Result<(String, ModuleMeta), String> {
     let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let hash = crate::plugin::engine::content_hash(&bytes);
+    let meta = module_meta(config, name, path, &bytes, &hash).map_err(|e| e.to_string())?;
     engine.validate(&bytes).map_err(|e| e.to_string())?;
-    Ok(crate::plugin::engine::content_hash(&bytes))
+    Ok((hash, meta))
 }
 
 fn log_validated(name: &str, hash: &str) {
@@ -1018,10 +1290,12 @@ fn log_validated(name: &str, hash: &str) {
     );
 }
 
-fn log_module(module: &CompiledPlugin, what: &str) {
+fn log_module(module: &CompiledPlugin, what: &str, meta: &ModuleMeta) {
     tracing::info!(
         plugin = %module.name,
         sha256 = %&module.hash[..12],
+        version = meta.version.as_deref().unwrap_or("-"),
+        signer = meta.signer.as_deref().unwrap_or("-"),
         bytes = module.size,
         from_cache = module.from_cache,
         tier = ?module.tier,

@@ -20,7 +20,7 @@ use notify::{Event, EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-use super::{Registry, plugin_name};
+use super::{Registry, plugin_name, signature_plugin_name};
 
 /// Quiet period after a change that is not known to be complete.
 const SETTLE: Duration = Duration::from_millis(150);
@@ -154,7 +154,10 @@ fn classify(
         let target = if path == config_path || config_files.contains(path) {
             Some(Target::Config)
         } else if path.parent() == Some(plugin_dir) {
-            plugin_name(path).map(Target::Plugin)
+            // A module, or its signature (a module may wait for it).
+            plugin_name(path)
+                .or_else(|| signature_plugin_name(path))
+                .map(Target::Plugin)
         } else {
             None
         };
@@ -235,5 +238,23 @@ mod tests {
             ],
         );
         assert!(classify(&e, dir, cfg, &HashSet::new()).is_empty());
+    }
+
+    #[test]
+    fn a_signature_concerns_its_module() {
+        let dir = Path::new("/p");
+        let cfg = Path::new("/c/portcullis.toml");
+        let e = event(
+            EventKind::Modify(ModifyKind::Name(RenameMode::To)),
+            &[
+                "/p/key_auth.wasm.sig",
+                "/p/.key_auth.wasm.sig.tmp",
+                "/p/x.sig",
+            ],
+        );
+        assert_eq!(
+            classify(&e, dir, cfg, &HashSet::new()),
+            vec![(Target::Plugin("key_auth".into()), COALESCE)]
+        );
     }
 }

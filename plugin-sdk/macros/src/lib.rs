@@ -82,6 +82,7 @@ fn expand(attr: TokenStream2, item: TokenStream2) -> syn::Result<TokenStream2> {
         const _: () = {
             type __PortcullisExport = ::portcullis_sdk::__private::Adapter<#self_ty>;
             ::portcullis_sdk::__private::export!(__PortcullisExport);
+            ::portcullis_sdk::__private::stamp!();
         };
     })
 }
