@@ -16,6 +16,7 @@
 pub mod access_log;
 pub mod admin;
 pub mod alerts;
+pub mod audit;
 pub mod body;
 pub mod clock;
 pub mod config;

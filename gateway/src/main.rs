@@ -40,6 +40,11 @@ enum Command {
         #[arg(short, long, value_name = "FILE", default_value = "portcullis.toml")]
         config: PathBuf,
     },
+    /// Work with the audit trail of policy changes.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
     /// Make an Ed25519 key pair for signing plugin modules: `<OUT>.key`
     /// (private, mode 0600; keep it in your CI's secrets) and `<OUT>.pub`
     /// (list it in `[signatures] trusted_keys`). Prints the key id.
@@ -62,6 +67,21 @@ enum Command {
         name: Option<String>,
         /// The module.
         module: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Check the hash chain of the audit trail: exit 0 and print the
+    /// number of records and the last one's SHA-256, or exit 1 naming the
+    /// first broken record.
+    Verify {
+        /// The trail's file; by default the config's (`[audit] file`).
+        #[arg(long, value_name = "FILE")]
+        file: Option<PathBuf>,
+        /// The config file, to find the trail.
+        #[arg(short, long, value_name = "FILE", default_value = "portcullis.toml")]
+        config: PathBuf,
     },
 }
 
@@ -112,6 +132,9 @@ fn main() -> ExitCode {
                     .map(|id| format!("{} and {}: key {id}", private.display(), public.display())),
             );
         }
+        Command::Audit {
+            command: AuditCommand::Verify { file, config },
+        } => return done(verify_audit(file, &config)),
         Command::Sign { key, name, module } => {
             return done(portcullis::signing::sign_module(
                 &key,
@@ -154,6 +177,26 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `portcullis audit verify`.
+fn verify_audit(file: Option<PathBuf>, config: &std::path::Path) -> Result<String, String> {
+    let path = match file {
+        Some(file) => file,
+        None => Config::load(config)
+            .map_err(|e| e.to_string())?
+            .audit
+            .file()
+            .ok_or("`[audit] enabled = false` in the config: no trail to verify")?,
+    };
+    let verified =
+        portcullis::audit::verify(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(format!(
+        "{}: {} records, chain intact; last record's SHA-256 {}",
+        path.display(),
+        verified.records,
+        verified.head
+    ))
 }
 
 /// Prints what a one-shot command did, or its error; its exit code.

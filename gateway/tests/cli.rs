@@ -263,3 +263,34 @@ fn keygen_and_sign_make_files_the_gateway_and_openssl_accept() {
         assert_eq!(derived, public.to_pem());
     }
 }
+
+#[test]
+fn audit_verify_checks_the_chain_and_names_the_first_broken_record() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("audit.jsonl");
+    let log = portcullis::audit::AuditLog::open(&file).expect("opens");
+    for generation in 1..=3 {
+        log.append(serde_json::json!({ "result": "applied", "generation": generation }));
+    }
+    drop(log);
+    let verify = || {
+        Command::new(BIN)
+            .args(["audit", "verify", "--file"])
+            .arg(&file)
+            .output()
+            .expect("runs")
+    };
+    let intact = verify();
+    assert!(intact.status.success(), "{intact:?}");
+    assert!(String::from_utf8_lossy(&intact.stdout).contains("3 records, chain intact"));
+    let text = std::fs::read_to_string(&file).expect("read");
+    std::fs::write(
+        &file,
+        text.replacen("\"generation\":2", "\"generation\":7", 1),
+    )
+    .expect("write");
+    let broken = verify();
+    assert!(!broken.status.success());
+    let said = String::from_utf8_lossy(&broken.stderr).to_string();
+    assert!(said.contains("record 2 (line 2)"), "{said}");
+}

@@ -23,7 +23,9 @@ pub(super) fn allowed(path: &str, dashboard: bool) -> Option<&'static str> {
         "/reload" => Some("POST"),
         "/" | "/dashboard" if dashboard => Some("GET, HEAD"),
         "/healthz" | "/readyz" | "/openapi.json" | "/metrics" | "/status" | "/routes"
-        | "/plugins" | "/generations" | "/upstreams" | "/alerts" | "/stats" => Some("GET, HEAD"),
+        | "/plugins" | "/generations" | "/upstreams" | "/alerts" | "/audit" | "/stats" => {
+            Some("GET, HEAD")
+        }
         _ => None,
     }
 }
@@ -311,6 +313,39 @@ pub(super) fn alerts(alerts: &AlertSender) -> Value {
         .map(|a| serde_json::to_value(Payload::from(a)).unwrap_or(Value::Null))
         .collect();
     json!({ "firing": firing, "recent": recent })
+}
+
+/// A page of the audit trail: `after` and `limit` from the query string.
+/// `Err`: a bad parameter, in words for a 400.
+pub(super) fn audit(registry: &Registry, query: Option<&str>) -> Result<Value, String> {
+    let mut after = 0u64;
+    let mut limit = 100usize;
+    for (key, value) in query
+        .unwrap_or("")
+        .split('&')
+        .filter_map(|p| p.split_once('='))
+    {
+        match key {
+            "after" => {
+                after = value
+                    .parse()
+                    .map_err(|_| format!("after: not a record number: `{value}`"))?;
+            }
+            "limit" => {
+                limit = value
+                    .parse()
+                    .ok()
+                    .filter(|l| (1..=1000).contains(l))
+                    .ok_or_else(|| format!("limit: 1 to 1000, got `{value}`"))?;
+            }
+            _ => {}
+        }
+    }
+    let Some(file) = registry.audit_file() else {
+        return Ok(json!({ "enabled": false, "records": [], "more": false }));
+    };
+    let (records, more) = crate::audit::page(file, after, limit)?;
+    Ok(json!({ "enabled": true, "records": records, "more": more }))
 }
 
 #[cfg(test)]

@@ -227,6 +227,7 @@ impl Admin {
             m => m.clone(),
         };
         let path = request.uri().path().to_owned();
+        let query = request.uri().query().map(str::to_owned);
         let config = self.registry.current().config.clone();
         let admin = config.admin.as_ref();
         let has_token = admin.is_some_and(|a| a.token.is_some());
@@ -308,6 +309,10 @@ impl Admin {
             }
             (Method::GET, "/upstreams") => json(StatusCode::OK, &api::upstreams(&self.registry)),
             (Method::GET, "/alerts") => json(StatusCode::OK, &api::alerts(&self.alerts)),
+            (Method::GET, "/audit") => match api::audit(&self.registry, query.as_deref()) {
+                Ok(page) => json(StatusCode::OK, &page),
+                Err(e) => error(StatusCode::BAD_REQUEST, &e),
+            },
             (Method::GET, "/stats") => json(StatusCode::OK, &self.sampler.report(&self.registry)),
             (Method::POST, "/reload") => {
                 let registry = self.registry.clone();

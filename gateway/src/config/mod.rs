@@ -108,10 +108,59 @@ pub struct Config {
     /// Signed plugin modules.
     #[serde(default)]
     pub signatures: SignaturesConfig,
+    /// The audit trail of policy changes.
+    #[serde(default)]
+    pub audit: AuditConfig,
     /// The directory of the config file, which relative paths start from
     /// (not a key).
     #[serde(skip)]
     pub base_directory: PathBuf,
+}
+
+/// The audit trail: one hash-chained JSON line per change to the running
+/// policy (see docs/safe-updates.md#audit).
+///
+/// ```toml
+/// [audit]
+/// file = "/var/log/portcullis/audit.jsonl"   # default: <state_directory>/audit.jsonl
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// Keep the trail (on by default).
+    #[serde(default = "AuditConfig::default_enabled")]
+    pub enabled: bool,
+    /// Where; relative paths are relative to the config file.
+    #[serde(default)]
+    pub file: Option<PathBuf>,
+    /// `state_directory`, resolved (not a key).
+    #[serde(skip)]
+    state_directory: PathBuf,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            file: None,
+            state_directory: PathBuf::new(),
+        }
+    }
+}
+
+impl AuditConfig {
+    fn default_enabled() -> bool {
+        true
+    }
+
+    /// The trail's file, when it is kept.
+    pub fn file(&self) -> Option<PathBuf> {
+        self.enabled.then(|| {
+            self.file
+                .clone()
+                .unwrap_or_else(|| self.state_directory.join("audit.jsonl"))
+        })
+    }
 }
 
 /// Which headers tell the upstream who the client is and how it reached
@@ -616,6 +665,10 @@ impl Config {
             otlp.resolve_paths(&resolve);
         }
         self.signatures.resolve_paths(&resolve);
+        if let Some(file) = self.audit.file.as_mut() {
+            resolve(file);
+        }
+        self.audit.state_directory = self.state_directory();
         for tls in self.upstreams.values_mut().filter_map(|u| u.tls.as_mut()) {
             for path in [&mut tls.ca, &mut tls.cert, &mut tls.key]
                 .into_iter()

@@ -234,8 +234,6 @@ struct Loaded {
     /// Compiling costs memory (megabytes of code and compiler state) that
     /// an unused module should not.
     validated: HashMap<String, String>,
-    /// Version and signer of each module loaded, by (name, SHA-256).
-    meta: HashMap<(String, String), ModuleMeta>,
     /// New modules waiting for their signature: SHA-256 and until when.
     waiting: HashMap<String, (String, Instant)>,
     next_id: u64,
@@ -260,6 +258,11 @@ pub struct Registry {
     optimizer: mpsc::Sender<OptimizeJob>,
     /// The last reloads, newest last.
     history: Mutex<std::collections::VecDeque<HistoryEntry>>,
+    /// Version and signer of each module loaded, by (name, SHA-256).
+    /// Locked after `loaded` when both are.
+    meta: Mutex<HashMap<(String, String), ModuleMeta>>,
+    /// The audit trail, if kept.
+    audit: Option<crate::audit::AuditLog>,
 }
 
 /// How many reloads the history keeps.
@@ -409,6 +412,13 @@ impl Registry {
         if !problems.is_empty() {
             anyhow::bail!("{}", problems.join("\n"));
         }
+        let audit = match config.audit.file() {
+            Some(path) => Some(
+                crate::audit::AuditLog::open(&path)
+                    .map_err(|e| anyhow::anyhow!("audit.file: {e}"))?,
+            ),
+            None => None,
+        };
         let config = Arc::new(config);
         let runtime = Handle::try_current().map_err(|_| {
             anyhow::anyhow!(
@@ -427,7 +437,6 @@ impl Registry {
                 config,
                 modules,
                 validated,
-                meta,
                 waiting: HashMap::new(),
                 next_id: 2,
             }),
@@ -439,6 +448,8 @@ impl Registry {
             cache,
             optimizer,
             history: Mutex::new(std::collections::VecDeque::with_capacity(HISTORY)),
+            meta: Mutex::new(meta),
+            audit,
         });
         registry.emit_changes(
             ReloadEvent {
@@ -487,6 +498,13 @@ impl Registry {
         self.current().config.plugins.directory.clone()
     }
 
+    fn metas(&self) -> MutexGuard<'_, HashMap<(String, String), ModuleMeta>> {
+        match self.meta.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, Loaded> {
         match self.loaded.lock() {
             Ok(g) => g,
@@ -519,9 +537,9 @@ impl Registry {
                 .map(|r| r.name.clone())
                 .collect()
         };
+        let metas = self.metas();
         let meta = |name: &str, hash: &str| {
-            loaded
-                .meta
+            metas
                 .get(&(name.to_owned(), hash.to_owned()))
                 .cloned()
                 .unwrap_or_default()
@@ -567,6 +585,87 @@ impl Registry {
     }
 
     fn emit_changes(&self, event: ReloadEvent, modules: Vec<ModuleChange>) -> ReloadEvent {
+        self.emit_audited(event, modules, Vec::new())
+    }
+
+    /// Appends `event` to the audit trail: what changed (modules with
+    /// their hashes, versions and signers; the config keys changed, never
+    /// their values), what caused it, and how it ended. Changes to nothing
+    /// and optimized builds of modules already loaded are not policy
+    /// changes and are left out.
+    fn audit(&self, event: &ReloadEvent, modules: &[ModuleChange], config_changes: Vec<String>) {
+        let Some(audit) = &self.audit else { return };
+        if matches!(event.outcome, Outcome::Unchanged)
+            || matches!(event.trigger, Trigger::Optimized(_))
+        {
+            return;
+        }
+        let reason = match &event.outcome {
+            Outcome::Rejected { reason } | Outcome::Waiting { reason } => Some(reason.clone()),
+            _ => None,
+        };
+        let metas = self.metas();
+        let described: Vec<serde_json::Value> = modules
+            .iter()
+            .map(|m| {
+                let meta = m
+                    .sha256
+                    .as_ref()
+                    .and_then(|hash| metas.get(&(m.name.clone(), hash.clone())));
+                serde_json::json!({
+                    "name": m.name,
+                    "previous": m.previous,
+                    "sha256": m.sha256,
+                    "version": meta.and_then(|m| m.version.clone()),
+                    "signer": meta.and_then(|m| m.signer.clone()),
+                })
+            })
+            .collect();
+        drop(metas);
+        let mut cause = serde_json::json!({
+            "kind": event.trigger.kind(),
+            "plugin": event.trigger.plugin(),
+        });
+        if event.trigger == Trigger::Admin {
+            // Which token: a fingerprint, never the token.
+            let token = self
+                .current()
+                .config
+                .admin
+                .as_ref()
+                .and_then(|a| a.token.clone());
+            cause["token"] = serde_json::json!(token.map(|t| {
+                use sha2::Digest as _;
+                format!(
+                    "sha256:{}",
+                    &hex::encode(sha2::Sha256::digest(t.as_bytes()))[..16]
+                )
+            }));
+        }
+        audit.append(serde_json::json!({
+            "generation": self.current.load().id,
+            "result": event.outcome.kind(),
+            "reason": reason,
+            "cause": cause,
+            "modules": described,
+            "config_changes": config_changes,
+        }));
+    }
+
+    /// The audit trail's file, if one is kept.
+    pub fn audit_file(&self) -> Option<&Path> {
+        self.audit.as_ref().map(crate::audit::AuditLog::path)
+    }
+
+    /// Emits `event`: metrics, history, log, audit trail (with the config
+    /// keys it changed), subscribers.
+    fn emit_audited(
+        &self,
+        event: ReloadEvent,
+        modules: Vec<ModuleChange>,
+        config_changes: Vec<String>,
+    ) -> ReloadEvent {
+        self.audit(&event, &modules, config_changes);
         self.services.metrics.reloaded(&event);
         if event.outcome != Outcome::Unchanged {
             let mut history = match self.history.lock() {
@@ -654,11 +753,12 @@ impl Registry {
                     loaded.validated.remove(name);
                 }
                 let changes = module_changes(&loaded.modules, &modules);
+                let changed_keys = config_changes(&loaded.config, &config);
                 loaded.config = config;
                 loaded.modules = modules;
                 loaded.next_id = id + 1;
                 self.current.store(Arc::new(generation));
-                self.emit_changes(
+                self.emit_audited(
                     ReloadEvent {
                         trigger,
                         outcome: Outcome::Applied {
@@ -667,6 +767,7 @@ impl Registry {
                         },
                     },
                     changes,
+                    changed_keys,
                 )
             }
             Err(problems) => {
@@ -730,8 +831,8 @@ impl Registry {
         let trigger = Trigger::Optimized(name.to_owned());
         let event = self.rebuild(&mut loaded, config, modules, started, trigger);
         if matches!(event.outcome, Outcome::Applied { .. }) {
-            let meta = loaded
-                .meta
+            let meta = self
+                .metas()
                 .get(&(name.to_owned(), module.hash.clone()))
                 .cloned()
                 .unwrap_or_default();
@@ -795,7 +896,7 @@ impl Registry {
             return match self.engine.validate(&bytes) {
                 Ok(()) => {
                     loaded.modules.remove(name);
-                    loaded.meta.insert((name.to_owned(), hash.clone()), meta);
+                    self.metas().insert((name.to_owned(), hash.clone()), meta);
                     loaded.validated.insert(name.to_owned(), hash);
                     self.emit(ReloadEvent {
                         trigger,
@@ -822,8 +923,7 @@ impl Registry {
         };
         let mut modules = loaded.modules.clone();
         modules.insert(name.to_owned(), module.clone());
-        loaded
-            .meta
+        self.metas()
             .insert((name.to_owned(), module.hash.clone()), meta.clone());
         let event = self.rebuild(&mut loaded, config, modules, started, trigger);
         if matches!(event.outcome, Outcome::Applied { .. }) {
@@ -986,7 +1086,7 @@ impl Registry {
                 // Loaded already: under new `[signatures]` it must still
                 // be signed by a key the new config trusts.
                 let key = (name.clone(), module.hash.clone());
-                let meta = loaded.meta.get(&key).cloned().unwrap_or_default();
+                let meta = self.metas().get(&key).cloned().unwrap_or_default();
                 match recheck_signature(&config, &name, &path, &module.hash, meta) {
                     Ok(meta) => metas.push((key, meta)),
                     Err(e) => return self.reject(trigger, format!("plugin `{name}`: {e}")),
@@ -1014,7 +1114,7 @@ impl Registry {
                 }
             }
         }
-        loaded.meta.extend(metas);
+        self.metas().extend(metas);
         let event = self.rebuild(&mut loaded, Arc::new(config), modules, started, trigger);
         if matches!(event.outcome, Outcome::Applied { .. }) {
             for (name, bytes) in to_optimize {
@@ -1089,6 +1189,10 @@ fn keep_static_settings(old: &Config, new: &mut Config) -> Result<(), String> {
             admin.address
         ));
     }
+    if new.audit != old.audit {
+        tracing::warn!("config reload: `[audit]` changes only with a restart");
+        new.audit = old.audit.clone();
+    }
     if new.tracing.otlp != old.tracing.otlp {
         tracing::warn!("config reload: `[tracing.otlp]` changes only with a restart");
         new.tracing.otlp = old.tracing.otlp.clone();
@@ -1098,6 +1202,108 @@ fn keep_static_settings(old: &Config, new: &mut Config) -> Result<(), String> {
         new.log = old.log.clone();
     }
     Ok(())
+}
+
+/// The config keys whose values differ between `old` and `new`, as paths
+/// (`routes.api.plugins.key_auth.config.keys`, `upstreams.echo`,
+/// `signatures`): never the values, so no secret is written.
+fn config_changes(old: &Config, new: &Config) -> Vec<String> {
+    let mut changed = Vec::new();
+    let sections: [(&str, bool); 9] = [
+        ("listeners", old.listeners != new.listeners),
+        (
+            "trusted_proxies",
+            old.trusted_proxies != new.trusted_proxies,
+        ),
+        (
+            "forwarded_headers",
+            old.forwarded_headers != new.forwarded_headers,
+        ),
+        ("limits", old.limits != new.limits),
+        ("alerts", old.alerts != new.alerts),
+        ("admin", old.admin != new.admin),
+        ("tracing", old.tracing != new.tracing),
+        ("signatures", old.signatures != new.signatures),
+        ("plugins", old.plugins != new.plugins),
+    ];
+    changed.extend(
+        sections
+            .into_iter()
+            .filter(|(_, differs)| *differs)
+            .map(|(key, _)| key.to_owned()),
+    );
+    let mut upstreams: Vec<&String> = old.upstreams.keys().chain(new.upstreams.keys()).collect();
+    upstreams.sort();
+    upstreams.dedup();
+    for name in upstreams {
+        if old.upstreams.get(name) != new.upstreams.get(name) {
+            changed.push(format!("upstreams.{name}"));
+        }
+    }
+    let route = |c: &Config, name: &str| c.routes.iter().find(|r| r.name == name).cloned();
+    let mut names: Vec<&String> = old
+        .routes
+        .iter()
+        .chain(&new.routes)
+        .map(|r| &r.name)
+        .collect();
+    names.sort();
+    names.dedup();
+    for name in names {
+        match (route(old, name), route(new, name)) {
+            (Some(before), Some(after)) => {
+                let strip = |r: &crate::config::RouteConfig| crate::config::RouteConfig {
+                    plugins: Vec::new(),
+                    ..r.clone()
+                };
+                if strip(&before) != strip(&after) {
+                    changed.push(format!("routes.{name}"));
+                }
+                plugin_changes(name, &before.plugins, &after.plugins, &mut changed);
+            }
+            (None, Some(_)) => changed.push(format!("routes.{name} (added)")),
+            (Some(_), None) => changed.push(format!("routes.{name} (removed)")),
+            (None, None) => {}
+        }
+    }
+    changed
+}
+
+/// The keys of route `route`'s plugin chain that changed.
+fn plugin_changes(
+    route: &str,
+    before: &[crate::config::RoutePlugin],
+    after: &[crate::config::RoutePlugin],
+    changed: &mut Vec<String>,
+) {
+    let order =
+        |c: &[crate::config::RoutePlugin]| c.iter().map(|p| p.name.clone()).collect::<Vec<_>>();
+    if order(before) != order(after) {
+        changed.push(format!("routes.{route}.plugins"));
+    }
+    for plugin in after {
+        let Some(old) = before.iter().find(|p| p.name == plugin.name) else {
+            continue;
+        };
+        let mut keys: Vec<&String> = old.config.keys().chain(plugin.config.keys()).collect();
+        keys.sort();
+        keys.dedup();
+        for key in keys {
+            if old.config.get(key) != plugin.config.get(key) {
+                changed.push(format!(
+                    "routes.{route}.plugins.{}.config.{key}",
+                    plugin.name
+                ));
+            }
+        }
+        let settings = |p: &crate::config::RoutePlugin| crate::config::RoutePlugin {
+            config: Default::default(),
+            ..p.clone()
+        };
+        if settings(old) != settings(plugin) {
+            changed.push(format!("routes.{route}.plugins.{}", plugin.name));
+        }
+    }
 }
 
 /// The modules that differ between `before` and `after`.
