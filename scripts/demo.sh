@@ -24,6 +24,14 @@ echo "==> building the gateway, the echo upstream and the demo certificate maker
 cargo build -p portcullis --bin portcullis -p portcullis-tests --bin echo-upstream --bin demo-cert
 target/debug/demo-cert examples/certs
 
+echo "==> signing the modules (examples/portcullis.toml requires signatures)"
+if [ ! -f examples/keys/demo-signing.key ]; then
+    target/debug/portcullis keygen --out examples/keys/demo-signing
+fi
+for crate in "${plugins[@]}"; do
+    target/debug/portcullis sign --key examples/keys/demo-signing.key "examples/plugins/${crate//-/_}.wasm"
+done
+
 # Two of them: the example's upstream group balances over both.
 target/debug/echo-upstream 127.0.0.1:9000 &
 echo_pids=$!
@@ -63,10 +71,13 @@ cat <<'TRY'
   curl -s localhost:9901/metrics | grep portcullis_requests_total       # Prometheus
   curl -s localhost:9901/plugins                                        # modules, SHA-256, load times
   curl -s localhost:9901/generations                                    # reload history, refusals and why
+  curl -s localhost:9901/audit                                          # the audit trail of policy changes
   curl -s -X POST localhost:9901/reload                                 # reload the config now
 
-  Hot reload: rebuild or copy a module into examples/plugins/ while it runs;
-  edit examples/portcullis.toml (or `kill -HUP <pid>`) to reload the config.
+  Hot reload: rebuild a module, sign it (target/debug/portcullis sign --key
+  examples/keys/demo-signing.key <module>) and copy both into examples/plugins/
+  while it runs; an unsigned module is refused. Edit examples/portcullis.toml
+  (or `kill -HUP <pid>`) to reload the config.
 
 TRY
 target/debug/portcullis run --config examples/portcullis.toml

@@ -35,6 +35,9 @@ fn example_config(echo: &Echo) -> String {
             && text.contains(admin)
             && text.contains(upstream)
     );
+    // A state directory of the test's own (module cache, audit trail),
+    // not the user's.
+    let text = format!("state_directory = \"state\"\n{text}");
     text.replace(listener, r#"address = "127.0.0.1:0""#)
         .replace(https, r#"address = "127.0.0.1:0""#)
         .replace(admin, r#"address = "127.0.0.1:0""#)
@@ -67,9 +70,40 @@ async fn start(echo: &Echo, clock: &Arc<ManualClock>, ca: &TestCa) -> TestGatewa
         )
         .expect("copy key file");
     }
-    TestGateway::start_in_with_clock(dir, clock.clone())
+    // The example requires signed modules: sign them as scripts/demo.sh
+    // does, with a key of the test's own.
+    let (key, _) = portcullis::signing::SigningKey::generate().expect("signing key");
+    std::fs::write(
+        dir.path().join("keys").join("demo-signing.pub"),
+        key.public().to_pem(),
+    )
+    .expect("public key");
+    for (name, _) in POLICY_PLUGINS {
+        let module = dir.path().join("plugins").join(format!("{name}.wasm"));
+        let bytes = std::fs::read(&module).expect("module");
+        let version = portcullis::plugin::stamp::read(&bytes)
+            .map(|s| s.version)
+            .unwrap_or_default();
+        let hash = portcullis::plugin::engine::content_hash(&bytes);
+        std::fs::write(
+            portcullis::signing::signature_path(&module),
+            key.sign(name, &version, &hash),
+        )
+        .expect("signature");
+    }
+    let gw = TestGateway::start_in_with_clock(dir, clock.clone())
         .await
-        .expect("the example config starts")
+        .expect("the example config starts");
+    // Every module was loaded signed by that key.
+    for module in gw.handle.registry().module_infos() {
+        assert_eq!(
+            module.signer.as_deref(),
+            Some(key.id.as_str()),
+            "{}",
+            module.name
+        );
+    }
+    gw
 }
 
 async fn get(gw: &TestGateway, path: &str, headers: &[(&str, &str)]) -> Reply {
