@@ -389,6 +389,15 @@ impl GatewayHandle {
         Ok(tokio::task::spawn_blocking(move || registry.reload_config()).await?)
     }
 
+    /// Reloads the config file because of SIGHUP (so recorded).
+    pub async fn reload_on_signal(&self) -> anyhow::Result<ReloadEvent> {
+        let registry = self.registry.clone();
+        Ok(tokio::task::spawn_blocking(move || {
+            registry.reload_config_by(registry::Trigger::Signal)
+        })
+        .await?)
+    }
+
     /// Reloads `<name>.wasm` now (what the directory watcher does).
     pub async fn reload_plugin(&self, name: &str) -> anyhow::Result<ReloadEvent> {
         let registry = self.registry.clone();

@@ -243,7 +243,7 @@ async fn wait_for_signals(gateway: &portcullis::GatewayHandle) -> anyhow::Result
         tokio::select! {
             _ = hangup.recv() => {
                 tracing::info!("SIGHUP: reloading the config");
-                gateway.reload_config().await?;
+                gateway.reload_on_signal().await?;
             }
             _ = terminate.recv() => return Ok(()),
             _ = interrupt.recv() => return Ok(()),

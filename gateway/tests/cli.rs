@@ -60,6 +60,7 @@ fn get(addr: SocketAddr, path: &str) -> u16 {
 fn config(dir: &std::path::Path, upstream: SocketAddr, extra_route: bool) {
     let mut text = format!(
         r#"
+state_directory = "state"
 [[listeners]]
 address = "127.0.0.1:0"
 [plugins]
@@ -179,6 +180,16 @@ fn sighup_reloads_the_config_and_sigterm_drains_requests_in_flight() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+    // The audit trail says what did it, and what changed.
+    let trail = std::fs::read_to_string(dir.path().join("state").join("audit.jsonl"))
+        .expect("an audit trail");
+    let last: serde_json::Value =
+        serde_json::from_str(trail.lines().last().expect("a record")).expect("JSON");
+    assert_eq!(last["cause"]["kind"], "signal", "{last}");
+    assert_eq!(
+        last["config_changes"],
+        serde_json::json!(["routes.new (added)"])
+    );
 
     // A request in flight when SIGTERM arrives still completes.
     let slow = std::thread::spawn(move || get(addr, "/slow"));

@@ -103,6 +103,8 @@ pub enum Trigger {
     Optimized(String),
     /// `POST /reload` on the admin API: the config file, reloaded.
     Admin,
+    /// SIGHUP: the config file, reloaded.
+    Signal,
 }
 
 impl Trigger {
@@ -114,6 +116,7 @@ impl Trigger {
             Trigger::Config => "config",
             Trigger::Optimized(_) => "optimized",
             Trigger::Admin => "admin",
+            Trigger::Signal => "signal",
         }
     }
 
@@ -687,6 +690,7 @@ impl Registry {
             Trigger::Config => format!("config {}", self.config_path.display()),
             Trigger::Optimized(name) => format!("plugin `{name}` (optimized build)"),
             Trigger::Admin => format!("config {} (admin API)", self.config_path.display()),
+            Trigger::Signal => format!("config {} (SIGHUP)", self.config_path.display()),
         };
         match &event.outcome {
             Outcome::Applied {
