@@ -761,6 +761,13 @@ impl Registry {
                 loaded.config = config;
                 loaded.modules = modules;
                 loaded.next_id = id + 1;
+                // Only the modules loaded now keep their version and
+                // signer (one entry per module version ever loaded would
+                // grow with every hot swap).
+                self.metas().retain(|(name, hash), _| {
+                    loaded.modules.get(name).is_some_and(|m| m.hash == *hash)
+                        || loaded.validated.get(name) == Some(hash)
+                });
                 self.current.store(Arc::new(generation));
                 self.emit_audited(
                     ReloadEvent {
