@@ -13,7 +13,14 @@
 //! is not on the request path.
 
 use std::sync::Arc;
+use std::time::Duration;
 
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
 use rustls::RootCertStore;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::CertificateDer;
@@ -23,6 +30,33 @@ use rustls::pki_types::pem::PemObject as _;
 /// exchange groups.
 pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+/// The gateway's own outbound HTTP/1.1 client (alert webhooks, span
+/// export): `http://` or `https://` verified against `roots` (the webpki
+/// roots when `None`), connecting within `connect_timeout`.
+pub type OutboundClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// A new [`OutboundClient`].
+pub fn outbound_client(
+    roots: Option<RootCertStore>,
+    connect_timeout: Duration,
+) -> Result<OutboundClient, String> {
+    let roots = roots.unwrap_or_else(|| webpki_roots::TLS_SERVER_ROOTS.iter().cloned().collect());
+    let tls = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_connect_timeout(Some(connect_timeout));
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http);
+    Ok(Client::builder(TokioExecutor::new()).build(https))
 }
 
 /// The CA certificates of the PEM bundle `pem` (read from `file`, which

@@ -14,6 +14,8 @@ use std::path::Path;
 
 use base64::Engine as _;
 use ring::signature::{ED25519, Ed25519KeyPair, KeyPair as _, UnparsedPublicKey};
+use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::{PrivatePkcs8KeyDer, SubjectPublicKeyInfoDer};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -47,8 +49,10 @@ pub struct TrustedKey {
 impl TrustedKey {
     /// Parses a `PUBLIC KEY` PEM (Ed25519 SubjectPublicKeyInfo).
     pub fn from_pem(pem: &str) -> Result<Self, String> {
-        let der = pem_body(pem, "PUBLIC KEY")?;
+        let der = SubjectPublicKeyInfoDer::from_pem_slice(pem.as_bytes())
+            .map_err(|e| format!("not a `PUBLIC KEY` PEM: {e}"))?;
         let raw: [u8; 32] = der
+            .as_ref()
             .strip_prefix(&SPKI_PREFIX[..])
             .and_then(|key| key.try_into().ok())
             .ok_or("not an Ed25519 public key (a SubjectPublicKeyInfo of 44 bytes)")?;
@@ -101,8 +105,9 @@ impl SigningKey {
 
     /// Parses a `PRIVATE KEY` PEM: PKCS#8 v1 (OpenSSL's) or v2.
     pub fn from_pem(pem: &str) -> Result<Self, String> {
-        let der = pem_body(pem, "PRIVATE KEY")?;
-        let pair = Ed25519KeyPair::from_pkcs8_maybe_unchecked(&der)
+        let der = PrivatePkcs8KeyDer::from_pem_slice(pem.as_bytes())
+            .map_err(|e| format!("not a `PRIVATE KEY` PEM: {e}"))?;
+        let pair = Ed25519KeyPair::from_pkcs8_maybe_unchecked(der.secret_pkcs8_der())
             .map_err(|e| format!("not an Ed25519 private key (PKCS#8): {e}"))?;
         let raw: [u8; 32] = pair
             .public_key()
@@ -408,23 +413,6 @@ fn pem(label: &str, der: &[u8]) -> String {
     }
     out.push_str(&format!("-----END {label}-----\n"));
     out
-}
-
-fn pem_body(pem: &str, label: &str) -> Result<Vec<u8>, String> {
-    let begin = format!("-----BEGIN {label}-----");
-    let end = format!("-----END {label}-----");
-    let start = pem
-        .find(&begin)
-        .ok_or_else(|| format!("no `{begin}` block"))?
-        + begin.len();
-    let stop = pem[start..]
-        .find(&end)
-        .ok_or_else(|| format!("no `{end}` line"))?
-        + start;
-    let body: String = pem[start..stop].split_whitespace().collect();
-    base64::engine::general_purpose::STANDARD
-        .decode(body)
-        .map_err(|e| format!("bad base64 in the PEM block: {e}"))
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ use http::StatusCode;
 use portcullis::registry::{Outcome, Trigger};
 use portcullis::signing::SigningKey;
 use portcullis_tests::echo::Echo;
-use portcullis_tests::{Client, TestGateway, base_config, fixtures, next_event};
+use portcullis_tests::{Client, TestGateway, base_config, fixtures, next_event, route};
 
 /// How long a test waits for a reload it caused (a bound, not a measure).
 const BOUND: Duration = Duration::from_secs(20);
@@ -22,15 +22,9 @@ fn config(echo: &Echo, wait_ms: u64) -> String {
 required = true
 trusted_keys = ["ci.pub"]
 wait_ms = {wait_ms}
-
-[[routes]]
-name = "stamped"
-path_prefix = "/"
-upstream = "echo"
-[[routes.plugins]]
-name = "stamp"
-"#,
-        base_config(echo.addr)
+{}"#,
+        base_config(echo.addr),
+        route("stamped", "/", &[("stamp", "")])
     )
 }
 

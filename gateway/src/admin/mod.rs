@@ -316,8 +316,12 @@ impl Admin {
             (Method::GET, "/stats") => json(StatusCode::OK, &self.sampler.report(&self.registry)),
             (Method::POST, "/reload") => {
                 let registry = self.registry.clone();
+                // The token this call was let in with (checked above).
+                let token = admin
+                    .and_then(|a| a.token.as_deref())
+                    .map(crate::registry::token_fingerprint);
                 match tokio::task::spawn_blocking(move || {
-                    registry.reload_config_by(crate::registry::Trigger::Admin)
+                    registry.reload_config_by(crate::registry::Trigger::Admin(token))
                 })
                 .await
                 {

@@ -8,10 +8,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Uri, header};
 use http_body_util::Full;
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use serde::Serialize;
 use tokio::sync::mpsc;
 
@@ -21,7 +17,7 @@ use crate::config::WebhookConfig;
 /// Longest wait between two attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
-type HttpsClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+type HttpsClient = crate::crypto::OutboundClient;
 
 /// The sending side of one webhook; dropping it lets the task deliver what
 /// is queued and stop.
@@ -111,14 +107,8 @@ struct Endpoint {
 
 impl Endpoint {
     fn new(config: &WebhookConfig) -> anyhow::Result<Self> {
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_connect_timeout(Some(Duration::from_millis(config.timeout_ms)));
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_provider_and_webpki_roots(Arc::unwrap_or_clone(crate::crypto::provider()))?
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http);
+        let client = crate::crypto::outbound_client(None, Duration::from_millis(config.timeout_ms))
+            .map_err(anyhow::Error::msg)?;
         let mut headers = HeaderMap::new();
         headers.insert(
             header::CONTENT_TYPE,
@@ -135,7 +125,7 @@ impl Endpoint {
             headers.insert(HeaderName::try_from(name.as_str())?, value);
         }
         Ok(Self {
-            client: Client::builder(TokioExecutor::new()).build(https),
+            client,
             uri: config.url.parse()?,
             headers,
         })

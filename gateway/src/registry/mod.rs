@@ -101,8 +101,10 @@ pub enum Trigger {
     /// The optimized build of `<name>.wasm`, compiled in the background,
     /// taking the place of the baseline build that served first.
     Optimized(String),
-    /// `POST /reload` on the admin API: the config file, reloaded.
-    Admin,
+    /// `POST /reload` on the admin API: the config file, reloaded. With
+    /// a fingerprint of the bearer token the call carried (`sha256:` and
+    /// 16 hex digits), when the admin API has one.
+    Admin(Option<String>),
     /// SIGHUP: the config file, reloaded.
     Signal,
 }
@@ -115,7 +117,7 @@ impl Trigger {
             Trigger::Plugin(_) => "plugin",
             Trigger::Config => "config",
             Trigger::Optimized(_) => "optimized",
-            Trigger::Admin => "admin",
+            Trigger::Admin(_) => "admin",
             Trigger::Signal => "signal",
         }
     }
@@ -629,21 +631,10 @@ impl Registry {
             "kind": event.trigger.kind(),
             "plugin": event.trigger.plugin(),
         });
-        if event.trigger == Trigger::Admin {
-            // Which token: a fingerprint, never the token.
-            let token = self
-                .current()
-                .config
-                .admin
-                .as_ref()
-                .and_then(|a| a.token.clone());
-            cause["token"] = serde_json::json!(token.map(|t| {
-                use sha2::Digest as _;
-                format!(
-                    "sha256:{}",
-                    &hex::encode(sha2::Sha256::digest(t.as_bytes()))[..16]
-                )
-            }));
+        if let Trigger::Admin(token) = &event.trigger {
+            // Which token: a fingerprint taken when the call came, never
+            // the token (and not the token a reload may have put in).
+            cause["token"] = serde_json::json!(token);
         }
         audit.append(serde_json::json!({
             "generation": self.current.load().id,
@@ -689,7 +680,7 @@ impl Registry {
             Trigger::Plugin(name) => format!("plugin `{name}`"),
             Trigger::Config => format!("config {}", self.config_path.display()),
             Trigger::Optimized(name) => format!("plugin `{name}` (optimized build)"),
-            Trigger::Admin => format!("config {} (admin API)", self.config_path.display()),
+            Trigger::Admin(_) => format!("config {} (admin API)", self.config_path.display()),
             Trigger::Signal => format!("config {} (SIGHUP)", self.config_path.display()),
         };
         match &event.outcome {
@@ -1213,6 +1204,14 @@ fn keep_static_settings(old: &Config, new: &mut Config) -> Result<(), String> {
         new.log = old.log.clone();
     }
     Ok(())
+}
+
+/// How the audit trail names a bearer token: `sha256:` and the first 16
+/// hex digits of its SHA-256.
+pub fn token_fingerprint(token: &str) -> String {
+    use sha2::Digest as _;
+    let digest = hex::encode(sha2::Sha256::digest(token.as_bytes()));
+    format!("sha256:{}", &digest[..16])
 }
 
 /// The config keys whose values differ between `old` and `new`, as paths

@@ -122,7 +122,8 @@ pub struct TraceContext {
     pub parent_id: Option<[u8; 8]>,
     /// This hop's span.
     pub span_id: [u8; 8],
-    /// The caller's trace flags (`01`: sampled), `00` for a new trace.
+    /// The trace flags (`01`: sampled): the caller's, or for a trace
+    /// started here `01` when drawn by `sample_ratio`, else `00`.
     pub flags: u8,
 }
 

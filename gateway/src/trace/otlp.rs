@@ -17,10 +17,6 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::{BodyExt, Full, Limited};
-use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use opentelemetry::trace::{
     SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState,
 };
@@ -302,7 +298,7 @@ impl FinishedSpan<'_> {
 /// roots or the configured CA, each call under the export timeout.
 #[derive(Debug)]
 struct HyperClient {
-    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    client: crate::crypto::OutboundClient,
     timeout: Duration,
 }
 
@@ -312,26 +308,16 @@ impl HyperClient {
             Some(path) => {
                 let pem = std::fs::read(path)
                     .map_err(|e| format!("tracing.otlp.ca: cannot read {}: {e}", path.display()))?;
-                crate::crypto::root_store(&pem, &path.display())
-                    .map_err(|e| format!("tracing.otlp.ca: {e}"))?
+                Some(
+                    crate::crypto::root_store(&pem, &path.display())
+                        .map_err(|e| format!("tracing.otlp.ca: {e}"))?,
+                )
             }
-            None => webpki_roots::TLS_SERVER_ROOTS.iter().cloned().collect(),
+            None => None,
         };
-        let tls = rustls::ClientConfig::builder_with_provider(crate::crypto::provider())
-            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-            .map_err(|e| format!("tracing.otlp: {e}"))?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        let mut http = HttpConnector::new();
-        http.set_connect_timeout(Some(timeout));
-        http.enforce_http(false);
-        let connector = HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http);
         Ok(Self {
-            client: Client::builder(TokioExecutor::new()).build(connector),
+            client: crate::crypto::outbound_client(roots, timeout)
+                .map_err(|e| format!("tracing.otlp: {e}"))?,
             timeout,
         })
     }
