@@ -18,6 +18,7 @@ pub mod admin;
 pub mod alerts;
 pub mod audit;
 pub mod body;
+pub mod cases;
 pub mod clock;
 pub mod config;
 pub mod crypto;
@@ -74,6 +75,7 @@ impl Gateway {
         GatewayBuilder {
             config_path: config_path.into(),
             clock: Arc::new(SystemClock),
+            offline: None,
         }
     }
 }
@@ -82,6 +84,8 @@ impl Gateway {
 pub struct GatewayBuilder {
     config_path: PathBuf,
     clock: Arc<dyn Clock>,
+    /// The stand-in upstream of an offline run.
+    offline: Option<SocketAddr>,
 }
 
 impl std::fmt::Debug for GatewayBuilder {
@@ -99,6 +103,14 @@ impl GatewayBuilder {
         self
     }
 
+    /// Runs the config offline, every upstream group replaced by the one
+    /// server `upstream` (see [`Config::go_offline`]): what `portcullis
+    /// test` loads.
+    pub fn offline(mut self, upstream: SocketAddr) -> Self {
+        self.offline = Some(upstream);
+        self
+    }
+
     /// Loads the config and every plugin the way [`start`](Self::start)
     /// does, without binding anything; returns the first generation's
     /// registry. What `portcullis check` runs.
@@ -108,7 +120,10 @@ impl GatewayBuilder {
 
     async fn load(self) -> anyhow::Result<Loaded> {
         let config_path = self.config_path;
-        let config = Config::load(&config_path)?;
+        let config = match self.offline {
+            Some(upstream) => Config::load_with(&config_path, |c| c.go_offline(upstream))?,
+            None => Config::load(&config_path)?,
+        };
 
         let limits = &config.limits;
         let engine = Arc::new(

@@ -40,6 +40,18 @@ enum Command {
         #[arg(short, long, value_name = "FILE", default_value = "portcullis.toml")]
         config: PathBuf,
     },
+    /// Run a file of policy cases against the config and its plugins,
+    /// offline: each request goes through the real pipeline to a
+    /// stand-in upstream, and what the client and the upstream receive is
+    /// checked. Prints each case; exits 0 if all pass, 1 if any fails, 2
+    /// if the cases or the config cannot be run. See docs/safe-updates.md.
+    Test {
+        /// The TOML config file.
+        #[arg(short, long, value_name = "FILE", default_value = "portcullis.toml")]
+        config: PathBuf,
+        /// The case file (`[[case]]` tables).
+        cases: PathBuf,
+    },
     /// Work with the audit trail of policy changes.
     Audit {
         #[command(subcommand)]
@@ -125,6 +137,7 @@ fn main() -> ExitCode {
     let (config_path, log_format, check_only) = match cli.command {
         Command::Run { config, log_format } => (config, log_format, false),
         Command::Check { config } => (config, None, true),
+        Command::Test { config, cases } => return test_cases(&config, &cases),
         Command::Keygen { out } => {
             let (private, public) = portcullis::signing::key_pair_paths(&out);
             return done(
@@ -197,6 +210,41 @@ fn verify_audit(file: Option<PathBuf>, config: &std::path::Path) -> Result<Strin
         verified.records,
         verified.head
     ))
+}
+
+/// `portcullis test`: warnings (a plugin that failed) go to stderr, the
+/// report to stdout.
+fn test_cases(config: &std::path::Path, cases: &std::path::Path) -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match runtime.block_on(portcullis::cases::run(config, cases)) {
+        Ok(report) => {
+            println!("{report}");
+            if report.failed() == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
 }
 
 /// Prints what a one-shot command did, or its error; its exit code.

@@ -305,3 +305,57 @@ fn audit_verify_checks_the_chain_and_names_the_first_broken_record() {
     let said = String::from_utf8_lossy(&broken.stderr).to_string();
     assert!(said.contains("record 2 (line 2)"), "{said}");
 }
+
+#[test]
+fn test_runs_cases_offline_and_exits_by_their_outcome() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir(dir.path().join("plugins")).expect("plugins dir");
+    // An upstream nobody listens on: the cases never reach it.
+    let nowhere = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("addr");
+    config(dir.path(), nowhere, false);
+    let cases = dir.path().join("cases.toml");
+    let test = |text: &str| {
+        std::fs::write(&cases, text).expect("write cases");
+        let out = Command::new(BIN)
+            .args(["test", "--config"])
+            .arg(dir.path().join("portcullis.toml"))
+            .arg(&cases)
+            .output()
+            .expect("run");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+
+    let (code, stdout, _) = test(
+        r#"
+[[case]]
+name = "routed"
+request = { method = "POST", path = "/slow/x", body = "hello" }
+upstream = { status = 202, body = "queued" }
+expect = { status = 202, body = "queued", upstream = { path = "/slow/x", body = "hello", headers = { content-length = "5" } } }
+[[case]]
+name = "no route"
+request = { path = "/elsewhere" }
+expect = { status = 404, upstream = false }
+"#,
+    );
+    assert_eq!(code, Some(0), "{stdout}");
+    assert!(stdout.contains("ok     1 routed (202)"), "{stdout}");
+    assert!(stdout.contains("2 passed, 0 failed"), "{stdout}");
+
+    let (code, stdout, _) = test(
+        "[[case]]\nname = \"wrong\"\nrequest = { path = \"/elsewhere\" }\nexpect = { status = 200 }\n",
+    );
+    assert_eq!(code, Some(1), "{stdout}");
+    assert!(stdout.contains("FAIL   1 wrong (404)"), "{stdout}");
+    assert!(stdout.contains("status: expected 200, got 404"), "{stdout}");
+
+    let (code, stdout, stderr) = test("[[case]]\nname = \"no request\"\n");
+    assert_eq!(code, Some(2), "{stdout}");
+    assert!(stderr.contains("missing field `request`"), "{stderr}");
+}

@@ -574,6 +574,12 @@ impl Config {
     /// Reads, parses and validates the file at `path`. Relative paths in the
     /// file are resolved against the file's directory.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        Self::load_with(path, |_| {})
+    }
+
+    /// [`Config::load`], with `adjust` applied after the file is validated
+    /// and its paths resolved, before the files it names are read.
+    pub fn load_with(path: &Path, adjust: impl FnOnce(&mut Self)) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
@@ -591,6 +597,7 @@ impl Config {
         }
         let base = path.parent().unwrap_or_else(|| Path::new("."));
         config.resolve_paths(base);
+        adjust(&mut config);
         let problems = config.read_files();
         if !problems.is_empty() {
             return Err(ConfigError::Invalid {
@@ -599,6 +606,39 @@ impl Config {
             });
         }
         Ok(config)
+    }
+
+    /// Rewrites the config for an offline run (`portcullis test`): every
+    /// upstream group becomes the one plain-HTTP server `upstream` (no
+    /// TLS, health checks or ejection), and everything that would reach
+    /// outside or leave a trace is off: listeners' TLS (the certificates
+    /// are `portcullis check`'s to check), the admin listener, alert
+    /// webhooks, span export, the audit trail, file watching and
+    /// signature checks. Routes, plugins, their config and limits stay as
+    /// they are.
+    pub fn go_offline(&mut self, upstream: std::net::SocketAddr) {
+        for listener in &mut self.listeners {
+            listener.tls = None;
+        }
+        self.admin = None;
+        self.alerts.webhooks.clear();
+        self.tracing.otlp = None;
+        self.audit.enabled = false;
+        self.plugins.watch = false;
+        self.signatures.required = false;
+        self.signatures.trusted_keys.clear();
+        for group in self.upstreams.values_mut() {
+            group.servers = vec![upstream::ServerConfig {
+                address: upstream.to_string(),
+                weight: 1,
+            }];
+            group.tls = None;
+            group.health = None;
+            group.outlier.consecutive_failures = 0;
+            if group.protocol == UpstreamProtocol::H2 {
+                group.protocol = UpstreamProtocol::H2c;
+            }
+        }
     }
 
     /// Parses TOML text without validating it.

@@ -116,6 +116,30 @@ pub async fn serve(
     }
 }
 
+/// Serves HTTP/1.1 on a stream that no listener accepted (an in-memory
+/// pipe: what `portcullis test` sends its cases through), with the
+/// settings of the listener `conn` names, until the client side closes.
+pub async fn serve_stream<S>(stream: S, conn: Connection, registry: Arc<Registry>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let Some(settings) = registry.current().listeners.get(conn.listener).cloned() else {
+        return;
+    };
+    // Held until the connection ends: a dropped sender would read as a
+    // shutdown.
+    let (_running, shutdown) = watch::channel(false);
+    serve_http(
+        stream,
+        Speaks::Http1,
+        &settings,
+        Arc::new(conn),
+        registry,
+        shutdown,
+    )
+    .await;
+}
+
 /// One accepted connection, from the handshake (if TLS) to its end.
 async fn connection<S>(
     stream: S,
