@@ -31,6 +31,7 @@ pub mod pipeline;
 pub mod plugin;
 pub mod registry;
 pub mod router;
+pub mod scaffold;
 pub mod server;
 pub mod signing;
 pub mod state;

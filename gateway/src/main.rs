@@ -52,6 +52,21 @@ enum Command {
         /// The case file (`[[case]]` tables).
         cases: PathBuf,
     },
+    /// Make a new plugin crate, NAME/, that builds and passes at once: the
+    /// SDK, a typed config, unit tests, a README with its config table, a
+    /// gateway config and a case file for `portcullis test`.
+    New {
+        /// The crate's name (`require-client-id`); its module is
+        /// `require_client_id.wasm`.
+        name: String,
+        /// Where to make it.
+        #[arg(long, value_name = "DIR", default_value = ".")]
+        dir: PathBuf,
+        /// The SDK (the plugin-sdk directory of a Portcullis checkout); by
+        /// default the one of the tree this binary was built from.
+        #[arg(long, value_name = "DIR")]
+        sdk: Option<PathBuf>,
+    },
     /// Work with the audit trail of policy changes.
     Audit {
         #[command(subcommand)]
@@ -138,6 +153,21 @@ fn main() -> ExitCode {
         Command::Run { config, log_format } => (config, log_format, false),
         Command::Check { config } => (config, None, true),
         Command::Test { config, cases } => return test_cases(&config, &cases),
+        Command::New { name, dir, sdk } => {
+            return done(
+                portcullis::scaffold::create(&name, &dir, sdk.as_deref()).map(|created| {
+                    let dir = created.directory.display();
+                    let module = created.module;
+                    format!(
+                        "Created {dir} (plugin {module}). Then:\n  \
+                         cd {dir}\n  \
+                         cargo test                                           # unit tests, on the host\n  \
+                         cargo build --release --target wasm32-wasip2         # target/wasm32-wasip2/release/{module}.wasm\n  \
+                         portcullis test --config portcullis.toml cases.toml  # the policy cases, offline"
+                    )
+                }),
+            );
+        }
         Command::Keygen { out } => {
             let (private, public) = portcullis::signing::key_pair_paths(&out);
             return done(
