@@ -33,6 +33,7 @@ pub mod registry;
 pub mod router;
 pub mod scaffold;
 pub mod server;
+pub mod shadow;
 pub mod signing;
 pub mod state;
 pub mod ticker;

@@ -222,6 +222,20 @@ struct PhaseLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LinkLabels {
+    plugin: Arc<str>,
+    route: Arc<str>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ShadowLabels {
+    plugin: Arc<str>,
+    route: Arc<str>,
+    live: Decision,
+    candidate: Decision,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DecisionLabels {
     plugin: Arc<str>,
     route: Arc<str>,
@@ -433,6 +447,8 @@ pub struct Metrics {
     plugin_calls: Family<PhaseLabels, Histogram, fn() -> Histogram>,
     decisions: Family<DecisionLabels, Counter>,
     failures: Family<FailureLabels, Counter>,
+    shadow_comparisons: Family<ShadowLabels, Counter>,
+    shadow_dropped: Family<LinkLabels, Counter>,
     reloads: Family<ReloadLabels, Counter>,
     connections: Family<ListenerLabel, Gauge>,
     received: Family<ListenerLabel, Counter>,
@@ -529,6 +545,20 @@ impl Metrics {
             None,
             Family::<FailureLabels, Counter>::default(),
         );
+        let shadow_comparisons = registered(
+            &mut p,
+            "shadow_comparisons",
+            "Requests a shadow candidate decided on, by plugin, route, the live decision and the candidate's (continue, a status, failed, failed_allowed)",
+            None,
+            Family::<ShadowLabels, Counter>::default(),
+        );
+        let shadow_dropped = registered(
+            &mut p,
+            "shadow_dropped",
+            "Copies of requests a shadow candidate did not see because its queue was full",
+            None,
+            Family::<LinkLabels, Counter>::default(),
+        );
         let reloads = registered(
             &mut p,
             "reloads",
@@ -607,6 +637,8 @@ impl Metrics {
             plugin_calls,
             decisions,
             failures,
+            shadow_comparisons,
+            shadow_dropped,
             reloads,
             connections,
             received,
@@ -661,6 +693,19 @@ impl Metrics {
             }),
             decisions: self.decisions.clone(),
             failures: self.failures.clone(),
+        }
+    }
+
+    /// The handles of a shadow candidate of `plugin` on `route`.
+    pub fn shadow(&self, plugin: &Arc<str>, route: &Arc<str>) -> ShadowMetrics {
+        ShadowMetrics {
+            plugin: plugin.clone(),
+            route: route.clone(),
+            comparisons: self.shadow_comparisons.clone(),
+            dropped: self.shadow_dropped.get_or_create_owned(&LinkLabels {
+                plugin: plugin.clone(),
+                route: route.clone(),
+            }),
         }
     }
 
@@ -785,6 +830,30 @@ impl RouteMetrics {
     /// Requests so far by status class: index 1 for 1xx to 5 for 5xx.
     pub fn classes(&self) -> [u64; 6] {
         std::array::from_fn(|i| self.counts.classes[i].load(Ordering::Relaxed))
+    }
+}
+
+/// The handles of a shadow candidate.
+#[derive(Debug, Clone)]
+pub struct ShadowMetrics {
+    plugin: Arc<str>,
+    route: Arc<str>,
+    comparisons: Family<ShadowLabels, Counter>,
+    /// Copies dropped because the candidate's queue was full.
+    pub dropped: Counter,
+}
+
+impl ShadowMetrics {
+    /// Counts one comparison.
+    pub fn compared(&self, live: Decision, candidate: Decision) {
+        self.comparisons
+            .get_or_create(&ShadowLabels {
+                plugin: self.plugin.clone(),
+                route: self.route.clone(),
+                live,
+                candidate,
+            })
+            .inc();
     }
 }
 

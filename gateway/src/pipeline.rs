@@ -405,29 +405,33 @@ async fn request_phase<'r>(
             }
             continue;
         }
+        // A shadow candidate gets the request as the live plugin sees it.
+        let copy = link.shadow.as_ref().and_then(|s| s.copy(&request));
         let called = Instant::now();
         let (returned, result) = link.pool.on_request(request).await;
         link.metrics.on_request.observe(called.elapsed());
         request = returned;
         let step = result.and_then(|action| apply_action(&mut request, body, action));
-        match step {
+        let (outcome, reply) = match step {
             Ok(answer) => {
                 if on_response {
                     responders.push(link);
                 }
                 match answer {
-                    None => decide(record, link, Outcome::Continue),
+                    None => (Outcome::Continue, None),
                     Some(response) => {
-                        decide(record, link, Outcome::Respond(response.status().as_u16()));
-                        return (request, responders, Some(response));
+                        (Outcome::Respond(response.status().as_u16()), Some(response))
                     }
                 }
             }
-            Err(e) => {
-                if let Some(response) = plugin_failed(route, link, e, record) {
-                    return (request, responders, Some(response));
-                }
-            }
+            Err(e) => plugin_failed(route, link, e, record),
+        };
+        decide(record, link, outcome);
+        if let (Some(shadow), Some(copy)) = (&link.shadow, copy) {
+            shadow.offer(copy, outcome);
+        }
+        if reply.is_some() {
+            return (request, responders, reply);
         }
     }
     (request, responders, None)
@@ -501,9 +505,11 @@ async fn response_phase(
         request = req;
         response = resp;
         let applied = result.and_then(|changes| apply_response(&mut response, &mut body, changes));
-        if let Err(e) = applied
-            && let Some(error_response) = plugin_failed(route, link, e, record)
-        {
+        let failed = applied.err().map(|e| plugin_failed(route, link, e, record));
+        if let Some((outcome, _)) = failed {
+            decide(record, link, outcome);
+        }
+        if let Some((_, Some(error_response))) = failed {
             let (head, error_body) = error_response.into_parts();
             *response = ResponseView {
                 head,
@@ -542,14 +548,15 @@ fn decide(record: &mut Record, link: &ChainLink, outcome: Outcome) {
     record.decide(link, outcome);
 }
 
-/// Logs a plugin failure; returns the response that ends the request when
-/// the plugin fails closed.
+/// Logs a plugin failure; returns what it comes to, and the response that
+/// ends the request when the plugin fails closed. The caller counts the
+/// outcome.
 fn plugin_failed(
     route: &RouteRuntime,
     link: &ChainLink,
     error: PluginError,
     record: &mut Record,
-) -> Option<Response<ProxyBody>> {
+) -> (Outcome, Option<Response<ProxyBody>>) {
     tracing::warn!(
         plugin = %link.plugin,
         route = %route.name,
@@ -558,12 +565,8 @@ fn plugin_failed(
     );
     link.metrics.failed(&error);
     match link.on_error {
-        OnError::Allow => {
-            decide(record, link, Outcome::FailedAllowed);
-            None
-        }
+        OnError::Allow => (Outcome::FailedAllowed, None),
         OnError::Deny => {
-            decide(record, link, Outcome::Failed);
             let error = if error.is_overload() {
                 ProxyError::Overloaded {
                     plugin: link.plugin.to_string(),
@@ -575,7 +578,7 @@ fn plugin_failed(
                 }
             };
             record.fail(&error);
-            Some(error.into_response())
+            (Outcome::Failed, Some(error.into_response()))
         }
     }
 }

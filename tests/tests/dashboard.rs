@@ -108,6 +108,7 @@ return {
   total: Number(document.querySelector('#total-requests')?.textContent ?? 'NaN'),
   routes: all('[data-route]', 'data-route'),
   plugins: all('[data-plugin]', 'data-plugin'),
+  shadows: all('[data-shadow]', 'data-shadow'),
   history: [...document.querySelectorAll('#reload-history [data-result]')]
     .map(e => ({ result: e.dataset.result, text: e.textContent })),
   canvases: document.querySelectorAll('canvas').length,
@@ -166,13 +167,16 @@ async fn the_dashboard_shows_traffic_policies_and_reloads_in_a_real_browser() {
         "{base}\n[admin]\naddress = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\"\n{keyed}{limited}",
         base = base_config(echo.addr),
         keyed = route("keyed", "/keyed", &[("key_auth", &keys)]),
+        // With a stricter candidate in shadow, for the shadow panel.
         limited = route(
             "limited",
             "/limited",
             &[(
                 "rate_limit",
                 r#"by = ["ip"]
-limits = [{ quota = 3, per = "hour" }]"#
+limits = [{ quota = 3, per = "hour" }]
+[routes.plugins.shadow]
+config = { limits = [{ quota = 1, per = "hour" }] }"#
             )]
         ),
     );
@@ -242,6 +246,7 @@ limits = [{ quota = 3, per = "hour" }]"#
                 && has("routes", "limited")
                 && has("plugins", "key_auth")
                 && has("plugins", "rate_limit")
+                && has("shadows", "limited/rate_limit")
                 && p["total"].as_f64() >= Some(9.0)
         })
         .await;

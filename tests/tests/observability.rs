@@ -66,7 +66,18 @@ address = "127.0.0.1:0"
 token = "{TOKEN}"
 {keyed}{limited}{trap}{jwt}{open}"#,
         base = base_config(echo.addr),
-        keyed = route("keyed", "/keyed", &[("key_auth", &keys)]),
+        // A candidate in shadow that knows only bob's key: alice's
+        // requests are its disagreements (and a secret in its config).
+        keyed = route(
+            "keyed",
+            "/keyed",
+            &[(
+                "key_auth",
+                &format!(
+                    "{keys}\n[routes.plugins.shadow]\nconfig = {{ keys = [{{ consumer = \"bob\", key = \"{PLAIN_KEY}\" }}] }}"
+                )
+            )]
+        ),
         limited = route(
             "limited",
             "/limited",

@@ -23,9 +23,8 @@ pub(super) fn allowed(path: &str, dashboard: bool) -> Option<&'static str> {
         "/reload" => Some("POST"),
         "/" | "/dashboard" if dashboard => Some("GET, HEAD"),
         "/healthz" | "/readyz" | "/openapi.json" | "/metrics" | "/status" | "/routes"
-        | "/plugins" | "/generations" | "/upstreams" | "/alerts" | "/audit" | "/stats" => {
-            Some("GET, HEAD")
-        }
+        | "/plugins" | "/generations" | "/upstreams" | "/alerts" | "/audit" | "/stats"
+        | "/shadows" => Some("GET, HEAD"),
         _ => None,
     }
 }
@@ -124,6 +123,12 @@ pub(super) fn routes(registry: &Registry) -> Value {
                         "files": p.files.iter()
                             .map(|(k, v)| (k.clone(), Value::String(v.display().to_string())))
                             .collect::<serde_json::Map<_, _>>(),
+                        "shadow": p.shadow.as_ref().map(|s| json!({
+                            "module": s.module.as_deref().unwrap_or(&p.name),
+                            "config": redacted(&toml::Value::Table(s.config.clone())),
+                            "queue": s.queue,
+                            "samples": s.samples,
+                        })),
                     })
                 })
                 .collect();
@@ -140,6 +145,20 @@ pub(super) fn routes(registry: &Registry) -> Value {
         })
         .collect();
     json!({ "generation": generation.id, "routes": routes })
+}
+
+/// Every shadow candidate of the current generation, with how its
+/// decisions compared with the live plugin's.
+pub(super) fn shadows(registry: &Registry) -> Value {
+    let generation = registry.current();
+    let shadows: Vec<crate::shadow::ShadowReport> = generation
+        .routes
+        .iter()
+        .flat_map(|r| &r.chain)
+        .filter_map(|link| link.shadow.as_ref())
+        .map(|shadow| shadow.stats.report())
+        .collect();
+    json!({ "generation": generation.id, "shadows": shadows })
 }
 
 pub(super) fn plugins(registry: &Registry) -> Value {

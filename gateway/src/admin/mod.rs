@@ -304,6 +304,7 @@ impl Admin {
             (Method::GET, "/status") => json(StatusCode::OK, &api::status(self)),
             (Method::GET, "/routes") => json(StatusCode::OK, &api::routes(&self.registry)),
             (Method::GET, "/plugins") => json(StatusCode::OK, &api::plugins(&self.registry)),
+            (Method::GET, "/shadows") => json(StatusCode::OK, &api::shadows(&self.registry)),
             (Method::GET, "/generations") => {
                 json(StatusCode::OK, &api::generations(&self.registry))
             }

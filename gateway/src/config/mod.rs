@@ -18,11 +18,13 @@ use serde::Deserialize;
 mod admin;
 mod alerts;
 mod listener;
+mod rollout;
 mod signatures;
 mod traces;
 mod upstream;
 
 pub use admin::AdminConfig;
+pub use rollout::ShadowConfig;
 pub use signatures::SignaturesConfig;
 pub use traces::{OtlpConfig, TracingConfig};
 
@@ -487,6 +489,10 @@ pub struct RoutePlugin {
     /// file). Read when the config is loaded or reloaded.
     #[serde(default)]
     pub files: BTreeMap<String, PathBuf>,
+    /// A candidate run in shadow next to this plugin: see
+    /// [`ShadowConfig`].
+    #[serde(default)]
+    pub shadow: Option<ShadowConfig>,
 }
 
 impl RoutePlugin {
@@ -956,6 +962,9 @@ impl Config {
                         format!("routes[{i}].plugins[{j}].queue_timeout_ms"),
                         format!("must be at most 60000, got {}", plugin.queue_timeout_ms),
                     );
+                }
+                if let Some(shadow) = &plugin.shadow {
+                    shadow.validate(&format!("routes[{i}].plugins[{j}].shadow"), &mut bad);
                 }
                 for key in plugin.files.keys() {
                     if plugin.config.contains_key(key) {

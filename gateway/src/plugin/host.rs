@@ -94,6 +94,8 @@ pub(crate) struct StoreState {
     pub(super) output: Arc<Mutex<String>>,
     /// Epoch ticks the call in progress may still run in; at 0 it traps.
     pub(super) ticks_left: u64,
+    /// A shadow candidate's instance: its alerts are dropped.
+    shadow: bool,
 }
 
 impl StoreState {
@@ -102,7 +104,18 @@ impl StoreState {
         route: Arc<str>,
         services: Arc<HostServices>,
         memory_bytes: usize,
+        shadow: bool,
     ) -> Self {
+        // A shadow candidate keeps its own store and says so in its logs.
+        let (plugin, namespace) = if shadow {
+            (
+                Arc::from(format!("{plugin} (shadow)")),
+                services.store.namespace(&format!("{plugin}#shadow")),
+            )
+        } else {
+            let namespace = services.store.namespace(&plugin);
+            (plugin, namespace)
+        };
         let output = Arc::new(Mutex::new(String::new()));
         let capture = |stream: &'static str| CapturedOutput {
             plugin: plugin.clone(),
@@ -117,7 +130,6 @@ impl StoreState {
             .allow_udp(false)
             .allow_ip_name_lookup(false)
             .build();
-        let namespace = services.store.namespace(&plugin);
         Self {
             namespace,
             wasi,
@@ -133,6 +145,7 @@ impl StoreState {
             response: None,
             output,
             ticks_left: 0,
+            shadow,
         }
     }
 
@@ -318,6 +331,10 @@ impl host::Host for StoreState {
         message: String,
         mut labels: Vec<(String, String)>,
     ) {
+        if self.shadow {
+            tracing::debug!(plugin = %self.plugin, route = %self.route, kind, "a shadow candidate's alert, dropped");
+            return;
+        }
         // The request the alert was raised on, so that an alert can be
         // followed to its access-log line and its trace.
         let request_id = self

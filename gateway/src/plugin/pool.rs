@@ -134,6 +134,8 @@ pub struct PluginPool {
     turns: Semaphore,
     /// Calls running on an instance now.
     in_use: AtomicUsize,
+    /// Whether its instances are a shadow candidate's.
+    shadow: bool,
     /// How much this pool's recent calls ran past a tick: raised by
     /// [`LONG_CALL_WEIGHT`] for each long call, lowered by one for each
     /// short one. While above zero, calls start on the plugin threads.
@@ -175,6 +177,33 @@ impl PluginPool {
         services: Arc<HostServices>,
         limits: CallLimits,
     ) -> Result<Arc<Self>, PluginError> {
+        Self::create(engine, plugin, route, config_json, services, limits, false).await
+    }
+
+    /// [`PluginPool::new`] for a shadow candidate: its instances have a
+    /// store namespace of their own (`<plugin>#shadow`), so that what it
+    /// counts never moves the live plugin's counters, its alerts are
+    /// dropped, and its log lines are marked `(shadow)`.
+    pub async fn new_shadow(
+        engine: Arc<PluginEngine>,
+        plugin: Arc<CompiledPlugin>,
+        route: Arc<str>,
+        config_json: String,
+        services: Arc<HostServices>,
+        limits: CallLimits,
+    ) -> Result<Arc<Self>, PluginError> {
+        Self::create(engine, plugin, route, config_json, services, limits, true).await
+    }
+
+    async fn create(
+        engine: Arc<PluginEngine>,
+        plugin: Arc<CompiledPlugin>,
+        route: Arc<str>,
+        config_json: String,
+        services: Arc<HostServices>,
+        limits: CallLimits,
+        shadow: bool,
+    ) -> Result<Arc<Self>, PluginError> {
         let mut pool = Self {
             plugin,
             route,
@@ -187,6 +216,7 @@ impl PluginPool {
             idle: Mutex::new(Vec::new()),
             in_use: AtomicUsize::new(0),
             long_calls: AtomicU32::new(0),
+            shadow,
         };
         let (instance, hooks) = pool.instantiate().await?;
         pool.hooks = hooks;
@@ -275,6 +305,7 @@ impl PluginPool {
             self.route.clone(),
             self.services.clone(),
             limits.memory_mib as usize * 1024 * 1024,
+            self.shadow,
         );
         let mut store = Store::new(&self.plugin.engine, state);
         store.limiter(|s| &mut s.memory);

@@ -42,7 +42,7 @@ impl BodyView {
 }
 
 /// The request as the next plugin will see it.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct RequestView {
     /// Method, URI and headers, owned by the pipeline between calls.
     pub head: http::request::Parts,

@@ -27,6 +27,7 @@ use crate::plugin::{
 use crate::router::Router;
 use crate::server::ListenerRuntime;
 use crate::server::tls::ListenerTls;
+use crate::shadow::{Shadow, ShadowStats};
 use crate::signing::SignatureError;
 use crate::upstream::{RouteOverrides, Upstream};
 
@@ -43,6 +44,8 @@ pub struct ChainLink {
     pub hooks: Hooks,
     /// Its metrics on this route.
     pub metrics: crate::metrics::LinkMetrics,
+    /// A candidate running in shadow next to it.
+    pub shadow: Option<Arc<Shadow>>,
 }
 
 /// A route, ready to serve.
@@ -1342,7 +1345,11 @@ fn used_plugins(config: &Config) -> Vec<String> {
     let mut names: Vec<String> = config
         .routes
         .iter()
-        .flat_map(|r| r.plugins.iter().map(|p| p.name.clone()))
+        .flat_map(|r| &r.plugins)
+        .flat_map(|p| {
+            let shadow = p.shadow.as_ref().and_then(|s| s.module.clone());
+            std::iter::once(p.name.clone()).chain(shadow)
+        })
         .collect();
     names.sort();
     names.dedup();
@@ -1627,12 +1634,42 @@ fn build(
                 },
             };
             let plugin: Arc<str> = link.name.as_str().into();
+            let shadow = match &link.shadow {
+                None => None,
+                Some(shadow) => {
+                    let before = previous
+                        .and_then(|g| g.routes.iter().find(|r| r.name == name))
+                        .and_then(|r| r.chain.get(i))
+                        .and_then(|l| l.shadow.as_ref());
+                    let built = build_shadow(ShadowParts {
+                        config,
+                        modules,
+                        link,
+                        shadow,
+                        route: &name,
+                        plugin: &plugin,
+                        limits,
+                        before,
+                        engine,
+                        services,
+                        runtime,
+                    });
+                    match built {
+                        Ok(shadow) => Some(shadow),
+                        Err(problem) => {
+                            problems.push(problem);
+                            continue;
+                        }
+                    }
+                }
+            };
             chain.push(ChainLink {
                 metrics: services.metrics.link(&plugin, &name),
                 plugin,
                 on_error: link.on_error,
                 hooks: pool.hooks(),
                 pool,
+                shadow,
             });
         }
         let Some(upstream) = upstreams.get(route.upstream.as_str()).cloned() else {
@@ -1702,6 +1739,86 @@ fn build(
             .filter_map(|p| crate::config::parse_network(p))
             .collect(),
     })
+}
+
+/// What a shadow candidate is built from.
+struct ShadowParts<'a> {
+    config: &'a Config,
+    modules: &'a HashMap<String, Arc<CompiledPlugin>>,
+    link: &'a crate::config::RoutePlugin,
+    shadow: &'a crate::config::ShadowConfig,
+    route: &'a Arc<str>,
+    plugin: &'a Arc<str>,
+    limits: CallLimits,
+    /// The same link's candidate in the generation before, kept (with
+    /// what it has counted) if nothing about it changed.
+    before: Option<&'a Arc<Shadow>>,
+    engine: &'a Arc<PluginEngine>,
+    services: &'a Arc<HostServices>,
+    runtime: &'a Handle,
+}
+
+/// A link's shadow candidate: the one before if it is the same, else a
+/// new pool (whose `init` checks the candidate's config) and task.
+fn build_shadow(parts: ShadowParts<'_>) -> Result<Arc<Shadow>, String> {
+    let ShadowParts {
+        config,
+        modules,
+        link,
+        shadow,
+        route,
+        plugin,
+        limits,
+        before,
+        engine,
+        services,
+        runtime,
+    } = parts;
+    let module_name = shadow.module.as_deref().unwrap_or(&link.name);
+    let Some(module) = modules.get(module_name) else {
+        return Err(format!(
+            "route `{route}` plugin `{plugin}`: shadow.module: no module {module_name}.wasm in {}",
+            config.plugins.directory.display()
+        ));
+    };
+    let config_json = serde_json::to_string(&shadow.candidate_config(&link.config))
+        .map_err(|e| format!("route `{route}` plugin `{plugin}`: shadow.config: {e}"))?;
+    if let Some(before) = before.filter(|b| {
+        Arc::ptr_eq(b.pool().plugin(), module)
+            && b.pool().config_json() == config_json
+            && b.pool().limits() == limits
+            && b.queue() == shadow.queue
+            && b.stats.sample_cap() == shadow.samples
+    }) {
+        return Ok(before.clone());
+    }
+    let pool = runtime
+        .block_on(PluginPool::new_shadow(
+            engine.clone(),
+            module.clone(),
+            route.clone(),
+            config_json,
+            services.clone(),
+            limits,
+        ))
+        .map_err(|e| format!("route `{route}` plugin `{plugin}`: shadow: {e}"))?;
+    let stats = ShadowStats::new(
+        route.clone(),
+        plugin.clone(),
+        module.name.clone(),
+        module.hash.clone(),
+        shadow.config.keys().cloned().collect(),
+        shadow.samples,
+        services.metrics.shadow(plugin, route),
+        services.clock.clone(),
+    );
+    Ok(Shadow::start(
+        pool,
+        link.on_error,
+        shadow.queue,
+        stats,
+        runtime,
+    ))
 }
 
 fn describe_pool_error(route: &str, plugin: &str, e: &PluginError) -> String {
