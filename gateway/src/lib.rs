@@ -30,6 +30,7 @@ pub mod path;
 pub mod pipeline;
 pub mod plugin;
 pub mod registry;
+pub mod rollout;
 pub mod router;
 pub mod scaffold;
 pub mod server;

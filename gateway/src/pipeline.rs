@@ -49,8 +49,9 @@ use crate::forward::{
 use crate::metrics;
 use crate::plugin::apply::{apply_action, apply_response};
 use crate::plugin::view::{BodyView, RequestView, ResponseView};
-use crate::plugin::{Hooks, PluginError};
+use crate::plugin::{Hooks, PluginError, PluginPool};
 use crate::registry::{ChainLink, Generation, Registry, RouteRuntime};
+use crate::rollout::{Arm, Routed};
 use crate::router::Match;
 use crate::trace::{self, TraceContext};
 use crate::upstream::{Affinity, UpstreamServer};
@@ -271,8 +272,14 @@ async fn serve_route(
         body: body_view,
     });
 
-    let (mut request, responders, reply) = request_phase(route, request, &mut body, record).await;
+    let RequestPhase {
+        mut request,
+        responders,
+        canaries,
+        reply,
+    } = request_phase(route, request, &mut body, record).await;
     record.consumer(request.identity.as_ref().map(|i| i.consumer.as_str()));
+    let upstream_called = reply.is_none();
 
     // Upstream, unless a plugin answered.
     let mut upstream_upgrade: Option<OnUpgrade> = None;
@@ -363,6 +370,11 @@ async fn serve_route(
             }
         }
     };
+    if upstream_called {
+        for routed in &canaries {
+            routed.upstream_answered(response.status().as_u16());
+        }
+    }
     if let (Some(client), Some(upstream)) = (client_upgrade, upstream_upgrade) {
         // A switch of protocols is not a response plugins can change: what
         // follows is not HTTP.
@@ -382,40 +394,73 @@ async fn serve_route(
     response_phase(route, &responders, request, response, max_body, record).await
 }
 
+/// A plugin whose `on-response` runs later: its link, and the version
+/// that served this request there (the live plugin, or a canary's
+/// candidate).
+struct Responder<'r> {
+    link: &'r ChainLink,
+    pool: &'r PluginPool,
+    /// Whether `pool` is the canary's candidate.
+    candidate: bool,
+}
+
+/// What the request phase leaves.
+struct RequestPhase<'r> {
+    /// The request as the plugins left it.
+    request: Box<RequestView>,
+    /// The plugins whose `on-response` runs later (those the phase
+    /// reached and that did not fail).
+    responders: Vec<Responder<'r>>,
+    /// The canaries the request went through, each with the version that
+    /// served it, until the response.
+    canaries: Vec<Routed<'r>>,
+    /// The reply that ends the request, if a plugin gave one.
+    reply: Option<Response<ProxyBody>>,
+}
+
 /// The request phase: `on-request` of each plugin of the chain, in order,
-/// until one answers. Returns the request as the plugins left it, the
-/// plugins whose `on-response` runs later (those the phase reached and that
-/// did not fail), and the reply that ends the request, if there is one.
+/// until one answers. At a link with a canary, the canary picks the
+/// version that serves this request.
 async fn request_phase<'r>(
     route: &'r RouteRuntime,
     mut request: Box<RequestView>,
     body: &mut ProxyBody,
     record: &mut Record,
-) -> (
-    Box<RequestView>,
-    Vec<&'r ChainLink>,
-    Option<Response<ProxyBody>>,
-) {
-    let mut responders: Vec<&ChainLink> = Vec::new();
+) -> RequestPhase<'r> {
+    let mut responders: Vec<Responder<'r>> = Vec::new();
+    let mut canaries: Vec<Routed<'r>> = Vec::new();
     for link in &route.chain {
-        let on_response = link.hooks.contains(Hooks::ON_RESPONSE);
-        if !link.hooks.contains(Hooks::ON_REQUEST) {
+        let canary = link.canary.as_deref();
+        let routed = canary.map(|c| c.route(&request));
+        let candidate = routed.as_ref().is_some_and(|r| r.arm() == Arm::Candidate);
+        let (pool, hooks): (&PluginPool, Hooks) = match canary {
+            Some(c) if candidate => (c.pool(), c.hooks()),
+            _ => (&link.pool, link.hooks),
+        };
+        let on_response = hooks.contains(Hooks::ON_RESPONSE);
+        let responder = Responder {
+            link,
+            pool,
+            candidate,
+        };
+        if !hooks.contains(Hooks::ON_REQUEST) {
             if on_response {
-                responders.push(link);
+                responders.push(responder);
             }
+            canaries.extend(routed);
             continue;
         }
         // A shadow candidate gets the request as the live plugin sees it.
         let copy = link.shadow.as_ref().and_then(|s| s.copy(&request));
         let called = Instant::now();
-        let (returned, result) = link.pool.on_request(request).await;
+        let (returned, result) = pool.on_request(request).await;
         link.metrics.on_request.observe(called.elapsed());
         request = returned;
         let step = result.and_then(|action| apply_action(&mut request, body, action));
         let (outcome, reply) = match step {
             Ok(answer) => {
                 if on_response {
-                    responders.push(link);
+                    responders.push(responder);
                 }
                 match answer {
                     None => (Outcome::Continue, None),
@@ -430,16 +475,30 @@ async fn request_phase<'r>(
         if let (Some(shadow), Some(copy)) = (&link.shadow, copy) {
             shadow.offer(copy, outcome);
         }
+        if let (Some(canary), Some(routed)) = (canary, routed) {
+            canary.decided(&routed, outcome);
+            canaries.push(routed);
+        }
         if reply.is_some() {
-            return (request, responders, reply);
+            return RequestPhase {
+                request,
+                responders,
+                canaries,
+                reply,
+            };
         }
     }
-    (request, responders, None)
+    RequestPhase {
+        request,
+        responders,
+        canaries,
+        reply: None,
+    }
 }
 
 /// The request head that goes upstream: the plugins' request itself when
 /// no `on-response` will read it, else a copy.
-fn upstream_head(request: &mut RequestView, responders: &[&ChainLink]) -> http::request::Parts {
+fn upstream_head(request: &mut RequestView, responders: &[Responder<'_>]) -> http::request::Parts {
     if responders.is_empty() {
         std::mem::replace(&mut request.head, Request::new(()).into_parts().0)
     } else {
@@ -460,11 +519,21 @@ pub async fn run_chain(
     upstream: impl FnOnce(http::request::Parts, ProxyBody) -> Response<ProxyBody>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let mut record = Record::new(false);
-    let (mut request, responders, reply) =
-        request_phase(route, Box::new(request), &mut body, &mut record).await;
+    let RequestPhase {
+        mut request,
+        responders,
+        canaries,
+        reply,
+    } = request_phase(route, Box::new(request), &mut body, &mut record).await;
     let response = match reply {
         Some(reply) => reply,
-        None => upstream(upstream_head(&mut request, &responders), body),
+        None => {
+            let response = upstream(upstream_head(&mut request, &responders), body);
+            for routed in &canaries {
+                routed.upstream_answered(response.status().as_u16());
+            }
+            response
+        }
     };
     if responders.is_empty() {
         return Ok(response);
@@ -477,7 +546,7 @@ pub async fn run_chain(
 /// first.
 async fn response_phase(
     route: &RouteRuntime,
-    responders: &[&ChainLink],
+    responders: &[Responder<'_>],
     mut request: Box<RequestView>,
     response: Response<ProxyBody>,
     max_body: usize,
@@ -498,9 +567,10 @@ async fn response_phase(
         head,
         body: body_view,
     });
-    for link in responders.iter().rev() {
+    for responder in responders.iter().rev() {
+        let link = responder.link;
         let called = Instant::now();
-        let (req, resp, result) = link.pool.on_response(request, response).await;
+        let (req, resp, result) = responder.pool.on_response(request, response).await;
         link.metrics.on_response.observe(called.elapsed());
         request = req;
         response = resp;
@@ -508,6 +578,9 @@ async fn response_phase(
         let failed = applied.err().map(|e| plugin_failed(route, link, e, record));
         if let Some((outcome, _)) = failed {
             decide(record, link, outcome);
+            if let (true, Some(canary)) = (responder.candidate, &link.canary) {
+                canary.response_failed();
+            }
         }
         if let Some((_, Some(error_response))) = failed {
             let (head, error_body) = error_response.into_parts();

@@ -379,6 +379,14 @@ impl TestGateway {
     pub async fn stop(self) {
         self.handle.shutdown().await;
     }
+
+    /// Stops the gateway and starts another on the same directory (its
+    /// config, plugins and state), as a process restart would.
+    pub async fn restart(self) -> anyhow::Result<Self> {
+        let Self { handle, dir, .. } = self;
+        handle.shutdown().await;
+        Self::start_in(dir).await
+    }
 }
 
 /// Waits for the next reload event about `trigger`, for at most `timeout`.

@@ -24,7 +24,8 @@ pub(super) fn allowed(path: &str, dashboard: bool) -> Option<&'static str> {
         "/" | "/dashboard" if dashboard => Some("GET, HEAD"),
         "/healthz" | "/readyz" | "/openapi.json" | "/metrics" | "/status" | "/routes"
         | "/plugins" | "/generations" | "/upstreams" | "/alerts" | "/audit" | "/stats"
-        | "/shadows" => Some("GET, HEAD"),
+        | "/shadows" | "/rollouts" => Some("GET, HEAD"),
+        _ if path.starts_with("/rollouts/") => Some("POST"),
         _ => None,
     }
 }
@@ -123,6 +124,11 @@ pub(super) fn routes(registry: &Registry) -> Value {
                         "files": p.files.iter()
                             .map(|(k, v)| (k.clone(), Value::String(v.display().to_string())))
                             .collect::<serde_json::Map<_, _>>(),
+                        "canary": p.canary.as_ref().map(|c| json!({
+                            "module": c.module.as_deref().unwrap_or(&p.name),
+                            "config": redacted(&toml::Value::Table(c.config.clone())),
+                            "steps": c.steps,
+                        })),
                         "shadow": p.shadow.as_ref().map(|s| json!({
                             "module": s.module.as_deref().unwrap_or(&p.name),
                             "config": redacted(&toml::Value::Table(s.config.clone())),
@@ -159,6 +165,58 @@ pub(super) fn shadows(registry: &Registry) -> Value {
         .map(|shadow| shadow.stats.report())
         .collect();
     json!({ "generation": generation.id, "shadows": shadows })
+}
+
+/// Every canary rollout of the current generation: where it stands and
+/// how each arm fared at the current step.
+pub(super) fn rollouts(registry: &Registry) -> Value {
+    let generation = registry.current();
+    let rollouts: Vec<Value> = generation
+        .routes
+        .iter()
+        .flat_map(|r| &r.chain)
+        .filter_map(|link| link.canary.as_ref())
+        .map(|canary| canary.report_json())
+        .collect();
+    json!({ "generation": generation.id, "rollouts": rollouts })
+}
+
+/// `POST /rollouts/<route>/<plugin>/<command>`: an operator's command to a
+/// canary. The error is the status to answer and why.
+pub(super) fn rollout_command(
+    registry: &Registry,
+    path: &str,
+    token: Option<String>,
+) -> Result<Value, (http::StatusCode, String)> {
+    let not_found = |what: String| (http::StatusCode::NOT_FOUND, what);
+    let parts: Vec<&str> = path
+        .strip_prefix("/rollouts/")
+        .unwrap_or_default()
+        .split('/')
+        .collect();
+    let [route, plugin, command] = parts.as_slice() else {
+        return Err(not_found(format!(
+            "no admin endpoint {path}: POST /rollouts/<route>/<plugin>/<pause|resume|promote|abort>"
+        )));
+    };
+    let command = crate::rollout::Command::parse(command).ok_or_else(|| {
+        (
+            http::StatusCode::BAD_REQUEST,
+            format!("`{command}`: the commands are pause, resume, promote and abort"),
+        )
+    })?;
+    let generation = registry.current();
+    let canary = generation
+        .routes
+        .iter()
+        .find(|r| &*r.name == *route)
+        .and_then(|r| r.chain.iter().find(|l| &*l.plugin == *plugin))
+        .and_then(|l| l.canary.as_ref())
+        .ok_or_else(|| not_found(format!("no canary of plugin `{plugin}` on route `{route}`")))?;
+    canary
+        .command(command, token)
+        .map_err(|why| (http::StatusCode::CONFLICT, why))?;
+    Ok(canary.report_json())
 }
 
 pub(super) fn plugins(registry: &Registry) -> Value {

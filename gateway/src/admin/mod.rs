@@ -305,6 +305,17 @@ impl Admin {
             (Method::GET, "/routes") => json(StatusCode::OK, &api::routes(&self.registry)),
             (Method::GET, "/plugins") => json(StatusCode::OK, &api::plugins(&self.registry)),
             (Method::GET, "/shadows") => json(StatusCode::OK, &api::shadows(&self.registry)),
+            (Method::GET, "/rollouts") => json(StatusCode::OK, &api::rollouts(&self.registry)),
+            (Method::POST, path) if path.starts_with("/rollouts/") => {
+                // Which token the command came with, for the audit trail.
+                let token = admin
+                    .and_then(|a| a.token.as_deref())
+                    .map(crate::registry::token_fingerprint);
+                match api::rollout_command(&self.registry, path, token) {
+                    Ok(rollout) => json(StatusCode::OK, &rollout),
+                    Err((status, why)) => error(status, &why),
+                }
+            }
             (Method::GET, "/generations") => {
                 json(StatusCode::OK, &api::generations(&self.registry))
             }

@@ -24,7 +24,7 @@ mod traces;
 mod upstream;
 
 pub use admin::AdminConfig;
-pub use rollout::ShadowConfig;
+pub use rollout::{CanaryConfig, ShadowConfig};
 pub use signatures::SignaturesConfig;
 pub use traces::{OtlpConfig, TracingConfig};
 
@@ -493,6 +493,10 @@ pub struct RoutePlugin {
     /// [`ShadowConfig`].
     #[serde(default)]
     pub shadow: Option<ShadowConfig>,
+    /// A candidate taking a share of this plugin's requests: see
+    /// [`CanaryConfig`].
+    #[serde(default)]
+    pub canary: Option<CanaryConfig>,
 }
 
 impl RoutePlugin {
@@ -619,9 +623,10 @@ impl Config {
     /// TLS, health checks or ejection), and everything that would reach
     /// outside or leave a trace is off: listeners' TLS (the certificates
     /// are `portcullis check`'s to check), the admin listener, alert
-    /// webhooks, span export, the audit trail, file watching and
-    /// signature checks. Routes, plugins, their config and limits stay as
-    /// they are.
+    /// webhooks, span export, the audit trail, file watching, signature
+    /// checks, and shadow and canary candidates (the stable policy is what
+    /// is tested). Routes, plugins, their config and limits stay as they
+    /// are.
     pub fn go_offline(&mut self, upstream: std::net::SocketAddr) {
         for listener in &mut self.listeners {
             listener.tls = None;
@@ -633,6 +638,12 @@ impl Config {
         self.plugins.watch = false;
         self.signatures.required = false;
         self.signatures.trusted_keys.clear();
+        // The stable policy is what is tested: a candidate's share of a
+        // run would depend on how its requests hash.
+        for plugin in self.routes.iter_mut().flat_map(|r| &mut r.plugins) {
+            plugin.shadow = None;
+            plugin.canary = None;
+        }
         for group in self.upstreams.values_mut() {
             group.servers = vec![upstream::ServerConfig {
                 address: upstream.to_string(),
@@ -965,6 +976,15 @@ impl Config {
                 }
                 if let Some(shadow) = &plugin.shadow {
                     shadow.validate(&format!("routes[{i}].plugins[{j}].shadow"), &mut bad);
+                }
+                if let Some(canary) = &plugin.canary {
+                    canary.validate(&format!("routes[{i}].plugins[{j}].canary"), &mut bad);
+                    if plugin.shadow.is_some() {
+                        bad(
+                            format!("routes[{i}].plugins[{j}].canary"),
+                            "a plugin has a shadow or a canary, not both".into(),
+                        );
+                    }
                 }
                 for key in plugin.files.keys() {
                     if plugin.config.contains_key(key) {

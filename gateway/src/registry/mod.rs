@@ -24,6 +24,7 @@ use crate::plugin::{
     CallLimits, CompiledPlugin, Hooks, HostServices, ModuleCache, PluginEngine, PluginError,
     PluginPool, Tier,
 };
+use crate::rollout::{Canary, CanaryInfo, RolloutBook};
 use crate::router::Router;
 use crate::server::ListenerRuntime;
 use crate::server::tls::ListenerTls;
@@ -46,6 +47,18 @@ pub struct ChainLink {
     pub metrics: crate::metrics::LinkMetrics,
     /// A candidate running in shadow next to it.
     pub shadow: Option<Arc<Shadow>>,
+    /// A candidate taking a share of its requests.
+    pub canary: Option<Arc<Canary>>,
+}
+
+impl ChainLink {
+    /// The hooks of the live plugin and of its canary candidate together.
+    pub fn all_hooks(&self) -> Hooks {
+        match &self.canary {
+            Some(canary) => self.hooks | canary.hooks(),
+            None => self.hooks,
+        }
+    }
 }
 
 /// A route, ready to serve.
@@ -270,7 +283,9 @@ pub struct Registry {
     /// Locked after `loaded` when both are.
     meta: Mutex<HashMap<(String, String), ModuleMeta>>,
     /// The audit trail, if kept.
-    audit: Option<crate::audit::AuditLog>,
+    audit: Option<Arc<crate::audit::AuditLog>>,
+    /// Where canary rollouts keep their outcomes and report.
+    rollouts: Arc<RolloutBook>,
 }
 
 /// How many reloads the history keeps.
@@ -421,20 +436,27 @@ impl Registry {
             anyhow::bail!("{}", problems.join("\n"));
         }
         let audit = match config.audit.file() {
-            Some(path) => Some(
+            Some(path) => Some(Arc::new(
                 crate::audit::AuditLog::open(&path)
                     .map_err(|e| anyhow::anyhow!("audit.file: {e}"))?,
-            ),
+            )),
             None => None,
         };
+        let rollouts = Arc::new(RolloutBook::open(
+            rollout_file(&config),
+            audit.clone(),
+            services.alerts.clone(),
+        ));
         let config = Arc::new(config);
         let runtime = Handle::try_current().map_err(|_| {
             anyhow::anyhow!(
                 "Registry::start must run inside a tokio runtime (on a blocking thread)"
             )
         })?;
-        let generation = build(&config, &modules, None, &engine, &services, &runtime, 1)
-            .map_err(|problems| anyhow::anyhow!("{}", problems.join("\n")))?;
+        let generation = build(
+            &config, &modules, None, &engine, &services, &rollouts, &runtime, 1,
+        )
+        .map_err(|problems| anyhow::anyhow!("{}", problems.join("\n")))?;
         let (events, _) = broadcast::channel(256);
         // The startup generation's history entry lists every module it loaded.
         let loaded_at_start = module_changes(&HashMap::new(), &modules);
@@ -458,6 +480,7 @@ impl Registry {
             history: Mutex::new(std::collections::VecDeque::with_capacity(HISTORY)),
             meta: Mutex::new(meta),
             audit,
+            rollouts,
         });
         registry.emit_changes(
             ReloadEvent {
@@ -651,7 +674,7 @@ impl Registry {
 
     /// The audit trail's file, if one is kept.
     pub fn audit_file(&self) -> Option<&Path> {
-        self.audit.as_ref().map(crate::audit::AuditLog::path)
+        self.audit.as_deref().map(crate::audit::AuditLog::path)
     }
 
     /// Emits `event`: metrics, history, log, audit trail (with the config
@@ -731,6 +754,7 @@ impl Registry {
             Some(&previous),
             &self.engine,
             &self.services,
+            &self.rollouts,
             &self.runtime,
             loaded.next_id,
         );
@@ -1348,7 +1372,8 @@ fn used_plugins(config: &Config) -> Vec<String> {
         .flat_map(|r| &r.plugins)
         .flat_map(|p| {
             let shadow = p.shadow.as_ref().and_then(|s| s.module.clone());
-            std::iter::once(p.name.clone()).chain(shadow)
+            let canary = p.canary.as_ref().and_then(|c| c.module.clone());
+            std::iter::once(p.name.clone()).chain(shadow).chain(canary)
         })
         .collect();
     names.sort();
@@ -1539,12 +1564,14 @@ fn log_module(module: &CompiledPlugin, what: &str, meta: &ModuleMeta) {
 /// per plugin per route. Pools and upstreams whose inputs did not change
 /// are taken over from `previous`. Every problem is collected. Runs on a
 /// blocking thread; `init` calls are driven on `runtime`.
+#[allow(clippy::too_many_arguments)]
 fn build(
     config: &Arc<Config>,
     modules: &HashMap<String, Arc<CompiledPlugin>>,
     previous: Option<&Generation>,
     engine: &Arc<PluginEngine>,
     services: &Arc<HostServices>,
+    rollouts: &Arc<RolloutBook>,
     runtime: &Handle,
     id: u64,
 ) -> Result<Generation, Vec<String>> {
@@ -1634,28 +1661,41 @@ fn build(
                 },
             };
             let plugin: Arc<str> = link.name.as_str().into();
+            let same_link = || {
+                previous
+                    .and_then(|g| g.routes.iter().find(|r| r.name == name))
+                    .and_then(|r| r.chain.get(i))
+            };
+            let candidate = CandidateParts {
+                config,
+                modules,
+                link,
+                route: &name,
+                plugin: &plugin,
+                limits,
+                engine,
+                services,
+                runtime,
+            };
             let shadow = match &link.shadow {
                 None => None,
                 Some(shadow) => {
-                    let before = previous
-                        .and_then(|g| g.routes.iter().find(|r| r.name == name))
-                        .and_then(|r| r.chain.get(i))
-                        .and_then(|l| l.shadow.as_ref());
-                    let built = build_shadow(ShadowParts {
-                        config,
-                        modules,
-                        link,
-                        shadow,
-                        route: &name,
-                        plugin: &plugin,
-                        limits,
-                        before,
-                        engine,
-                        services,
-                        runtime,
-                    });
-                    match built {
+                    let before = same_link().and_then(|l| l.shadow.as_ref());
+                    match build_shadow(&candidate, shadow, before) {
                         Ok(shadow) => Some(shadow),
+                        Err(problem) => {
+                            problems.push(problem);
+                            continue;
+                        }
+                    }
+                }
+            };
+            let canary = match &link.canary {
+                None => None,
+                Some(canary) => {
+                    let before = same_link().and_then(|l| l.canary.as_ref());
+                    match build_canary(&candidate, canary, before, rollouts) {
+                        Ok(canary) => Some(canary),
                         Err(problem) => {
                             problems.push(problem);
                             continue;
@@ -1670,6 +1710,7 @@ fn build(
                 hooks: pool.hooks(),
                 pool,
                 shadow,
+                canary,
             });
         }
         let Some(upstream) = upstreams.get(route.upstream.as_str()).cloned() else {
@@ -1683,8 +1724,12 @@ fn build(
             metrics: services
                 .metrics
                 .route(&name, &route.upstream, route.metrics_consumer_label),
-            request_body: chain.iter().any(|l| l.hooks.contains(Hooks::REQUEST_BODY)),
-            response_body: chain.iter().any(|l| l.hooks.contains(Hooks::RESPONSE_BODY)),
+            request_body: chain
+                .iter()
+                .any(|l| l.all_hooks().contains(Hooks::REQUEST_BODY)),
+            response_body: chain
+                .iter()
+                .any(|l| l.all_hooks().contains(Hooks::RESPONSE_BODY)),
             name,
             upstream,
             chain,
@@ -1741,83 +1786,163 @@ fn build(
     })
 }
 
-/// What a shadow candidate is built from.
-struct ShadowParts<'a> {
+/// What a candidate (a shadow's or a canary's) is built from.
+struct CandidateParts<'a> {
     config: &'a Config,
     modules: &'a HashMap<String, Arc<CompiledPlugin>>,
     link: &'a crate::config::RoutePlugin,
-    shadow: &'a crate::config::ShadowConfig,
     route: &'a Arc<str>,
     plugin: &'a Arc<str>,
     limits: CallLimits,
-    /// The same link's candidate in the generation before, kept (with
-    /// what it has counted) if nothing about it changed.
-    before: Option<&'a Arc<Shadow>>,
     engine: &'a Arc<PluginEngine>,
     services: &'a Arc<HostServices>,
     runtime: &'a Handle,
 }
 
+impl CandidateParts<'_> {
+    /// The candidate's module (`module`, else the live plugin's) and its
+    /// config as JSON: the live config with `changes` in place. `what`
+    /// names the table in errors (`shadow`, `canary`).
+    fn resolve(
+        &self,
+        what: &str,
+        module: Option<&str>,
+        changes: &toml::Table,
+    ) -> Result<(&Arc<CompiledPlugin>, String), String> {
+        let (route, plugin) = (self.route, self.plugin);
+        let name = module.unwrap_or(&self.link.name);
+        let Some(module) = self.modules.get(name) else {
+            return Err(format!(
+                "route `{route}` plugin `{plugin}`: {what}.module: no module {name}.wasm in {}",
+                self.config.plugins.directory.display()
+            ));
+        };
+        let mut config = self.link.config.clone();
+        for (key, value) in changes {
+            config.insert(key.clone(), value.clone());
+        }
+        let json = serde_json::to_string(&config)
+            .map_err(|e| format!("route `{route}` plugin `{plugin}`: {what}.config: {e}"))?;
+        Ok((module, json))
+    }
+
+    /// Whether `pool` runs `module` with `json` under this link's limits.
+    fn same_pool(&self, pool: &PluginPool, module: &Arc<CompiledPlugin>, json: &str) -> bool {
+        Arc::ptr_eq(pool.plugin(), module)
+            && pool.config_json() == json
+            && pool.limits() == self.limits
+    }
+
+    /// A new pool for the candidate; its `init` checks the config.
+    fn pool(
+        &self,
+        what: &str,
+        module: &Arc<CompiledPlugin>,
+        json: String,
+        shadow: bool,
+    ) -> Result<Arc<PluginPool>, String> {
+        let make = |json| {
+            let (engine, module, route) = (self.engine.clone(), module.clone(), self.route.clone());
+            let (services, limits) = (self.services.clone(), self.limits);
+            async move {
+                if shadow {
+                    PluginPool::new_shadow(engine, module, route, json, services, limits).await
+                } else {
+                    PluginPool::new(engine, module, route, json, services, limits).await
+                }
+            }
+        };
+        self.runtime.block_on(make(json)).map_err(|e| {
+            format!(
+                "route `{}` plugin `{}`: {what}: {e}",
+                self.route, self.plugin
+            )
+        })
+    }
+}
+
 /// A link's shadow candidate: the one before if it is the same, else a
-/// new pool (whose `init` checks the candidate's config) and task.
-fn build_shadow(parts: ShadowParts<'_>) -> Result<Arc<Shadow>, String> {
-    let ShadowParts {
-        config,
-        modules,
-        link,
-        shadow,
-        route,
-        plugin,
-        limits,
-        before,
-        engine,
-        services,
-        runtime,
-    } = parts;
-    let module_name = shadow.module.as_deref().unwrap_or(&link.name);
-    let Some(module) = modules.get(module_name) else {
-        return Err(format!(
-            "route `{route}` plugin `{plugin}`: shadow.module: no module {module_name}.wasm in {}",
-            config.plugins.directory.display()
-        ));
-    };
-    let config_json = serde_json::to_string(&shadow.candidate_config(&link.config))
-        .map_err(|e| format!("route `{route}` plugin `{plugin}`: shadow.config: {e}"))?;
+/// new pool and task.
+fn build_shadow(
+    parts: &CandidateParts<'_>,
+    shadow: &crate::config::ShadowConfig,
+    before: Option<&Arc<Shadow>>,
+) -> Result<Arc<Shadow>, String> {
+    let (module, json) = parts.resolve("shadow", shadow.module.as_deref(), &shadow.config)?;
     if let Some(before) = before.filter(|b| {
-        Arc::ptr_eq(b.pool().plugin(), module)
-            && b.pool().config_json() == config_json
-            && b.pool().limits() == limits
+        parts.same_pool(b.pool(), module, &json)
             && b.queue() == shadow.queue
             && b.stats.sample_cap() == shadow.samples
     }) {
         return Ok(before.clone());
     }
-    let pool = runtime
-        .block_on(PluginPool::new_shadow(
-            engine.clone(),
-            module.clone(),
-            route.clone(),
-            config_json,
-            services.clone(),
-            limits,
-        ))
-        .map_err(|e| format!("route `{route}` plugin `{plugin}`: shadow: {e}"))?;
+    let pool = parts.pool("shadow", module, json, true)?;
     let stats = ShadowStats::new(
-        route.clone(),
-        plugin.clone(),
+        parts.route.clone(),
+        parts.plugin.clone(),
         module.name.clone(),
         module.hash.clone(),
         shadow.config.keys().cloned().collect(),
         shadow.samples,
-        services.metrics.shadow(plugin, route),
-        services.clock.clone(),
+        parts.services.metrics.shadow(parts.plugin, parts.route),
+        parts.services.clock.clone(),
     );
     Ok(Shadow::start(
         pool,
-        link.on_error,
+        parts.link.on_error,
         shadow.queue,
         stats,
-        runtime,
+        parts.runtime,
+    ))
+}
+
+/// Where rollouts keep their outcomes: `rollouts.json` in the state
+/// directory, if it can be made; else nowhere (logged).
+fn rollout_file(config: &Config) -> Option<PathBuf> {
+    let dir = config.state_directory();
+    match std::fs::create_dir_all(&dir) {
+        Ok(()) => Some(dir.join("rollouts.json")),
+        Err(e) => {
+            tracing::warn!(
+                "cannot make the state directory {}: {e}; canary outcomes last until the gateway stops",
+                dir.display()
+            );
+            None
+        }
+    }
+}
+
+/// A link's canary: the one before if it is the same, else a new pool
+/// starting where the book says this candidate's rollout stands.
+fn build_canary(
+    parts: &CandidateParts<'_>,
+    canary: &crate::config::CanaryConfig,
+    before: Option<&Arc<Canary>>,
+    rollouts: &Arc<RolloutBook>,
+) -> Result<Arc<Canary>, String> {
+    let (module, json) = parts.resolve("canary", canary.module.as_deref(), &canary.config)?;
+    if let Some(before) =
+        before.filter(|b| parts.same_pool(b.pool(), module, &json) && b.settings() == canary)
+    {
+        return Ok(before.clone());
+    }
+    let config_hash = crate::plugin::engine::content_hash(json.as_bytes());
+    let pool = parts.pool("canary", module, json, false)?;
+    let (route, plugin) = (parts.route, parts.plugin);
+    let info = CanaryInfo {
+        key: format!("{route}/{plugin}/{}/{config_hash}", module.hash),
+        route: route.clone(),
+        plugin: plugin.clone(),
+        module: module.name.clone(),
+        sha256: module.hash.clone(),
+        config_keys: canary.config.keys().cloned().collect(),
+    };
+    Ok(Canary::new(
+        pool,
+        canary.clone(),
+        info,
+        rollouts.clone(),
+        parts.services.clock.clone(),
     ))
 }
 
