@@ -67,6 +67,27 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         sdk: Option<PathBuf>,
     },
+    /// Watch or steer the canary rollouts of a running gateway, through
+    /// its admin API (found in the config's `[admin]`; the token from
+    /// there or from PORTCULLIS_ADMIN_TOKEN).
+    Rollout {
+        /// `status`, `pause` (hold at the step), `resume`, `promote` (every
+        /// request to the candidate now) or `abort` (none, now).
+        command: RolloutCommand,
+        /// The route of the canary (for a command; `status` shows all).
+        #[arg(long)]
+        route: Option<String>,
+        /// The plugin with the canary on that route.
+        #[arg(long)]
+        plugin: Option<String>,
+        /// The gateway's config file.
+        #[arg(short, long, value_name = "FILE", default_value = "portcullis.toml")]
+        config: PathBuf,
+        /// The CA bundle the admin listener's certificate is checked
+        /// against, when it has TLS (default: the webpki roots).
+        #[arg(long, value_name = "FILE")]
+        ca: Option<PathBuf>,
+    },
     /// Work with the audit trail of policy changes.
     Audit {
         #[command(subcommand)]
@@ -112,6 +133,15 @@ enum AuditCommand {
     },
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum RolloutCommand {
+    Status,
+    Pause,
+    Resume,
+    Promote,
+    Abort,
+}
+
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 enum LogFormatArg {
     Text,
@@ -153,6 +183,13 @@ fn main() -> ExitCode {
         Command::Run { config, log_format } => (config, log_format, false),
         Command::Check { config } => (config, None, true),
         Command::Test { config, cases } => return test_cases(&config, &cases),
+        Command::Rollout {
+            command,
+            route,
+            plugin,
+            config,
+            ca,
+        } => return done(rollout(command, route, plugin, &config, ca.as_deref())),
         Command::New { name, dir, sdk } => {
             return done(
                 portcullis::scaffold::create(&name, &dir, sdk.as_deref()).map(|created| {
@@ -275,6 +312,45 @@ fn test_cases(config: &std::path::Path, cases: &std::path::Path) -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// `portcullis rollout`.
+fn rollout(
+    command: RolloutCommand,
+    route: Option<String>,
+    plugin: Option<String>,
+    config: &std::path::Path,
+    ca: Option<&std::path::Path>,
+) -> Result<String, String> {
+    use portcullis::admin::client::{AdminTarget, describe_rollout};
+    let target = AdminTarget::from_config(config, ca)?;
+    let path = match (command, route, plugin) {
+        (RolloutCommand::Status, _, _) => "/rollouts".to_owned(),
+        (command, Some(route), Some(plugin)) => {
+            let name = format!("{command:?}").to_ascii_lowercase();
+            format!("/rollouts/{route}/{plugin}/{name}")
+        }
+        _ => return Err("a rollout command needs --route and --plugin".into()),
+    };
+    let method = if command == RolloutCommand::Status {
+        http::Method::GET
+    } else {
+        http::Method::POST
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))?;
+    let answer = runtime.block_on(target.call(method, &path))?;
+    Ok(match answer["rollouts"].as_array() {
+        Some(rollouts) if rollouts.is_empty() => "no canary rollout".to_owned(),
+        Some(rollouts) => rollouts
+            .iter()
+            .map(describe_rollout)
+            .collect::<Vec<_>>()
+            .join("\n"),
+        None => describe_rollout(&answer),
+    })
 }
 
 /// Prints what a one-shot command did, or its error; its exit code.

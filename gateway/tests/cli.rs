@@ -431,6 +431,69 @@ fn new_makes_a_plugin_crate_that_builds_and_passes_at_once() {
     );
     assert!(stdout.contains("3 passed, 0 failed"), "{stdout}");
 
+    // The module serves, with a canary of another config of it, steered
+    // from the command line through the admin API.
+    let admin_port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let text = std::fs::read_to_string(crate_dir.join("portcullis.toml")).expect("config");
+    let text = text.replace("127.0.0.1:8080", "127.0.0.1:0")
+        + &format!(
+            "[routes.plugins.canary]\nconfig = {{ deny = [\"mobile-app\"] }}\nsteps = [50]\n\
+             sticky = \"header:x-client-id\"\n[admin]\naddress = \"127.0.0.1:{admin_port}\"\n"
+        );
+    std::fs::write(crate_dir.join("portcullis.toml"), text).expect("config");
+    // Killed if an assertion fails first (it holds the test's output).
+    struct Running(Child);
+    impl Drop for Running {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let gateway = Running(run(&crate_dir).0);
+    let rollout = |args: &[&str]| {
+        let out = Command::new(BIN)
+            .arg("rollout")
+            .args(args)
+            .current_dir(&crate_dir)
+            .output()
+            .expect("run");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let (code, said) = rollout(&["status"]);
+    assert_eq!(code, Some(0), "{said}");
+    assert!(
+        said.contains(
+            "app/client_gate: candidate client_gate running, 50% of requests (step 1 of 1)"
+        ),
+        "{said}"
+    );
+    let (code, said) = rollout(&["pause", "--route", "app", "--plugin", "client_gate"]);
+    assert_eq!(code, Some(0), "{said}");
+    assert!(said.contains("client_gate paused"), "{said}");
+    let (code, said) = rollout(&["abort", "--route", "app", "--plugin", "client_gate"]);
+    assert_eq!(code, Some(0), "{said}");
+    assert!(
+        said.contains("client_gate aborted, 0% of requests"),
+        "{said}"
+    );
+    let (code, said) = rollout(&["abort", "--route", "app", "--plugin", "client_gate"]);
+    assert_eq!(code, Some(1), "{said}");
+    assert!(
+        said.contains("409 Conflict: the rollout has ended (aborted)"),
+        "{said}"
+    );
+    let (code, said) = rollout(&["promote"]);
+    assert_eq!(code, Some(1), "{said}");
+    assert!(said.contains("needs --route and --plugin"), "{said}");
+    drop(gateway);
+
     let out = Command::new(BIN)
         .args(["new", "client-gate", "--dir"])
         .arg(dir.path())

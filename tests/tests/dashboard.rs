@@ -109,6 +109,7 @@ return {
   routes: all('[data-route]', 'data-route'),
   plugins: all('[data-plugin]', 'data-plugin'),
   shadows: all('[data-shadow]', 'data-shadow'),
+  rollouts: all('[data-rollout]', 'data-rollout'),
   history: [...document.querySelectorAll('#reload-history [data-result]')]
     .map(e => ({ result: e.dataset.result, text: e.textContent })),
   canvases: document.querySelectorAll('canvas').length,
@@ -166,7 +167,16 @@ async fn the_dashboard_shows_traffic_policies_and_reloads_in_a_real_browser() {
     let config = format!(
         "{base}\n[admin]\naddress = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\"\n{keyed}{limited}",
         base = base_config(echo.addr),
-        keyed = route("keyed", "/keyed", &[("key_auth", &keys)]),
+        // A canary of the same config (as for a new build of the module),
+        // for the rollouts panel.
+        keyed = route(
+            "keyed",
+            "/keyed",
+            &[(
+                "key_auth",
+                &format!("{keys}\n[routes.plugins.canary]\nsteps = [50]")
+            )]
+        ),
         // With a stricter candidate in shadow, for the shadow panel.
         limited = route(
             "limited",
@@ -247,6 +257,7 @@ config = { limits = [{ quota = 1, per = "hour" }] }"#
                 && has("plugins", "key_auth")
                 && has("plugins", "rate_limit")
                 && has("shadows", "limited/rate_limit")
+                && has("rollouts", "keyed/key_auth")
                 && p["total"].as_f64() >= Some(9.0)
         })
         .await;

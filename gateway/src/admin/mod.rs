@@ -14,6 +14,7 @@
 //! generation and the counters the request path keeps anyway.
 
 mod api;
+pub mod client;
 mod stats;
 
 use std::convert::Infallible;
