@@ -309,5 +309,38 @@ async fn the_readme_curl_lines_do_what_the_readme_says() {
         "{history}"
     );
 
+    // The stricter rate limit in shadow refused more than the live one
+    // (the burst of /api/me above), and the rewrite canary is running.
+    let mut shadow = serde_json::Value::Null;
+    for _ in 0..500 {
+        let reply = Client::new()
+            .get(&format!("http://{admin}/shadows"), &[])
+            .await
+            .expect("shadows");
+        let body: serde_json::Value = reply.json().expect("JSON");
+        shadow = body["shadows"][0].clone();
+        if shadow["compared"].as_u64() >= Some(7) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(shadow["plugin"], "rate_limit", "{shadow}");
+    assert!(
+        shadow["disagreements"]
+            .as_array()
+            .is_some_and(|d| d.iter().any(|d| d["kind"] == "candidate_refuses")),
+        "{shadow}"
+    );
+    let rollouts: serde_json::Value = Client::new()
+        .get(&format!("http://{admin}/rollouts"), &[])
+        .await
+        .expect("rollouts")
+        .json()
+        .expect("JSON");
+    let canary = &rollouts["rollouts"][0];
+    assert_eq!(canary["plugin"], "rewrite", "{rollouts}");
+    assert_eq!(canary["phase"], "running", "{rollouts}");
+    assert_eq!(canary["percent"], 10.0, "{rollouts}");
+
     gw.stop().await;
 }
