@@ -59,6 +59,18 @@ pub(crate) fn all(baseline: bool) -> Vec<Case> {
             proxy: Proxy::Portcullis(Chain::Four),
             baseline: Some("portcullis, no plugins"),
         },
+        // Every thread is counted: the shadow's figure includes the
+        // candidate's own call, not only what the live request pays.
+        Case {
+            name: "portcullis, key_auth + shadow",
+            proxy: Proxy::Portcullis(Chain::KeyAuthShadow),
+            baseline: Some("portcullis, key_auth"),
+        },
+        Case {
+            name: "portcullis, key_auth + canary",
+            proxy: Proxy::Portcullis(Chain::KeyAuthCanary),
+            baseline: Some("portcullis, key_auth"),
+        },
     ];
     if !baseline {
         return cases;
@@ -66,6 +78,8 @@ pub(crate) fn all(baseline: bool) -> Vec<Case> {
     cases
         .into_iter()
         .flat_map(|case| match case.proxy {
+            // The baseline build has no shadows or canaries.
+            Proxy::Portcullis(Chain::KeyAuthShadow | Chain::KeyAuthCanary) => vec![case],
             Proxy::Portcullis(chain) => {
                 let name = cases::baseline_name(case.name);
                 vec![
@@ -130,7 +144,9 @@ pub(crate) fn measure(case: &Case, env: &Env) -> Result<f64, String> {
             command.arg(binary).arg("run").arg("--config").arg(&conf);
             match chain {
                 Chain::Empty | Chain::Neighbours => vec![],
-                Chain::KeyAuth | Chain::Four => vec![KEY],
+                Chain::KeyAuth | Chain::Four | Chain::KeyAuthShadow | Chain::KeyAuthCanary => {
+                    vec![KEY]
+                }
             }
         }
         Proxy::Direct => return Err("the direct case has no proxy to count".into()),

@@ -76,6 +76,11 @@ pub(crate) enum Chain {
     KeyAuth,
     /// alerts, key_auth, rate_limit (never trips), rewrite.
     Four,
+    /// key_auth with a candidate of the same config in shadow.
+    KeyAuthShadow,
+    /// key_auth with a canary of the same config at 50%, sticky by
+    /// client IP (the one client of a case is in one arm).
+    KeyAuthCanary,
     /// No plugins on `/`, and beside it `/login`: basic_auth against a
     /// bcrypt (cost 10) htpasswd file, about 55 ms of CPU per wrong
     /// password (never cached).
@@ -341,8 +346,12 @@ pub(crate) struct Sample {
 /// Starts the case's proxy, warms it up, measures, stops it.
 pub(crate) fn measure(case: &Case, env: &Env, options: &Options) -> Result<Sample, String> {
     let ready = match case.proxy {
-        Proxy::Portcullis(Chain::KeyAuth | Chain::Four)
-        | Proxy::Baseline(Chain::KeyAuth | Chain::Four) => vec![KEY],
+        Proxy::Portcullis(
+            Chain::KeyAuth | Chain::Four | Chain::KeyAuthShadow | Chain::KeyAuthCanary,
+        )
+        | Proxy::Baseline(
+            Chain::KeyAuth | Chain::Four | Chain::KeyAuthShadow | Chain::KeyAuthCanary,
+        ) => vec![KEY],
         _ => vec![],
     };
     let mut proxy = match case.proxy {
@@ -533,6 +542,14 @@ users = [{ username = "alice", roles = ["member"] }]
 "#,
         ),
         Chain::KeyAuth => conf.push_str(&key_auth),
+        Chain::KeyAuthShadow => {
+            conf.push_str(&key_auth);
+            conf.push_str("[routes.plugins.shadow]\n");
+        }
+        Chain::KeyAuthCanary => {
+            conf.push_str(&key_auth);
+            conf.push_str("[routes.plugins.canary]\nsteps = [50]\nstep_ms = 86400000\n");
+        }
         Chain::Four => {
             conf.push_str(
                 r#"

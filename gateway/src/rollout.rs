@@ -197,9 +197,24 @@ pub struct CanaryInfo {
     pub key: String,
 }
 
-/// A candidate taking a share of a link's requests.
+/// A candidate taking a share of a link's requests: its instances, and
+/// the rollout, which a new build of the same candidate (its optimized
+/// build, or a reload that does not change it) takes over.
 pub struct Canary {
     pool: Arc<PluginPool>,
+    core: Arc<CanaryCore>,
+}
+
+impl std::ops::Deref for Canary {
+    type Target = CanaryCore;
+
+    fn deref(&self) -> &CanaryCore {
+        &self.core
+    }
+}
+
+/// Where a rollout stands and what it has counted.
+pub struct CanaryCore {
     settings: CanaryConfig,
     /// The candidate's share now, in basis points: what each request reads.
     share: AtomicU32,
@@ -207,6 +222,8 @@ pub struct Canary {
     /// Candidate calls in flight (request to response).
     in_flight: AtomicU64,
     started: AtomicBool,
+    /// Counts made since the last judgement (see [`Canary::judge`]).
+    unjudged: AtomicBool,
     state: Mutex<State>,
     /// What it is.
     pub info: CanaryInfo,
@@ -218,6 +235,15 @@ pub struct Canary {
 impl std::fmt::Debug for Canary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Canary")
+            .field("pool", &self.pool)
+            .field("core", &self.core)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for CanaryCore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CanaryCore")
             .field("info", &self.info)
             .field("share", &self.share)
             .finish_non_exhaustive()
@@ -228,7 +254,7 @@ impl std::fmt::Debug for Canary {
 /// upstream's answer for its arm, and the candidate's calls in flight.
 #[derive(Debug)]
 pub struct Routed<'a> {
-    canary: &'a Canary,
+    canary: &'a CanaryCore,
     arm: Arm,
 }
 
@@ -278,12 +304,12 @@ impl Canary {
             None => (Phase::Running, settings.steps[0] * 100, None),
         };
         let seed = xxhash_rust::xxh3::xxh3_64(info.key.as_bytes());
-        Arc::new(Self {
-            pool,
+        let core = Arc::new(CanaryCore {
             share: AtomicU32::new(share),
             arms: Default::default(),
             in_flight: AtomicU64::new(0),
             started: AtomicBool::new(kept.is_some()),
+            unjudged: AtomicBool::new(false),
             state: Mutex::new(State {
                 phase,
                 step: 0,
@@ -299,6 +325,16 @@ impl Canary {
             book,
             clock,
             seed,
+        });
+        Arc::new(Self { pool, core })
+    }
+
+    /// The rollout of `before` with the candidate's instances in `pool`
+    /// (a new build of the same module and config).
+    pub fn carry(pool: Arc<PluginPool>, before: &Canary) -> Arc<Self> {
+        Arc::new(Self {
+            pool,
+            core: before.core.clone(),
         })
     }
 
@@ -311,7 +347,9 @@ impl Canary {
     pub fn hooks(&self) -> Hooks {
         self.pool.hooks()
     }
+}
 
+impl CanaryCore {
     /// The settings it runs by.
     pub fn settings(&self) -> &CanaryConfig {
         &self.settings
@@ -397,18 +435,34 @@ impl Canary {
     }
 
     /// Rolls back on a breach, moves on when a step is done. Called after
-    /// each count; a judgement in progress elsewhere is not waited for.
+    /// each count. A request never waits for another's judgement: it
+    /// leaves a mark, and the request judging now judges again before it
+    /// lets go, so that every count is judged.
     fn judge(&self) {
-        let Ok(mut state) = self.state.try_lock() else {
-            return;
-        };
+        self.unjudged.store(true, Ordering::Release);
+        loop {
+            let Ok(mut state) = self.state.try_lock() else {
+                return;
+            };
+            if !self.unjudged.swap(false, Ordering::AcqRel) {
+                return;
+            }
+            self.judge_now(&mut state);
+            drop(state);
+            if !self.unjudged.load(Ordering::Acquire) {
+                return;
+            }
+        }
+    }
+
+    fn judge_now(&self, state: &mut State) {
         if !matches!(state.phase, Phase::Running | Phase::Paused) {
             return;
         }
         let candidate = self.arms[Arm::Candidate as usize].read();
         let stable = self.arms[Arm::Stable as usize].read();
         if let Some(breach) = self.breach(&candidate, &stable, state.baseline) {
-            self.end(&mut state, Phase::RolledBack, breach, None);
+            self.end(state, Phase::RolledBack, breach, None);
             return;
         }
         if state.phase == Phase::Paused {
@@ -437,7 +491,7 @@ impl Canary {
             candidate.requests
         );
         if state.step + 1 >= s.steps.len() {
-            self.end(&mut state, Phase::Promoted, passed, None);
+            self.end(state, Phase::Promoted, passed, None);
             return;
         }
         state.step += 1;
@@ -448,7 +502,7 @@ impl Canary {
         self.share
             .store(s.steps[state.step] * 100, Ordering::Release);
         let percent = f64::from(s.steps[state.step]);
-        self.push_event(&mut state, "step", percent, passed.clone());
+        self.push_event(state, "step", percent, passed.clone());
         self.report("step", passed, None);
     }
 

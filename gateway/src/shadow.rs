@@ -191,17 +191,17 @@ pub fn kind(live: Decision, candidate: Decision) -> Option<&'static str> {
 }
 
 impl Shadow {
-    /// Starts the candidate's task on `runtime`; it ends when the last
-    /// handle to the shadow is dropped.
+    /// Starts the candidate's task on `runtime`, counting into `stats`
+    /// (those of the same candidate before, on a new build of its module);
+    /// the task ends when the last handle to the shadow is dropped.
     pub fn start(
         pool: Arc<PluginPool>,
         on_error: OnError,
         queue: usize,
-        stats: ShadowStats,
+        stats: Arc<ShadowStats>,
         runtime: &tokio::runtime::Handle,
     ) -> Arc<Self> {
         let (jobs, receiver) = mpsc::channel(queue.max(1));
-        let stats = Arc::new(stats);
         runtime.spawn(run(pool.clone(), on_error, receiver, stats.clone()));
         Arc::new(Self { pool, jobs, stats })
     }

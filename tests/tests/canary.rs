@@ -137,6 +137,14 @@ async fn a_failing_canary_is_rolled_back_at_once_and_stays_so() {
     assert!(after["drained_us"].is_u64(), "{after:#}");
     // Every request since is the stable version's.
     assert!(candidate_users(&gw).await.is_empty());
+    // The optimized build of the module (usually done by now, not always)
+    // and a reload take the rollout over as it stands.
+    gw.wait_optimized().await;
+    gw.handle.reload_config().await.expect("reload");
+    let kept = rollout(&gw).await;
+    assert_eq!(kept["phase"], "rolled_back", "{kept:#}");
+    assert_eq!(kept["candidate"]["failures"], 1, "{kept:#}");
+    assert_eq!(kept["drained_us"], after["drained_us"], "{kept:#}");
 
     // An operator cannot bring an ended rollout back.
     let (status, body) = admin(&gw, Method::POST, "/rollouts/api/misbehave/promote").await;

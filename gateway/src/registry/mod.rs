@@ -1826,9 +1826,10 @@ impl CandidateParts<'_> {
         Ok((module, json))
     }
 
-    /// Whether `pool` runs `module` with `json` under this link's limits.
-    fn same_pool(&self, pool: &PluginPool, module: &Arc<CompiledPlugin>, json: &str) -> bool {
-        Arc::ptr_eq(pool.plugin(), module)
+    /// Whether `pool` runs the same candidate: `module`'s content (in any
+    /// build of it), with `json`, under this link's limits.
+    fn same_candidate(&self, pool: &PluginPool, module: &CompiledPlugin, json: &str) -> bool {
+        pool.plugin().hash == module.hash
             && pool.config_json() == json
             && pool.limits() == self.limits
     }
@@ -1869,14 +1870,26 @@ fn build_shadow(
     before: Option<&Arc<Shadow>>,
 ) -> Result<Arc<Shadow>, String> {
     let (module, json) = parts.resolve("shadow", shadow.module.as_deref(), &shadow.config)?;
-    if let Some(before) = before.filter(|b| {
-        parts.same_pool(b.pool(), module, &json)
+    // The same candidate (module content, config, limits, settings) keeps
+    // its counts, even on a new build of its module.
+    let same = before.filter(|b| {
+        parts.same_candidate(b.pool(), module, &json)
             && b.queue() == shadow.queue
             && b.stats.sample_cap() == shadow.samples
-    }) {
+    });
+    if let Some(before) = same.filter(|b| Arc::ptr_eq(b.pool().plugin(), module)) {
         return Ok(before.clone());
     }
     let pool = parts.pool("shadow", module, json, true)?;
+    if let Some(before) = same {
+        return Ok(Shadow::start(
+            pool,
+            parts.link.on_error,
+            shadow.queue,
+            before.stats.clone(),
+            parts.runtime,
+        ));
+    }
     let stats = ShadowStats::new(
         parts.route.clone(),
         parts.plugin.clone(),
@@ -1891,7 +1904,7 @@ fn build_shadow(
         pool,
         parts.link.on_error,
         shadow.queue,
-        stats,
+        Arc::new(stats),
         parts.runtime,
     ))
 }
@@ -1921,13 +1934,18 @@ fn build_canary(
     rollouts: &Arc<RolloutBook>,
 ) -> Result<Arc<Canary>, String> {
     let (module, json) = parts.resolve("canary", canary.module.as_deref(), &canary.config)?;
-    if let Some(before) =
-        before.filter(|b| parts.same_pool(b.pool(), module, &json) && b.settings() == canary)
-    {
+    // The same candidate (module content, config, limits, settings) keeps
+    // its place, even on a new build of its module.
+    let same =
+        before.filter(|b| parts.same_candidate(b.pool(), module, &json) && b.settings() == canary);
+    if let Some(before) = same.filter(|b| Arc::ptr_eq(b.pool().plugin(), module)) {
         return Ok(before.clone());
     }
     let config_hash = crate::plugin::engine::content_hash(json.as_bytes());
     let pool = parts.pool("canary", module, json, false)?;
+    if let Some(before) = same {
+        return Ok(Canary::carry(pool, before));
+    }
     let (route, plugin) = (parts.route, parts.plugin);
     let info = CanaryInfo {
         key: format!("{route}/{plugin}/{}/{config_hash}", module.hash),
