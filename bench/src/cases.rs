@@ -197,6 +197,22 @@ pub(crate) fn all(groups: &[Group], baseline: bool) -> Vec<Case> {
             wrk(&plain, vec![KEY]),
             Some("portcullis, no plugins"),
         ),
+        // The candidate's calls share the proxy's one CPU: what a shadow
+        // costs a saturated proxy.
+        case(
+            "portcullis, key_auth + shadow",
+            Group::Plugins,
+            Proxy::Portcullis(Chain::KeyAuthShadow),
+            wrk(&plain, vec![KEY]),
+            Some("portcullis, key_auth"),
+        ),
+        case(
+            "portcullis, key_auth + canary",
+            Group::Plugins,
+            Proxy::Portcullis(Chain::KeyAuthCanary),
+            wrk(&plain, vec![KEY]),
+            Some("portcullis, key_auth"),
+        ),
         case(
             "nginx https keep-alive",
             Group::Tls,
@@ -286,6 +302,8 @@ pub(crate) fn all(groups: &[Group], baseline: bool) -> Vec<Case> {
     }
     cases
         .flat_map(|case| match case.proxy {
+            // The baseline build has no shadows or canaries.
+            Proxy::Portcullis(Chain::KeyAuthShadow | Chain::KeyAuthCanary) => vec![case],
             Proxy::Portcullis(chain) if matches!(case.group, Group::Proxy | Group::Plugins) => {
                 let name = baseline_name(case.name);
                 let twin = Case {
