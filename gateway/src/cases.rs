@@ -260,9 +260,9 @@ struct Reply {
 }
 
 impl CaseFile {
-    /// Reads and checks the case file at `path`: every problem, each
-    /// named by its case and key.
-    pub fn load(path: &Path) -> anyhow::Result<Self> {
+    /// Reads and checks the case file at `path`, and builds each case's
+    /// request: every problem, each named by its case and key.
+    fn load(path: &Path) -> anyhow::Result<Vec<(Case, Prepared)>> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read {}", path.display()))?;
         let file: CaseFile = toml::from_str(&text)
@@ -270,22 +270,22 @@ impl CaseFile {
         if file.cases.is_empty() {
             anyhow::bail!("{}: no `[[case]]` in the file", path.display());
         }
-        let problems: Vec<String> = file
-            .cases
-            .iter()
-            .enumerate()
-            .flat_map(|(i, case)| match prepare(case) {
-                Ok(_) => Vec::new(),
-                Err(problems) => problems
-                    .into_iter()
-                    .map(|p| format!("  - case[{i}] ({}): {p}", case.name))
-                    .collect(),
-            })
-            .collect();
+        let mut cases = Vec::with_capacity(file.cases.len());
+        let mut problems = Vec::new();
+        for (i, case) in file.cases.into_iter().enumerate() {
+            match prepare(&case) {
+                Ok(prepared) => cases.push((case, prepared)),
+                Err(found) => problems.extend(
+                    found
+                        .into_iter()
+                        .map(|p| format!("  - case[{i}] ({}): {p}", case.name)),
+                ),
+            }
+        }
         if !problems.is_empty() {
             anyhow::bail!("{}:\n{}", path.display(), problems.join("\n"));
         }
-        Ok(file)
+        Ok(cases)
     }
 }
 
@@ -477,16 +477,17 @@ impl std::fmt::Display for Report {
 /// An error is a case file or a config that cannot be run at all; failed
 /// cases are in the report.
 pub async fn run(config: &Path, cases: &Path) -> anyhow::Result<Report> {
-    let file = CaseFile::load(cases)?;
+    let cases = CaseFile::load(cases)?;
     let started = Instant::now();
     let stand_in = StandIn::start().await?;
     let clock = Arc::new(ManualClock::new(DEFAULT_TIME_MS));
-    // Which listeners have TLS, before going offline drops it.
-    let mut listeners = Vec::new();
-    Config::load_with(config, |c| {
-        listeners = c.listeners.iter().map(|l| l.tls.is_some()).collect();
-        c.go_offline(stand_in.addr);
-    })?;
+    // Which listeners have TLS, before going offline drops it (a config
+    // that does not parse is reported by the load below).
+    let listeners: Vec<bool> = std::fs::read_to_string(config)
+        .ok()
+        .and_then(|text| Config::parse(&text).ok())
+        .map(|c| c.listeners.iter().map(|l| l.tls.is_some()).collect())
+        .unwrap_or_default();
     let registry = Gateway::builder(config)
         .clock(clock.clone())
         .offline(stand_in.addr)
@@ -494,20 +495,9 @@ pub async fn run(config: &Path, cases: &Path) -> anyhow::Result<Report> {
         .await?;
     let load_time = started.elapsed();
     let started = Instant::now();
-    let mut results = Vec::with_capacity(file.cases.len());
-    for case in &file.cases {
-        let prepared = match prepare(case) {
-            Ok(prepared) => prepared,
-            Err(problems) => {
-                results.push(CaseResult {
-                    name: case.name.clone(),
-                    status: None,
-                    failures: problems,
-                });
-                continue;
-            }
-        };
-        results.push(run_case(case, prepared, &registry, &clock, &stand_in, &listeners).await);
+    let mut results = Vec::with_capacity(cases.len());
+    for (case, prepared) in cases {
+        results.push(run_case(&case, prepared, &registry, &clock, &stand_in, &listeners).await);
     }
     Ok(Report {
         cases: results,

@@ -11,7 +11,7 @@
 //! candidate rate limit never spends the live one's budget, and its
 //! alerts dropped).
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -70,7 +70,7 @@ pub struct ShadowStats {
     compared: AtomicU64,
     dropped: AtomicU64,
     /// Comparisons by (live, candidate) decision.
-    pairs: Mutex<BTreeMap<(String, String), u64>>,
+    pairs: Mutex<HashMap<(Decision, Decision), u64>>,
     samples: Mutex<VecDeque<Sample>>,
     sample_cap: usize,
     metrics: ShadowMetrics,
@@ -284,7 +284,7 @@ impl ShadowStats {
             config_keys,
             compared: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
-            pairs: Mutex::new(BTreeMap::new()),
+            pairs: Mutex::new(HashMap::new()),
             samples: Mutex::new(VecDeque::new()),
             sample_cap,
             metrics,
@@ -314,7 +314,7 @@ impl ShadowStats {
             .pairs
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .entry((label(live), label(candidate)))
+            .entry((live, candidate))
             .or_default() += 1;
         // Counted last: a reader that sees `compared` sees the pair too.
         self.compared.fetch_add(1, Ordering::Release);
@@ -371,17 +371,19 @@ impl ShadowStats {
         let mut agreed = 0;
         let mut disagreements = Vec::new();
         for ((live, candidate), count) in pairs {
-            match kind(parse_label(&live), parse_label(&candidate)) {
+            match kind(live, candidate) {
                 None => agreed += count,
                 Some(kind) => disagreements.push(Disagreement {
                     kind,
-                    live,
-                    candidate,
+                    live: label(live),
+                    candidate: label(candidate),
                     count,
                 }),
             }
         }
-        disagreements.sort_by_key(|d| std::cmp::Reverse(d.count));
+        disagreements.sort_by(|a, b| {
+            (b.count, a.kind, &a.live, &a.candidate).cmp(&(a.count, b.kind, &b.live, &b.candidate))
+        });
         ShadowReport {
             route: self.route.to_string(),
             plugin: self.plugin.to_string(),
@@ -401,15 +403,6 @@ impl ShadowStats {
                 .cloned()
                 .collect(),
         }
-    }
-}
-
-fn parse_label(label: &str) -> Decision {
-    match label {
-        "continue" => Decision::Continue,
-        "failed" => Decision::Failed,
-        "failed_allowed" => Decision::FailedAllowed,
-        status => Decision::Respond(status.parse().unwrap_or(0)),
     }
 }
 
@@ -450,9 +443,11 @@ mod tests {
         assert_eq!(kind(Respond(401), Respond(403)), Some("status_differs"));
         assert_eq!(kind(Continue, Failed), Some("candidate_fails"));
         assert_eq!(kind(Failed, Respond(403)), Some("live_fails"));
-        for decision in [Continue, Respond(418), Failed, FailedAllowed] {
-            assert_eq!(parse_label(&label(decision)), decision);
-        }
+        let labels: Vec<String> = [Continue, Respond(418), Failed, FailedAllowed]
+            .into_iter()
+            .map(label)
+            .collect();
+        assert_eq!(labels, ["continue", "418", "failed", "failed_allowed"]);
     }
 
     #[test]

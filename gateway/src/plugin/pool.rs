@@ -177,25 +177,14 @@ impl PluginPool {
         services: Arc<HostServices>,
         limits: CallLimits,
     ) -> Result<Arc<Self>, PluginError> {
-        Self::create(engine, plugin, route, config_json, services, limits, false).await
+        Self::with_role(engine, plugin, route, config_json, services, limits, false).await
     }
 
-    /// [`PluginPool::new`] for a shadow candidate: its instances have a
-    /// store namespace of their own (`<plugin>#shadow`), so that what it
-    /// counts never moves the live plugin's counters, its alerts are
-    /// dropped, and its log lines are marked `(shadow)`.
-    pub async fn new_shadow(
-        engine: Arc<PluginEngine>,
-        plugin: Arc<CompiledPlugin>,
-        route: Arc<str>,
-        config_json: String,
-        services: Arc<HostServices>,
-        limits: CallLimits,
-    ) -> Result<Arc<Self>, PluginError> {
-        Self::create(engine, plugin, route, config_json, services, limits, true).await
-    }
-
-    async fn create(
+    /// [`PluginPool::new`], or with `shadow` a shadow candidate's pool: its
+    /// instances have a store namespace of their own (`<plugin>#shadow`),
+    /// so that what it counts never moves the live plugin's counters, its
+    /// alerts are dropped, and its log lines are marked `(shadow)`.
+    pub async fn with_role(
         engine: Arc<PluginEngine>,
         plugin: Arc<CompiledPlugin>,
         route: Arc<str>,

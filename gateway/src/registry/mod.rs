@@ -1842,18 +1842,16 @@ impl CandidateParts<'_> {
         json: String,
         shadow: bool,
     ) -> Result<Arc<PluginPool>, String> {
-        let make = |json| {
-            let (engine, module, route) = (self.engine.clone(), module.clone(), self.route.clone());
-            let (services, limits) = (self.services.clone(), self.limits);
-            async move {
-                if shadow {
-                    PluginPool::new_shadow(engine, module, route, json, services, limits).await
-                } else {
-                    PluginPool::new(engine, module, route, json, services, limits).await
-                }
-            }
-        };
-        self.runtime.block_on(make(json)).map_err(|e| {
+        let pool = PluginPool::with_role(
+            self.engine.clone(),
+            module.clone(),
+            self.route.clone(),
+            json,
+            self.services.clone(),
+            self.limits,
+            shadow,
+        );
+        self.runtime.block_on(pool).map_err(|e| {
             format!(
                 "route `{}` plugin `{}`: {what}: {e}",
                 self.route, self.plugin
