@@ -228,6 +228,13 @@ struct LinkLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutboundLabels {
+    plugin: Arc<str>,
+    route: Arc<str>,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ShadowLabels {
     plugin: Arc<str>,
     route: Arc<str>,
@@ -449,6 +456,8 @@ pub struct Metrics {
     failures: Family<FailureLabels, Counter>,
     shadow_comparisons: Family<ShadowLabels, Counter>,
     shadow_dropped: Family<LinkLabels, Counter>,
+    outbound_calls: Family<OutboundLabels, Counter>,
+    outbound_duration: Family<LinkLabels, Histogram, fn() -> Histogram>,
     reloads: Family<ReloadLabels, Counter>,
     connections: Family<ListenerLabel, Gauge>,
     received: Family<ListenerLabel, Counter>,
@@ -559,6 +568,20 @@ impl Metrics {
             None,
             Family::<LinkLabels, Counter>::default(),
         );
+        let outbound_calls = registered(
+            &mut p,
+            "plugin_http_calls",
+            "Outbound HTTP calls of plugins by plugin, route and outcome: ok (any status), refused (not allowed, private address, bad request), busy, timeout, too_large, failed",
+            None,
+            Family::<OutboundLabels, Counter>::default(),
+        );
+        let outbound_duration = registered(
+            &mut p,
+            "plugin_http_call_duration",
+            "Time of plugins' outbound HTTP calls that were sent (redirects and the whole body included), by plugin and route",
+            Some(Unit::Seconds),
+            Family::new_with_constructor(request_histogram as fn() -> _),
+        );
         let reloads = registered(
             &mut p,
             "reloads",
@@ -639,6 +662,8 @@ impl Metrics {
             failures,
             shadow_comparisons,
             shadow_dropped,
+            outbound_calls,
+            outbound_duration,
             reloads,
             connections,
             received,
@@ -703,6 +728,29 @@ impl Metrics {
             route: route.clone(),
             comparisons: self.shadow_comparisons.clone(),
             dropped: self.shadow_dropped.get_or_create_owned(&LinkLabels {
+                plugin: plugin.clone(),
+                route: route.clone(),
+            }),
+        }
+    }
+
+    /// The handles of `plugin`'s outbound HTTP calls on `route`.
+    pub fn outbound(&self, plugin: &Arc<str>, route: &Arc<str>) -> OutboundMetrics {
+        let outcome = |outcome| {
+            self.outbound_calls.get_or_create_owned(&OutboundLabels {
+                plugin: plugin.clone(),
+                route: route.clone(),
+                outcome,
+            })
+        };
+        OutboundMetrics {
+            ok: outcome("ok"),
+            refused: outcome("refused"),
+            busy: outcome("busy"),
+            timeout: outcome("timeout"),
+            too_large: outcome("too_large"),
+            failed: outcome("failed"),
+            duration: self.outbound_duration.get_or_create_owned(&LinkLabels {
                 plugin: plugin.clone(),
                 route: route.clone(),
             }),
@@ -831,6 +879,26 @@ impl RouteMetrics {
     pub fn classes(&self) -> [u64; 6] {
         std::array::from_fn(|i| self.counts.classes[i].load(Ordering::Relaxed))
     }
+}
+
+/// The handles of one plugin's outbound HTTP calls on one route, resolved
+/// once, so that counting a call takes no lookup.
+#[derive(Debug, Clone)]
+pub struct OutboundMetrics {
+    /// Calls answered (any status).
+    pub ok: Counter,
+    /// Calls refused before a socket opened, or by the address check.
+    pub refused: Counter,
+    /// Calls refused because too many were in flight.
+    pub busy: Counter,
+    /// Calls that ran out of time.
+    pub timeout: Counter,
+    /// Calls whose answer was too large.
+    pub too_large: Counter,
+    /// Calls that failed to connect or in the exchange.
+    pub failed: Counter,
+    /// Durations of calls that were sent.
+    pub duration: Histogram,
 }
 
 /// The handles of a shadow candidate.

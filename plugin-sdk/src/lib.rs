@@ -55,7 +55,9 @@
 //!   [`RequestChanges::authenticated`] what an authentication plugin returns.
 //! - [`log`] (and the [`info!`] family of macros) writes to the gateway's
 //!   log; [`time`] is the gateway's clock; [`alert`] raises alerts; [`store`]
-//!   is a key-value store shared by every instance of the plugin.
+//!   is a key-value store shared by every instance of the plugin; [`http`]
+//!   calls the origins the route's config grants the plugin (an identity
+//!   provider, say).
 //!
 //! # Testing plugins
 //!
@@ -71,6 +73,7 @@ pub mod __private;
 
 mod action;
 pub mod alert;
+pub mod http;
 pub mod log;
 mod message;
 mod plugin;

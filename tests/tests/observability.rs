@@ -599,7 +599,7 @@ async fn every_endpoint_answers_as_the_openapi_document_says() {
     // What the answers say, beyond their shape.
     let status = admin.json("/status").await;
     assert_eq!(status["ready"], true);
-    assert_eq!(status["contract"], "portcullis:policy@0.2.2");
+    assert_eq!(status["contract"], "portcullis:policy@0.2.3");
     assert_eq!(status["listeners"][0], gw.addr.to_string());
     let routes = admin.json("/routes").await;
     let names: Vec<&str> = routes["routes"]

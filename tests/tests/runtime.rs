@@ -205,7 +205,7 @@ async fn a_module_built_against_contract_0_2_0_loads_and_serves() {
     let config = base_config(echo.addr) + &route("old", "/old", &[("contract_0_2_0", "")]);
     let gw = TestGateway::start(&config, &[("contract_0_2_0", fixtures::CONTRACT_0_2_0)])
         .await
-        .expect("a 0.2.0 module loads into a 0.2.2 gateway");
+        .expect("a 0.2.0 module loads into a 0.2.3 gateway");
     for n in 1..=2 {
         let (reply, _) = send(&gw, "/old/x").await.expect("task");
         assert_eq!(reply.status, StatusCode::OK);

@@ -10,7 +10,7 @@ use crate::alerts::{AlertSender, Payload};
 use crate::registry::{HistoryEntry, Outcome, Registry, ReloadEvent};
 
 /// The contract version plugins are built against.
-pub(super) const CONTRACT: &str = "portcullis:policy@0.2.2";
+pub(super) const CONTRACT: &str = "portcullis:policy@0.2.3";
 
 /// RFC 3339 with milliseconds, UTC.
 pub(super) fn time(t: SystemTime) -> String {

@@ -18,12 +18,14 @@ use serde::Deserialize;
 mod admin;
 mod alerts;
 mod listener;
+mod outbound;
 mod rollout;
 mod signatures;
 mod traces;
 mod upstream;
 
 pub use admin::AdminConfig;
+pub use outbound::{Origin, OutboundConfig};
 pub use rollout::{CanaryConfig, ShadowConfig};
 pub use signatures::SignaturesConfig;
 pub use traces::{OtlpConfig, TracingConfig};
@@ -497,6 +499,10 @@ pub struct RoutePlugin {
     /// [`CanaryConfig`].
     #[serde(default)]
     pub canary: Option<CanaryConfig>,
+    /// The origins the plugin may call on this route, and the caps: see
+    /// [`OutboundConfig`]. Without it, the plugin's calls are refused.
+    #[serde(default)]
+    pub outbound: Option<OutboundConfig>,
 }
 
 impl RoutePlugin {
@@ -710,6 +716,9 @@ impl Config {
         for route in &mut self.routes {
             for plugin in &mut route.plugins {
                 plugin.files.values_mut().for_each(resolve);
+                if let Some(ca) = plugin.outbound.as_mut().and_then(|o| o.ca.as_mut()) {
+                    resolve(ca);
+                }
             }
         }
         for listener in &mut self.listeners {
@@ -768,7 +777,11 @@ impl Config {
         self.routes
             .iter()
             .flat_map(|r| &r.plugins)
-            .flat_map(|p| p.files.values())
+            .flat_map(|p| {
+                p.files
+                    .values()
+                    .chain(p.outbound.as_ref().and_then(|o| o.ca.as_ref()))
+            })
             .map(PathBuf::as_path)
     }
 
@@ -976,6 +989,9 @@ impl Config {
                 }
                 if let Some(shadow) = &plugin.shadow {
                     shadow.validate(&format!("routes[{i}].plugins[{j}].shadow"), &mut bad);
+                }
+                if let Some(outbound) = &plugin.outbound {
+                    outbound.validate(&format!("routes[{i}].plugins[{j}].outbound"), &mut bad);
                 }
                 if let Some(canary) = &plugin.canary {
                     canary.validate(&format!("routes[{i}].plugins[{j}].canary"), &mut bad);

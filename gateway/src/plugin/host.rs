@@ -10,7 +10,8 @@ use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 use wasmtime_wasi::{ResourceTable, WasiCtx, WasiCtxView, WasiView};
 
-use super::bindings::portcullis::policy::{host, store, types};
+use super::bindings::portcullis::policy::{host, http, store, types};
+use super::outbound::Outbound;
 use super::view::{self, RequestHandle, RequestView, ResponseHandle, ResponseView};
 use crate::alerts::{Alert, AlertSender, Severity};
 use crate::clock::Clock;
@@ -96,6 +97,11 @@ pub(crate) struct StoreState {
     pub(super) ticks_left: u64,
     /// A shadow candidate's instance: its alerts are dropped.
     shadow: bool,
+    /// The origins the plugin may call on this route, if any.
+    outbound: Option<Arc<Outbound>>,
+    /// Outbound calls made during the call in progress: a call that
+    /// waited on the network is not a long (CPU-bound) one.
+    pub(super) awaited_network: bool,
 }
 
 impl StoreState {
@@ -105,6 +111,7 @@ impl StoreState {
         services: Arc<HostServices>,
         memory_bytes: usize,
         shadow: bool,
+        outbound: Option<Arc<Outbound>>,
     ) -> Self {
         // A shadow candidate keeps its own store and says so in its logs.
         let (plugin, namespace) = if shadow {
@@ -146,6 +153,8 @@ impl StoreState {
             output,
             ticks_left: 0,
             shadow,
+            outbound,
+            awaited_network: false,
         }
     }
 
@@ -174,6 +183,19 @@ impl WasiView for StoreState {
 }
 
 impl types::Host for StoreState {}
+
+impl http::Host for StoreState {
+    async fn send(
+        &mut self,
+        request: http::OutboundRequest,
+    ) -> Result<http::OutboundResponse, http::HttpError> {
+        let Some(outbound) = self.outbound.clone() else {
+            return Err(http::HttpError::NotGranted);
+        };
+        self.awaited_network = true;
+        outbound.send(request).await
+    }
+}
 
 impl types::HostRequest for StoreState {
     fn method(&mut self, _: Resource<RequestHandle>) -> String {

@@ -21,6 +21,7 @@ pub mod apply;
 pub mod cache;
 pub mod engine;
 mod host;
+pub mod outbound;
 pub mod pool;
 pub mod stamp;
 pub mod view;
@@ -28,7 +29,8 @@ pub mod view;
 pub use cache::ModuleCache;
 pub use engine::{CompiledPlugin, PluginEngine, Tier};
 pub use host::HostServices;
-pub use pool::{CallLimits, PluginPool};
+pub use outbound::Outbound;
+pub use pool::{CallLimits, PluginPool, PoolRole};
 
 /// Bindings generated from `wit/policy.wit`.
 #[allow(missing_docs, unreachable_pub, clippy::all)]
@@ -43,6 +45,9 @@ pub mod bindings {
         // Exports run on a fiber (`call_async`) so that WASI's host side,
         // which is async and tokio-based, never blocks a runtime thread.
         exports: { default: async },
+        // A plugin's outbound HTTP call awaits the network on the host:
+        // the plugin's fiber is suspended and the thread serves others.
+        imports: { "portcullis:policy/http.send": async },
     });
 }
 

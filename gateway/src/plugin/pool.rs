@@ -35,6 +35,7 @@ use super::bindings::Policy;
 use super::bindings::portcullis::policy::types::{Hooks, RequestAction, ResponseChanges};
 use super::engine::{CompiledPlugin, PluginEngine};
 use super::host::{HostServices, StoreState};
+use super::outbound::Outbound;
 use super::view::{RequestView, ResponseView};
 
 /// Idle instances a pool keeps; more are dropped when given back, freeing
@@ -134,12 +135,25 @@ pub struct PluginPool {
     turns: Semaphore,
     /// Calls running on an instance now.
     in_use: AtomicUsize,
-    /// Whether its instances are a shadow candidate's.
-    shadow: bool,
+    /// Whether its instances are a shadow candidate's, and what they may
+    /// call.
+    role: PoolRole,
     /// How much this pool's recent calls ran past a tick: raised by
     /// [`LONG_CALL_WEIGHT`] for each long call, lowered by one for each
     /// short one. While above zero, calls start on the plugin threads.
     long_calls: AtomicU32,
+}
+
+/// What a pool's instances are, besides their plugin and config.
+#[derive(Debug, Clone, Default)]
+pub struct PoolRole {
+    /// A shadow candidate's: its instances have a store namespace of their
+    /// own (`<plugin>#shadow`), so that what it counts never moves the live
+    /// plugin's counters, its alerts are dropped, and its log lines are
+    /// marked `(shadow)`.
+    pub shadow: bool,
+    /// The origins its instances may call (the route's `outbound`).
+    pub outbound: Option<Arc<Outbound>>,
 }
 
 /// How much one long call raises [`PluginPool::long_calls`]: after a long
@@ -177,13 +191,12 @@ impl PluginPool {
         services: Arc<HostServices>,
         limits: CallLimits,
     ) -> Result<Arc<Self>, PluginError> {
-        Self::with_role(engine, plugin, route, config_json, services, limits, false).await
+        let role = PoolRole::default();
+        Self::with_role(engine, plugin, route, config_json, services, limits, role).await
     }
 
-    /// [`PluginPool::new`], or with `shadow` a shadow candidate's pool: its
-    /// instances have a store namespace of their own (`<plugin>#shadow`),
-    /// so that what it counts never moves the live plugin's counters, its
-    /// alerts are dropped, and its log lines are marked `(shadow)`.
+    /// [`PluginPool::new`] in `role`: with an outbound grant, and/or a
+    /// shadow candidate's pool (see [`PoolRole`]).
     pub async fn with_role(
         engine: Arc<PluginEngine>,
         plugin: Arc<CompiledPlugin>,
@@ -191,7 +204,7 @@ impl PluginPool {
         config_json: String,
         services: Arc<HostServices>,
         limits: CallLimits,
-        shadow: bool,
+        role: PoolRole,
     ) -> Result<Arc<Self>, PluginError> {
         let mut pool = Self {
             plugin,
@@ -205,7 +218,7 @@ impl PluginPool {
             idle: Mutex::new(Vec::new()),
             in_use: AtomicUsize::new(0),
             long_calls: AtomicU32::new(0),
-            shadow,
+            role,
         };
         let (instance, hooks) = pool.instantiate().await?;
         pool.hooks = hooks;
@@ -223,6 +236,11 @@ impl PluginPool {
     /// The configuration (as JSON) its instances were initialised with.
     pub fn config_json(&self) -> &str {
         &self.config_json
+    }
+
+    /// The outbound grant of its instances, if any.
+    pub fn outbound(&self) -> Option<&Arc<Outbound>> {
+        self.role.outbound.as_ref()
     }
 
     /// The hooks the plugin reported from `init`.
@@ -294,7 +312,8 @@ impl PluginPool {
             self.route.clone(),
             self.services.clone(),
             limits.memory_mib as usize * 1024 * 1024,
-            self.shadow,
+            self.role.shadow,
+            self.role.outbound.clone(),
         );
         let mut store = Store::new(&self.plugin.engine, state);
         store.limiter(|s| &mut s.memory);
@@ -393,7 +412,10 @@ impl PluginPool {
             start_off_worker,
         )
         .await;
-        self.note_length(went_long);
+        // Waiting on the network is not computing: such a call does not
+        // make the pool's calls start on the plugin threads.
+        let awaited = std::mem::take(&mut instance.store.data_mut().awaited_network);
+        self.note_length(went_long && !awaited);
         let result = result.map_err(|e| {
             classify(&e, &instance.store, &self.engine, self.limits.timeout_ms)
                 .unwrap_or_else(|| trap(&e, &instance.store))

@@ -21,8 +21,8 @@ use tokio::sync::broadcast;
 
 use crate::config::{Config, OnError};
 use crate::plugin::{
-    CallLimits, CompiledPlugin, Hooks, HostServices, ModuleCache, PluginEngine, PluginError,
-    PluginPool, Tier,
+    CallLimits, CompiledPlugin, Hooks, HostServices, ModuleCache, Outbound, PluginEngine,
+    PluginError, PluginPool, PoolRole, Tier,
 };
 use crate::rollout::{Canary, CanaryInfo, RolloutBook};
 use crate::router::Router;
@@ -1560,6 +1560,16 @@ fn log_module(module: &CompiledPlugin, what: &str, meta: &ModuleMeta) {
     );
 }
 
+/// Whether two pools have the same outbound grant (the same grant object:
+/// an unchanged grant is carried over from one generation to the next).
+fn same_grant(a: Option<&Arc<Outbound>>, b: Option<&Arc<Outbound>>) -> bool {
+    match (a, b) {
+        (None, None) => true,
+        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+        _ => false,
+    }
+}
+
 /// Builds a generation: routing table, upstreams and one initialised pool
 /// per plugin per route. Pools and upstreams whose inputs did not change
 /// are taken over from `previous`. Every problem is collected. Runs on a
@@ -1634,24 +1644,60 @@ fn build(
                     continue;
                 }
             };
-            let reused = previous
-                .and_then(|g| g.routes.iter().find(|r| r.name == name))
-                .and_then(|r| r.chain.get(i))
+            let plugin: Arc<str> = link.name.as_str().into();
+            let same_link = || {
+                previous
+                    .and_then(|g| g.routes.iter().find(|r| r.name == name))
+                    .and_then(|r| r.chain.get(i))
+            };
+            let outbound = match &link.outbound {
+                None => None,
+                Some(grant) => {
+                    let before = same_link()
+                        .and_then(|l| l.pool.outbound())
+                        .filter(|o| o.same(grant));
+                    match before.cloned().map(Ok).unwrap_or_else(|| {
+                        Outbound::new(
+                            plugin.clone(),
+                            name.clone(),
+                            grant,
+                            &services.metrics,
+                            engine,
+                        )
+                    }) {
+                        Ok(outbound) => Some(outbound),
+                        Err(e) => {
+                            problems.push(format!(
+                                "route `{}` plugin `{}`: outbound.{e}",
+                                route.name, link.name
+                            ));
+                            continue;
+                        }
+                    }
+                }
+            };
+            let reused = same_link()
                 .filter(|l| {
                     Arc::ptr_eq(l.pool.plugin(), module)
                         && l.pool.config_json() == config_json
                         && l.pool.limits() == limits
+                        && same_grant(l.pool.outbound(), outbound.as_ref())
                 })
                 .map(|l| l.pool.clone());
+            let role = PoolRole {
+                shadow: false,
+                outbound: outbound.clone(),
+            };
             let pool = match reused {
                 Some(pool) => pool,
-                None => match runtime.block_on(PluginPool::new(
+                None => match runtime.block_on(PluginPool::with_role(
                     engine.clone(),
                     module.clone(),
                     name.clone(),
                     config_json,
                     services.clone(),
                     limits,
+                    role,
                 )) {
                     Ok(pool) => pool,
                     Err(e) => {
@@ -1659,12 +1705,6 @@ fn build(
                         continue;
                     }
                 },
-            };
-            let plugin: Arc<str> = link.name.as_str().into();
-            let same_link = || {
-                previous
-                    .and_then(|g| g.routes.iter().find(|r| r.name == name))
-                    .and_then(|r| r.chain.get(i))
             };
             let candidate = CandidateParts {
                 config,
@@ -1676,6 +1716,7 @@ fn build(
                 engine,
                 services,
                 runtime,
+                outbound: &outbound,
             };
             let shadow = match &link.shadow {
                 None => None,
@@ -1797,6 +1838,8 @@ struct CandidateParts<'a> {
     engine: &'a Arc<PluginEngine>,
     services: &'a Arc<HostServices>,
     runtime: &'a Handle,
+    /// The live plugin's outbound grant, which its candidates share.
+    outbound: &'a Option<Arc<Outbound>>,
 }
 
 impl CandidateParts<'_> {
@@ -1832,6 +1875,7 @@ impl CandidateParts<'_> {
         pool.plugin().hash == module.hash
             && pool.config_json() == json
             && pool.limits() == self.limits
+            && same_grant(pool.outbound(), self.outbound.as_ref())
     }
 
     /// A new pool for the candidate; its `init` checks the config.
@@ -1849,7 +1893,10 @@ impl CandidateParts<'_> {
             json,
             self.services.clone(),
             self.limits,
-            shadow,
+            PoolRole {
+                shadow,
+                outbound: self.outbound.clone(),
+            },
         );
         self.runtime.block_on(pool).map_err(|e| {
             format!(
