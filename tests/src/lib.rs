@@ -6,6 +6,7 @@ pub mod backend;
 pub mod bench;
 pub mod echo;
 pub mod h2;
+pub mod idp;
 pub mod prom;
 pub mod tls;
 pub mod upstream;

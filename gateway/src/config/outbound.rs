@@ -203,7 +203,10 @@ mod tests {
     #[test]
     fn origins_parse_with_default_ports() {
         let o = Origin::parse("https://IdP.example.com").expect("origin");
-        assert_eq!((o.scheme, o.host.as_str(), o.port), ("https", "idp.example.com", 443));
+        assert_eq!(
+            (o.scheme, o.host.as_str(), o.port),
+            ("https", "idp.example.com", 443)
+        );
         let o = Origin::parse("http://[::1]:8080/").expect("origin");
         assert_eq!((o.host.as_str(), o.port), ("::1", 8080));
         assert_eq!(o.to_string(), "http://[::1]:8080");

@@ -97,8 +97,8 @@ impl Outbound {
                 (Some(roots), Some(pem))
             }
         };
-        let roots = roots
-            .unwrap_or_else(|| webpki_roots::TLS_SERVER_ROOTS.iter().cloned().collect());
+        let roots =
+            roots.unwrap_or_else(|| webpki_roots::TLS_SERVER_ROOTS.iter().cloned().collect());
         let tls = rustls::ClientConfig::builder_with_provider(crate::crypto::provider())
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
             .map_err(|e| format!("tls: {e}"))?
@@ -209,10 +209,13 @@ impl Outbound {
             let name = HeaderName::from_bytes(name.as_bytes())
                 .map_err(|_| invalid(format!("`{}` is not a header name", printable(name))))?;
             if RESERVED.contains(&name.as_str()) {
-                return Err(invalid(format!("the header `{name}` is set by the gateway")));
+                return Err(invalid(format!(
+                    "the header `{name}` is set by the gateway"
+                )));
             }
-            let value = HeaderValue::from_str(value)
-                .map_err(|_| invalid(format!("the value of `{name}` is not a valid header value")))?;
+            let value = HeaderValue::from_str(value).map_err(|_| {
+                invalid(format!("the value of `{name}` is not a valid header value"))
+            })?;
             headers.append(name, value);
         }
         let cap = Duration::from_millis(self.config.timeout_ms.into());
@@ -348,7 +351,11 @@ fn is_redirect(status: StatusCode) -> bool {
 
 /// A redirect's target, resolved against the URL it answered.
 fn location<B>(base: &Uri, response: &http::Response<B>) -> Option<Uri> {
-    let location = response.headers().get(http::header::LOCATION)?.to_str().ok()?;
+    let location = response
+        .headers()
+        .get(http::header::LOCATION)?
+        .to_str()
+        .ok()?;
     let base = url::Url::parse(&base.to_string()).ok()?;
     let next = base.join(location).ok()?;
     next.as_str().parse().ok()
@@ -420,8 +427,12 @@ impl std::fmt::Display for PrivateAddress {
 
 impl StdError for PrivateAddress {}
 
-type Resolving =
-    Pin<Box<dyn Future<Output = Result<std::vec::IntoIter<SocketAddr>, Box<dyn StdError + Send + Sync>>> + Send>>;
+type Resolving = Pin<
+    Box<
+        dyn Future<Output = Result<std::vec::IntoIter<SocketAddr>, Box<dyn StdError + Send + Sync>>>
+            + Send,
+    >,
+>;
 
 impl tower_service::Service<Name> for Guard {
     type Response = std::vec::IntoIter<SocketAddr>;
@@ -436,9 +447,8 @@ impl tower_service::Service<Name> for Guard {
         let host = name.as_str().to_ascii_lowercase();
         let private_ok = self.private_hosts.contains(&host);
         Box::pin(async move {
-            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
-                .await?
-                .collect();
+            let addrs: Vec<SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
             if !private_ok && addrs.iter().any(|a| !is_public(a.ip())) {
                 return Err(Box::new(PrivateAddress(host)) as Box<dyn StdError + Send + Sync>);
             }

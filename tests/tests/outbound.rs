@@ -1,0 +1,191 @@
+//! Outbound HTTP from plugins (contract 0.2.3): what the grant of
+//! `[routes.plugins.outbound]` lets through, and what it stops before a
+//! socket opens. The misbehave fixture's `fetch_path` fetches whatever URL
+//! the request names, which is exactly what a grant must hold in check.
+
+use bytes::Bytes;
+use http::{Method, StatusCode};
+use portcullis_tests::echo::Echo;
+use portcullis_tests::idp::{Idp, IdpState};
+use portcullis_tests::prom::Scrape;
+use portcullis_tests::{Client, Reply, TestGateway, base_config, fixtures};
+
+/// `/fetch` may call `idp` (and `localhost` on its port, by name, which
+/// resolves to loopback and is not listed as private); `/follow` may call
+/// `idp` and `other`, following 2 redirects; `/nogrant` has no grant.
+fn routes(idp: &Idp, other: &Idp) -> String {
+    let port = idp.addr().port();
+    format!(
+        r#"
+[admin]
+address = "127.0.0.1:0"
+
+[[routes]]
+name = "fetch"
+path_prefix = "/fetch"
+upstream = "echo"
+[[routes.plugins]]
+name = "misbehave"
+config = {{ mode = "none", fetch_path = "/fetch" }}
+[routes.plugins.outbound]
+allow = ["{idp}", "http://localhost:{port}"]
+max_response_bytes = 65536
+timeout_ms = 1000
+
+[[routes]]
+name = "follow"
+path_prefix = "/follow"
+upstream = "echo"
+[[routes.plugins]]
+name = "misbehave"
+config = {{ mode = "none", fetch_path = "/follow" }}
+[routes.plugins.outbound]
+allow = ["{idp}", "{other}"]
+max_redirects = 2
+
+[[routes]]
+name = "nogrant"
+path_prefix = "/nogrant"
+upstream = "echo"
+[[routes.plugins]]
+name = "misbehave"
+config = {{ mode = "none", fetch_path = "/nogrant" }}
+"#,
+        idp = idp.origin(),
+        other = other.origin(),
+    )
+}
+
+async fn fetch(gw: &TestGateway, path: &str, url: &str) -> Reply {
+    Client::new()
+        .get(&gw.url(path), &[("x-fetch-url", url)])
+        .await
+        .expect("gateway answers")
+}
+
+fn error_of(reply: &Reply) -> (String, String) {
+    assert_eq!(reply.status, StatusCode::BAD_GATEWAY, "{reply:?}");
+    (
+        reply.header("x-fetch-error").unwrap_or_default().to_owned(),
+        String::from_utf8_lossy(&reply.body).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn a_grant_lets_through_its_origins_and_nothing_else() {
+    let echo = Echo::start_local().await.expect("echo");
+    let idp = Idp::start(IdpState {
+        jwks: r#"{"keys":[]}"#.into(),
+        ..IdpState::default()
+    })
+    .await;
+    let other = Idp::start(IdpState::default()).await;
+    let outsider = Idp::start(IdpState::default()).await;
+    let config = format!("{}{}", base_config(echo.addr), routes(&idp, &other));
+    let gw = TestGateway::start(&config, &[("misbehave", fixtures::MISBEHAVE)])
+        .await
+        .expect("gateway starts");
+
+    // Granted: the answer comes back to the plugin.
+    let reply = fetch(&gw, "/fetch", &idp.url("/jwks")).await;
+    assert_eq!(reply.status, StatusCode::OK, "{reply:?}");
+    assert_eq!(reply.header("x-fetch-status"), Some("200"));
+    assert_eq!(&reply.body[..], br#"{"keys":[]}"#);
+    assert_eq!(idp.hits("/jwks"), 1);
+
+    // Another origin (another port of the same address): refused before
+    // a socket opens.
+    let reply = fetch(&gw, "/fetch", &other.url("/jwks")).await;
+    let (kind, message) = error_of(&reply);
+    assert_eq!(kind, "not-allowed", "{message}");
+    assert!(message.contains(&other.addr().to_string()), "{message}");
+    assert_eq!(other.hits("/jwks"), 0);
+
+    // A name in the allow-list that resolves to loopback, not listed in
+    // `private_hosts`: refused by the resolver's check.
+    let port = idp.addr().port();
+    let reply = fetch(&gw, "/fetch", &format!("http://localhost:{port}/jwks")).await;
+    let (kind, message) = error_of(&reply);
+    assert_eq!(kind, "private-address", "{message}");
+    assert_eq!(idp.hits("/jwks"), 1, "the provider saw no second request");
+
+    // Not a URL the gateway sends: user information, another scheme.
+    for url in [
+        format!("http://user:pw@{}/jwks", idp.addr()),
+        format!("ftp://{}/jwks", idp.addr()),
+        "/jwks".to_owned(),
+    ] {
+        let (kind, message) = error_of(&fetch(&gw, "/fetch", &url).await);
+        assert_eq!(kind, "invalid-request", "{url}: {message}");
+    }
+
+    // A redirect is not followed without `max_redirects`: the plugin gets
+    // the 302, and the target sees nothing.
+    let to = form_urlencoded::byte_serialize(outsider.url("/jwks").as_bytes()).collect::<String>();
+    let reply = fetch(&gw, "/fetch", &idp.url(&format!("/redirect?to={to}"))).await;
+    assert_eq!(reply.status, StatusCode::OK, "{reply:?}");
+    assert_eq!(reply.header("x-fetch-status"), Some("302"));
+    assert_eq!(outsider.hits("/jwks"), 0);
+
+    // Followed where allowed: to an origin of the grant, yes; out of it,
+    // refused before the second request.
+    let to_other =
+        form_urlencoded::byte_serialize(other.url("/jwks").as_bytes()).collect::<String>();
+    let reply = fetch(
+        &gw,
+        "/follow",
+        &idp.url(&format!("/redirect?to={to_other}")),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::OK, "{reply:?}");
+    assert_eq!(reply.header("x-fetch-status"), Some("200"));
+    assert_eq!(other.hits("/jwks"), 1);
+    let reply = fetch(&gw, "/follow", &idp.url(&format!("/redirect?to={to}"))).await;
+    let (kind, message) = error_of(&reply);
+    assert_eq!(kind, "not-allowed", "{message}");
+    assert_eq!(
+        outsider.hits("/jwks"),
+        0,
+        "the redirect's target saw nothing"
+    );
+
+    // Caps: the body, the time.
+    let (kind, _) = error_of(&fetch(&gw, "/fetch", &idp.url("/big")).await);
+    assert_eq!(kind, "too-large");
+    let (kind, _) = error_of(&fetch(&gw, "/fetch", &idp.url("/slow")).await);
+    assert_eq!(kind, "timeout");
+
+    // No grant, no call.
+    let (kind, _) = error_of(&fetch(&gw, "/nogrant", &idp.url("/jwks")).await);
+    assert_eq!(kind, "not-granted");
+
+    // Counted by outcome.
+    let addr = gw.handle.admin_addr().expect("admin");
+    let text = Client::new()
+        .request(
+            Method::GET,
+            &format!("http://{addr}/metrics"),
+            &[],
+            Bytes::new(),
+        )
+        .await
+        .expect("metrics");
+    let scrape = Scrape::parse(&String::from_utf8_lossy(&text.body)).expect("parses");
+    let calls = |route: &str, outcome: &str| {
+        scrape.value(
+            "portcullis_plugin_http_calls_total",
+            &[
+                ("plugin", "misbehave"),
+                ("route", route),
+                ("outcome", outcome),
+            ],
+        )
+    };
+    assert_eq!(calls("fetch", "ok"), 2.0);
+    // other's origin, localhost, three invalid URLs.
+    assert_eq!(calls("fetch", "refused"), 5.0);
+    assert_eq!(calls("fetch", "too_large"), 1.0);
+    assert_eq!(calls("fetch", "timeout"), 1.0);
+    assert_eq!(calls("follow", "ok"), 1.0);
+    assert_eq!(calls("follow", "refused"), 1.0);
+}
