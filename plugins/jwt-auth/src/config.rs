@@ -12,6 +12,7 @@ use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use crate::JwtAuth;
 use crate::claims::Checks;
 use crate::keys::{Key, KeyConfig, family_name, jwks_keys};
+use crate::remote::{Remote, RemoteConfig, Startup};
 use portcullis_plugin_kit::cache::VerifiedCache;
 
 /// The algorithms this plugin verifies, by their JOSE names.
@@ -92,6 +93,37 @@ pub(crate) struct Config {
     /// seconds (never past the token's `exp`); 0 turns the cache off.
     #[serde(default = "default_cache_ttl_seconds")]
     cache_ttl_seconds: u64,
+    /// A JWKS to fetch from the identity provider, and keep fresh.
+    #[serde(default)]
+    jwks_url: Option<String>,
+    /// Whether to find the JWKS through `issuer`'s OpenID Connect
+    /// discovery document.
+    #[serde(default)]
+    discovery: bool,
+    /// The shortest interval between two fetches of the JWKS, in seconds:
+    /// the floor of the provider's `max-age`, and how often a token naming
+    /// an unknown key may cause a fetch.
+    #[serde(default = "default_jwks_min_refresh_seconds")]
+    jwks_min_refresh_seconds: u64,
+    /// The longest the JWKS (and the discovery document) is used before
+    /// it is fetched again, in seconds.
+    #[serde(default = "default_jwks_max_refresh_seconds")]
+    jwks_max_refresh_seconds: u64,
+    /// What happens when the keys cannot be fetched at load.
+    #[serde(default = "default_jwks_startup")]
+    jwks_startup: Startup,
+}
+
+fn default_jwks_min_refresh_seconds() -> u64 {
+    30
+}
+
+fn default_jwks_max_refresh_seconds() -> u64 {
+    86_400
+}
+
+fn default_jwks_startup() -> Startup {
+    Startup::Require
 }
 
 /// A string or an array of strings, as a list.
@@ -162,11 +194,64 @@ fn default_cache_ttl_seconds() -> u64 {
 pub(crate) type Built = portcullis_plugin_kit::config::Built<JwtAuth>;
 
 impl Config {
+    /// Where keys come from the provider (`jwks_url` or `discovery`), if
+    /// anywhere; problems go to `problems`.
+    fn remote(&self, problems: &mut Vec<String>) -> Option<RemoteConfig> {
+        let issuer = match (&self.issuer, self.discovery) {
+            (_, false) => None,
+            (Some(StringList(list)), true) if list.len() == 1 => Some(list[0].clone()),
+            (_, true) => {
+                problems
+                    .push("discovery: needs `issuer` set to the one issuer to discover".to_owned());
+                None
+            }
+        };
+        if let Some(url) = &self.jwks_url {
+            if !(url.starts_with("https://") || url.starts_with("http://")) {
+                problems.push(format!("jwks_url: `{url}` is not an http(s) URL"));
+            }
+            if self.discovery {
+                problems.push(
+                    "jwks_url, discovery: set one: discovery finds the JWKS URL itself".to_owned(),
+                );
+            }
+        }
+        if let Some(issuer) = &issuer
+            && !(issuer.starts_with("https://") || issuer.starts_with("http://"))
+        {
+            problems.push(format!(
+                "issuer: `{issuer}` is not an http(s) URL, so it cannot be discovered"
+            ));
+        }
+        let (min, max) = (self.jwks_min_refresh_seconds, self.jwks_max_refresh_seconds);
+        if !(1..=86_400).contains(&min) {
+            problems.push(format!(
+                "jwks_min_refresh_seconds: must be between 1 and 86400, got {min}"
+            ));
+        }
+        if max < min || max > 604_800 {
+            problems.push(format!(
+                "jwks_max_refresh_seconds: must be between jwks_min_refresh_seconds ({min}) and 604800, got {max}"
+            ));
+        }
+        if self.jwks_url.is_none() && issuer.is_none() {
+            return None;
+        }
+        Some(RemoteConfig {
+            jwks_url: self.jwks_url.clone(),
+            issuer,
+            min_refresh_ms: min.saturating_mul(1000),
+            max_refresh_ms: max.saturating_mul(1000),
+            startup: self.jwks_startup,
+        })
+    }
+
     /// Validates the configuration and builds the key set. Reports every
     /// problem at once, each naming its key, separated by `; `.
     pub(crate) fn build(self) -> Result<Built, String> {
         let mut problems = Vec::new();
         let mut warnings = Vec::new();
+        let remote = self.remote(&mut problems);
 
         let mut algorithms: Vec<Algorithm> = Vec::new();
         if self.algorithms.is_empty() {
@@ -210,14 +295,16 @@ impl Config {
         // Keys and algorithms must fit each other: a key nothing can use,
         // or an algorithm no key can verify, is a configuration mistake.
         if problems.is_empty() {
-            if keys.is_empty() {
+            if keys.is_empty() && remote.is_none() {
                 problems.push(
-                    "keys, jwks: no key is configured; add `keys` entries or a `jwks` document"
+                    "keys, jwks: no key is configured; add `keys` entries, a `jwks` document, a `jwks_url` or `discovery`"
                         .to_owned(),
                 );
             }
             for alg in &algorithms {
-                if !keys.is_empty() && !keys.iter().any(|k| k.usable_for(*alg)) {
+                // Keys from the provider may serve it: they are not known yet.
+                if remote.is_none() && !keys.is_empty() && !keys.iter().any(|k| k.usable_for(*alg))
+                {
                     problems.push(format!(
                         "algorithms: `{alg:?}` is accepted but no configured key can verify it (it needs an {})",
                         family_name(alg.family())
@@ -346,7 +433,6 @@ impl Config {
         }
         Ok(Built {
             plugin: JwtAuth {
-                algorithms,
                 keys,
                 checks: Checks {
                     issuers,
@@ -363,6 +449,8 @@ impl Config {
                 claims_to_headers,
                 realm: self.realm,
                 cache: RefCell::new(VerifiedCache::new(self.cache_size, cache_ttl_ms)),
+                remote: remote.map(|config| Remote::new(config, algorithms.clone())),
+                algorithms,
             },
             warnings,
         })

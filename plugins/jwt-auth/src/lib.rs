@@ -37,11 +37,13 @@ use serde_json::Value;
 mod claims;
 mod config;
 mod keys;
+mod remote;
 mod token;
 
 use claims::{Checks, Claims};
 use config::Config;
 use keys::Key;
+use remote::{Change, Env, Live, Remote};
 
 /// One route's `jwt_auth`, built from a validated [`Config`].
 struct JwtAuth {
@@ -70,6 +72,8 @@ struct JwtAuth {
     /// Recent successful verifications. An instance handles one request
     /// at a time, so a `RefCell` is enough.
     cache: RefCell<VerifiedCache<Verified>>,
+    /// Keys from the identity provider (`jwks_url`, `discovery`), if any.
+    remote: Option<Remote>,
 }
 
 /// What verifying a token produced: all a later request with the same
@@ -101,7 +105,11 @@ impl Policy for JwtAuth {
     type Config = Config;
 
     fn new(config: Config) -> Result<Self, String> {
-        Ok(config.build()?.log_warnings(portcullis_sdk::log::warn))
+        let plugin = config.build()?.log_warnings(portcullis_sdk::log::warn);
+        if let Some(remote) = &plugin.remote {
+            remote.start(&Live, portcullis_sdk::time::now_ms())?;
+        }
+        Ok(plugin)
     }
 
     fn on_request(&self, req: &Request) -> Action {
@@ -111,7 +119,43 @@ impl Policy for JwtAuth {
         } else {
             Vec::new()
         };
-        self.authenticate(header.as_deref(), &cookies, portcullis_sdk::time::now_ms())
+        let now_ms = portcullis_sdk::time::now_ms();
+        if let Some(remote) = &self.remote
+            && remote.sync(&Live, now_ms, false) == Ok(Change::Replaced)
+        {
+            self.forget_verifications();
+        }
+        self.authenticate_in(&Live, header.as_deref(), &cookies, now_ms)
+    }
+
+    fn on_tick(&self, _route: &str) {
+        if let Some(remote) = &self.remote {
+            remote.refresh_if_due(&Live, portcullis_sdk::time::now_ms());
+        }
+    }
+}
+
+/// Why a token did not verify.
+#[derive(Debug)]
+enum Unverified {
+    /// No key in service can verify it (an unknown `kid`, say): the
+    /// provider may have a new one.
+    NoKey(String),
+    /// It is invalid; the RFC 6750 `error_description`.
+    Invalid(String),
+}
+
+impl From<String> for Unverified {
+    fn from(description: String) -> Self {
+        Unverified::Invalid(description)
+    }
+}
+
+impl Unverified {
+    fn into_description(self) -> String {
+        match self {
+            Unverified::NoKey(d) | Unverified::Invalid(d) => d,
+        }
     }
 }
 
@@ -123,10 +167,31 @@ enum Source {
 }
 
 impl JwtAuth {
+    /// [`JwtAuth::authenticate_in`] without the gateway (unit tests of
+    /// plugins without `jwks_url`).
+    #[cfg(test)]
+    fn authenticate(&self, header: Option<&str>, cookies: &[String], now_ms: u64) -> Action {
+        self.authenticate_in(&remote::fake::Fake::at(now_ms), header, cookies, now_ms)
+    }
+
+    /// Empties the verification cache: the keys changed, and a token
+    /// verified with a key that is gone must not pass from the cache.
+    fn forget_verifications(&self) {
+        let mut cache = self.cache.borrow_mut();
+        *cache = VerifiedCache::new(cache.capacity(), cache.ttl_ms());
+    }
+
     /// The decision for a request whose token header has the value `header`
     /// (if present) and whose `Cookie` headers are `cookies`, at `now_ms`
-    /// on the gateway's clock. The header is tried first.
-    fn authenticate(&self, header: Option<&str>, cookies: &[String], now_ms: u64) -> Action {
+    /// on the gateway's clock, with the gateway's services in `env`. The
+    /// header is tried first.
+    fn authenticate_in(
+        &self,
+        env: &dyn Env,
+        header: Option<&str>,
+        cookies: &[String],
+        now_ms: u64,
+    ) -> Action {
         let is_authorization = self.header.as_deref() == Some("authorization");
         let from_header = header
             .and_then(|value| token::from_header(value, is_authorization))
@@ -138,7 +203,18 @@ impl JwtAuth {
         let Some((token, source)) = found else {
             return self.reject(None, "no bearer token found in request");
         };
-        match self.admit(token, now_ms) {
+        if let Some(remote) = &self.remote
+            && self.keys.is_empty()
+            && remote.is_empty()
+            && remote.refetch_for_unknown_key(env, now_ms) == Change::Same
+        {
+            // Failing closed: no key from the provider yet (it was down at
+            // load, `jwks_startup = "fail_closed"`).
+            return Reply::message(503, "the identity provider's keys are not available")
+                .header("retry-after", remote.retry_after_seconds().to_string())
+                .into();
+        }
+        match self.admit(env, token, now_ms) {
             Ok(verified) => self.accept(verified, source, cookies).into(),
             Err(description) => {
                 let description = description_text(&description);
@@ -152,7 +228,7 @@ impl JwtAuth {
     /// checked again at `now_ms`; otherwise by verifying it in full, a
     /// success being remembered. The error is an RFC 6750
     /// `error_description`, the same either way.
-    fn admit(&self, token: &str, now_ms: u64) -> Result<Verified, String> {
+    fn admit(&self, env: &dyn Env, token: &str, now_ms: u64) -> Result<Verified, String> {
         let mut cache = self.cache.borrow_mut();
         let key = cache.enabled().then(|| cache.key(&[token.as_bytes()]));
         if let Some(verified) = key.as_ref().and_then(|key| cache.get(key, now_ms)) {
@@ -160,9 +236,11 @@ impl JwtAuth {
                 .check_times(verified.exp, verified.nbf, now_ms)?;
             return Ok(verified.clone());
         }
+        drop(cache);
         let verified = self
-            .verify(token, now_ms)
+            .verify(env, token, now_ms)
             .and_then(|claims| self.identify(&claims))?;
+        let mut cache = self.cache.borrow_mut();
         if let Some(key) = key {
             let not_after = verified.not_after_ms();
             cache.insert(key, verified.clone(), now_ms, not_after);
@@ -170,19 +248,38 @@ impl JwtAuth {
         Ok(verified)
     }
 
-    /// Verifies `token`'s signature with the configured keys and checks its
-    /// claims at `now_ms`. The error is an RFC 6750 `error_description`.
-    fn verify(&self, token: &str, now_ms: u64) -> Result<Claims, String> {
+    /// Verifies `token`'s signature with the configured keys (and the
+    /// provider's; a `kid` none of them has asks the provider once per
+    /// interval) and checks its claims at `now_ms`. The error is an RFC
+    /// 6750 `error_description`.
+    fn verify(&self, env: &dyn Env, token: &str, now_ms: u64) -> Result<Claims, String> {
+        match self.verify_with_keys(token, now_ms) {
+            Err(Unverified::NoKey(why)) => match &self.remote {
+                Some(remote) if remote.refetch_for_unknown_key(env, now_ms) == Change::Replaced => {
+                    self.forget_verifications();
+                    self.verify_with_keys(token, now_ms)
+                        .map_err(Unverified::into_description)
+                }
+                _ => Err(why),
+            },
+            other => other.map_err(Unverified::into_description),
+        }
+    }
+
+    /// [`JwtAuth::verify`] with the keys in service.
+    fn verify_with_keys(&self, token: &str, now_ms: u64) -> Result<Claims, Unverified> {
         let header = read_header(token)?;
         let alg = self.algorithm(&header)?;
         let kid = match header.get("kid") {
             None | Some(Value::Null) => None,
             Some(Value::String(kid)) => Some(kid.as_str()),
-            Some(_) => return Err("the token header's `kid` is not a string".to_owned()),
+            Some(_) => return Err("the token header's `kid` is not a string".to_owned().into()),
         };
+        let remote = self.remote.as_ref().map(Remote::keys);
         let candidates: Vec<&Key> = self
             .keys
             .iter()
+            .chain(remote.iter().flat_map(|keys| keys.iter()))
             .filter(|key| key.usable_for(alg))
             .filter(|key| match (kid, &key.kid) {
                 (Some(wanted), Some(has)) => wanted == has,
@@ -190,10 +287,10 @@ impl JwtAuth {
             })
             .collect();
         if candidates.is_empty() {
-            return Err(match kid {
+            return Err(Unverified::NoKey(match kid {
                 Some(_) => "no key matches the token's key id (`kid`)".to_owned(),
                 None => format!("no key can verify {alg:?} tokens"),
-            });
+            }));
         }
 
         // Only the signature: the registered claims are checked below,
@@ -223,7 +320,7 @@ impl JwtAuth {
                 }
             }
         }
-        Err(failure.to_owned())
+        Err(failure.to_owned().into())
     }
 
     /// The token's algorithm, if it is one of the accepted ones.

@@ -1,0 +1,249 @@
+//! jwt_auth against a local identity provider (tests/src/idp.rs): keys
+//! from `jwks_url` and from OpenID Connect discovery, rotation, a storm of
+//! unknown key ids, the provider down at load and while serving.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::StatusCode;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use portcullis::clock::ManualClock;
+use portcullis_tests::echo::Echo;
+use portcullis_tests::idp::{Idp, IdpState};
+use portcullis_tests::{Client, Reply, TestGateway, base_config, fixtures};
+use serde_json::{Value, json};
+
+const NOW_MS: u64 = 1_700_000_000_000;
+const PLUGINS: &[(&str, &str)] = &[("jwt_auth", fixtures::JWT_AUTH)];
+
+fn data(name: &str) -> String {
+    let path = format!("{}/tests/data/jwt/{name}", env!("CARGO_MANIFEST_DIR"));
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+/// The test JWKS with only the keys of `kids`.
+fn jwks(kids: &[&str]) -> String {
+    let all: Value = serde_json::from_str(&data("jwks.json")).expect("JWKS");
+    let keys: Vec<Value> = all["keys"]
+        .as_array()
+        .expect("keys")
+        .iter()
+        .filter(|k| kids.contains(&k["kid"].as_str().unwrap_or_default()))
+        .cloned()
+        .collect();
+    json!({ "keys": keys }).to_string()
+}
+
+/// An RS256 token signed by `rsa-1` or `rsa-2` (`file` is its private
+/// key), naming `kid`, from `iss`.
+fn token(file: &str, kid: &str, iss: &str, header: impl FnOnce(&mut Header)) -> String {
+    let key = EncodingKey::from_rsa_pem(data(file).as_bytes()).expect("RSA key");
+    let mut h = Header::new(Algorithm::RS256);
+    h.kid = Some(kid.to_owned());
+    header(&mut h);
+    let claims = json!({ "sub": "alice", "iss": iss, "exp": NOW_MS / 1000 + 3600 });
+    jsonwebtoken::encode(&h, &claims, &key).expect("signs")
+}
+
+fn rsa1(iss: &str) -> String {
+    token("rsa_private.pem", "rsa-1", iss, |_| {})
+}
+
+fn rsa2(iss: &str) -> String {
+    token("rsa2_private.pem", "rsa-2", iss, |_| {})
+}
+
+/// `/api` through jwt_auth with `config` (which names the provider), and
+/// the grant to call `idp`.
+fn route(idp: &Idp, config: &str) -> String {
+    format!(
+        r#"
+[[routes]]
+name = "api"
+path_prefix = "/api"
+upstream = "echo"
+[[routes.plugins]]
+name = "jwt_auth"
+[routes.plugins.config]
+algorithms = ["RS256"]
+{config}
+[routes.plugins.outbound]
+allow = ["{origin}"]
+"#,
+        origin = idp.origin()
+    )
+}
+
+async fn start(idp: &Idp, config: &str) -> anyhow::Result<(TestGateway, Echo, Arc<ManualClock>)> {
+    let echo = Echo::start_local().await.expect("echo");
+    let clock = Arc::new(ManualClock::new(NOW_MS));
+    let config = format!("{}{}", base_config(echo.addr), route(idp, config));
+    let gw = TestGateway::start_with_clock(&config, PLUGINS, clock.clone()).await?;
+    Ok((gw, echo, clock))
+}
+
+async fn call(gw: &TestGateway, token: &str) -> Reply {
+    Client::new()
+        .get(
+            &gw.url("/api/x"),
+            &[("authorization", &format!("Bearer {token}"))],
+        )
+        .await
+        .expect("gateway answers")
+}
+
+/// Waits (a bounded number of ticks) until `idp` has served `/jwks`
+/// `n` times.
+async fn until_fetched(idp: &Idp, n: usize) {
+    for _ in 0..250 {
+        if idp.hits("/jwks") >= n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the JWKS was fetched {} times, not {n}", idp.hits("/jwks"));
+}
+
+#[tokio::test]
+async fn keys_rotate_without_a_failed_request_and_unknown_kids_cannot_storm_the_provider() {
+    let idp = Idp::start(IdpState {
+        jwks: jwks(&["rsa-1"]),
+        cache_control: Some("public, max-age=600".into()),
+        ..IdpState::default()
+    })
+    .await;
+    let iss = idp.origin();
+    let config = format!("jwks_url = \"{}\"", idp.url("/jwks"));
+    let (gw, _echo, clock) = start(&idp, &config).await.expect("starts");
+    assert_eq!(
+        idp.hits("/jwks"),
+        1,
+        "fetched once at load, for every instance"
+    );
+    call(&gw, &rsa1(&iss)).await.assert_ok();
+
+    // The provider publishes a new key and signs with it: the first token
+    // naming it makes the plugin fetch again, and passes.
+    idp.state().jwks = jwks(&["rsa-1", "rsa-2"]);
+    call(&gw, &rsa2(&iss)).await.assert_ok();
+    assert_eq!(idp.hits("/jwks"), 2);
+    call(&gw, &rsa2(&iss)).await.assert_ok();
+    assert_eq!(idp.hits("/jwks"), 2, "a known key asks nothing");
+
+    // A storm of made-up key ids, once the interval has passed: one fetch,
+    // whatever the number of tokens; never the URL a token names.
+    clock.advance(31_000);
+    for i in 0..40 {
+        let bogus = token("rsa_private.pem", &format!("made-up-{i}"), &iss, |h| {
+            h.jku = Some(idp.url("/attacker-jwks"));
+        });
+        let reply = call(&gw, &bogus).await;
+        reply.assert_refused(
+            StatusCode::UNAUTHORIZED,
+            "no key matches the token's key id (`kid`)",
+        );
+    }
+    assert_eq!(idp.hits("/jwks"), 3, "one fetch for 40 unknown kids");
+    assert_eq!(idp.hits("/attacker-jwks"), 0, "`jku` is never fetched");
+    clock.advance(31_000);
+    for i in 0..10 {
+        let bogus = token("rsa_private.pem", &format!("again-{i}"), &iss, |_| {});
+        call(&gw, &bogus).await;
+    }
+    assert_eq!(idp.hits("/jwks"), 4, "one more per interval");
+
+    // The provider retires rsa-1; once the document is due (max-age 600)
+    // the tick fetches it, and tokens of the retired key are refused (the
+    // verification cache goes with the old keys).
+    idp.state().jwks = jwks(&["rsa-2"]);
+    clock.advance(601_000);
+    until_fetched(&idp, 5).await;
+    clock.advance(2_000);
+    let reply = call(&gw, &rsa1(&iss)).await;
+    reply.assert_refused(
+        StatusCode::UNAUTHORIZED,
+        "no key matches the token's key id (`kid`)",
+    );
+    call(&gw, &rsa2(&iss)).await.assert_ok();
+
+    // The provider goes down: refreshes fail, the keys in service stay.
+    idp.state().down = true;
+    clock.advance(601_000);
+    until_fetched(&idp, 6).await;
+    for _ in 0..5 {
+        call(&gw, &rsa2(&iss)).await.assert_ok();
+    }
+}
+
+#[tokio::test]
+async fn discovery_finds_the_keys_and_enforces_the_issuer() {
+    let idp = Idp::start(IdpState {
+        jwks: jwks(&["rsa-1"]),
+        ..IdpState::default()
+    })
+    .await;
+    let iss = idp.origin();
+    let config = format!("issuer = \"{iss}\"\ndiscovery = true");
+    let (gw, _echo, _clock) = start(&idp, &config).await.expect("starts");
+    assert_eq!(idp.hits("/.well-known/openid-configuration"), 1);
+    assert_eq!(idp.hits("/jwks"), 1);
+    call(&gw, &rsa1(&iss)).await.assert_ok();
+    let reply = call(&gw, &rsa1("https://someone.else")).await;
+    reply.assert_refused(
+        StatusCode::UNAUTHORIZED,
+        "the token's issuer is not accepted",
+    );
+
+    // A discovery document naming another issuer is refused at load.
+    let liar = Idp::start(IdpState {
+        jwks: jwks(&["rsa-1"]),
+        issuer: Some("https://idp.example".into()),
+        ..IdpState::default()
+    })
+    .await;
+    let config = format!("issuer = \"{}\"\ndiscovery = true", liar.origin());
+    let err = start(&liar, &config).await.expect_err("refused");
+    assert!(
+        format!("{err:#}").contains("names the issuer `https://idp.example`"),
+        "{err:#}"
+    );
+    assert_eq!(liar.hits("/jwks"), 0);
+}
+
+#[tokio::test]
+async fn a_provider_down_at_load_refuses_the_config_or_fails_closed() {
+    let idp = Idp::start(IdpState {
+        jwks: jwks(&["rsa-1"]),
+        down: true,
+        ..IdpState::default()
+    })
+    .await;
+    let iss = idp.origin();
+    let url = idp.url("/jwks");
+
+    // `require` (the default): the route does not go live.
+    let err = start(&idp, &format!("jwks_url = \"{url}\""))
+        .await
+        .expect_err("refused");
+    let err = format!("{err:#}");
+    assert!(err.contains("answered 503"), "{err}");
+    assert!(err.contains("jwks_startup"), "{err}");
+
+    // `fail_closed`: it serves, refusing tokens with 503 until the keys
+    // come; then they pass without a restart.
+    let config = format!("jwks_url = \"{url}\"\njwks_startup = \"fail_closed\"");
+    let (gw, _echo, clock) = start(&idp, &config).await.expect("starts");
+    let reply = call(&gw, &rsa1(&iss)).await;
+    assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE, "{reply:?}");
+    assert_eq!(reply.header("retry-after"), Some("30"));
+    // Without a token it is still a 401 challenge.
+    let reply = Client::new()
+        .get(&gw.url("/api/x"), &[])
+        .await
+        .expect("answers");
+    assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
+
+    idp.state().down = false;
+    clock.advance(31_000);
+    call(&gw, &rsa1(&iss)).await.assert_ok();
+}
