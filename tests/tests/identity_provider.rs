@@ -14,7 +14,6 @@ use portcullis_tests::{Client, Reply, TestGateway, base_config, fixtures};
 use serde_json::{Value, json};
 
 const NOW_MS: u64 = 1_700_000_000_000;
-const PLUGINS: &[(&str, &str)] = &[("jwt_auth", fixtures::JWT_AUTH)];
 
 fn data(name: &str) -> String {
     let path = format!("{}/tests/data/jwt/{name}", env!("CARGO_MANIFEST_DIR"));
@@ -53,9 +52,9 @@ fn rsa2(iss: &str) -> String {
     token("rsa2_private.pem", "rsa-2", iss, |_| {})
 }
 
-/// `/api` through jwt_auth with `config` (which names the provider), and
+/// `/api` through `plugin` with `config` (which names the provider), and
 /// the grant to call `idp`.
-fn route(idp: &Idp, config: &str) -> String {
+fn route(idp: &Idp, plugin: &str, config: &str) -> String {
     format!(
         r#"
 [[routes]]
@@ -63,9 +62,8 @@ name = "api"
 path_prefix = "/api"
 upstream = "echo"
 [[routes.plugins]]
-name = "jwt_auth"
+name = "{plugin}"
 [routes.plugins.config]
-algorithms = ["RS256"]
 {config}
 [routes.plugins.outbound]
 allow = ["{origin}"]
@@ -74,12 +72,25 @@ allow = ["{origin}"]
     )
 }
 
-async fn start(idp: &Idp, config: &str) -> anyhow::Result<(TestGateway, Echo, Arc<ManualClock>)> {
+/// A gateway with `plugin` (its `fixture`) on `/api`, configured with
+/// `config` and granted `idp`, on a manual clock.
+async fn start_plugin(
+    idp: &Idp,
+    plugin: &str,
+    fixture: &str,
+    config: &str,
+) -> anyhow::Result<(TestGateway, Echo, Arc<ManualClock>)> {
     let echo = Echo::start_local().await.expect("echo");
     let clock = Arc::new(ManualClock::new(NOW_MS));
-    let config = format!("{}{}", base_config(echo.addr), route(idp, config));
-    let gw = TestGateway::start_with_clock(&config, PLUGINS, clock.clone()).await?;
+    let config = format!("{}{}", base_config(echo.addr), route(idp, plugin, config));
+    let gw = TestGateway::start_with_clock(&config, &[(plugin, fixture)], clock.clone()).await?;
     Ok((gw, echo, clock))
+}
+
+/// jwt_auth for RS256 with `config`.
+async fn start(idp: &Idp, config: &str) -> anyhow::Result<(TestGateway, Echo, Arc<ManualClock>)> {
+    let config = format!("algorithms = [\"RS256\"]\n{config}");
+    start_plugin(idp, "jwt_auth", fixtures::JWT_AUTH, &config).await
 }
 
 async fn call(gw: &TestGateway, token: &str) -> Reply {
@@ -246,4 +257,116 @@ async fn a_provider_down_at_load_refuses_the_config_or_fails_closed() {
     idp.state().down = false;
     clock.advance(31_000);
     call(&gw, &rsa1(&iss)).await.assert_ok();
+}
+
+fn provider_with_tokens() -> IdpState {
+    let exp = NOW_MS / 1000 + 600;
+    IdpState {
+        client: ("gateway".into(), "gateway-secret".into()),
+        tokens: [
+            (
+                "good".to_owned(),
+                json!({ "active": true, "sub": "alice", "scope": "orders:read profile", "exp": exp, "client_id": "app" }),
+            ),
+            (
+                "reader".to_owned(),
+                json!({ "active": true, "sub": "bob", "scope": "profile", "exp": exp }),
+            ),
+        ]
+        .into_iter()
+        .collect(),
+        ..IdpState::default()
+    }
+}
+
+/// oauth2_introspection asking `idp` as the client `gateway`, with
+/// `config`.
+async fn start_introspection(idp: &Idp, config: &str) -> (TestGateway, Echo, Arc<ManualClock>) {
+    let config = format!(
+        r#"endpoint = "{endpoint}"
+client_id = "gateway"
+client_secret = "gateway-secret"
+identity_headers = {{ consumer = "x-consumer", roles = "x-roles" }}
+{config}"#,
+        endpoint = idp.url("/introspect")
+    );
+    let fixture = fixtures::OAUTH2_INTROSPECTION;
+    start_plugin(idp, "oauth2_introspection", fixture, &config)
+        .await
+        .expect("starts")
+}
+
+#[tokio::test]
+async fn introspection_admits_active_tokens_caches_answers_and_fails_closed() {
+    let idp = Idp::start(provider_with_tokens()).await;
+    let (gw, _echo, clock) =
+        start_introspection(&idp, r#"required_scopes = ["orders:read"]"#).await;
+
+    // Active, with the scope: in, as alice, without the token upstream.
+    let reply = call(&gw, "good").await;
+    reply.assert_ok();
+    let seen = reply.seen();
+    assert_eq!(seen.header("x-consumer"), Some("alice"));
+    assert_eq!(seen.header("x-roles"), Some("orders:read,profile"));
+    assert_eq!(seen.header("authorization"), None);
+    assert_eq!(idp.state().last_client_auth, Some("basic"));
+    for _ in 0..5 {
+        call(&gw, "good").await.assert_ok();
+    }
+    assert_eq!(idp.hits("/introspect"), 1, "cached");
+
+    // Active without the scope: 403 insufficient_scope.
+    let reply = call(&gw, "reader").await;
+    assert_eq!(reply.status, StatusCode::FORBIDDEN, "{reply:?}");
+    let challenge = reply
+        .header("www-authenticate")
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        challenge.contains(r#"error="insufficient_scope""#),
+        "{challenge}"
+    );
+    assert!(challenge.contains(r#"scope="orders:read""#), "{challenge}");
+
+    // Unknown: inactive, 401 invalid_token, and cached briefly.
+    for _ in 0..3 {
+        let reply = call(&gw, "forged").await;
+        assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
+        let challenge = reply.header("www-authenticate").unwrap_or_default();
+        assert!(
+            challenge.contains(r#"error="invalid_token""#),
+            "{challenge}"
+        );
+    }
+    assert_eq!(idp.hits("/introspect"), 3, "good, reader, forged once");
+
+    // Revoked at the provider: refused once the cache entry (300 s) ends.
+    idp.state().tokens.remove("good");
+    call(&gw, "good").await.assert_ok();
+    clock.advance(300_000);
+    assert_eq!(call(&gw, "good").await.status, StatusCode::UNAUTHORIZED);
+
+    // The provider down: an unchecked token gets 503, and the provider is
+    // asked once for a burst.
+    idp.state().down = true;
+    let before = idp.hits("/introspect");
+    for _ in 0..5 {
+        let reply = call(&gw, "reader").await;
+        assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE, "{reply:?}");
+    }
+    assert_eq!(idp.hits("/introspect"), before + 1);
+}
+
+#[tokio::test]
+async fn introspection_with_client_secret_post() {
+    let idp = Idp::start(provider_with_tokens()).await;
+    let (gw, _echo, _clock) = start_introspection(&idp, r#"client_auth = "post""#).await;
+    call(&gw, "good").await.assert_ok();
+    assert_eq!(idp.state().last_client_auth, Some("post"));
+    // A wrong secret is the provider's 401: the gateway fails closed.
+    idp.state().client.1 = "rotated".into();
+    assert_eq!(
+        call(&gw, "reader").await.status,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
 }
