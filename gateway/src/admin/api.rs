@@ -135,6 +135,15 @@ pub(super) fn routes(registry: &Registry) -> Value {
                             "queue": s.queue,
                             "samples": s.samples,
                         })),
+                        "outbound": p.outbound.as_ref().map(|o| json!({
+                            "allow": o.allow,
+                            "private_hosts": o.private_hosts,
+                            "max_redirects": o.max_redirects,
+                            "timeout_ms": o.timeout_ms,
+                            "max_response_bytes": o.max_response_bytes,
+                            "max_concurrent": o.max_concurrent,
+                            "ca": o.ca.as_ref().map(|p| p.display().to_string()),
+                        })),
                     })
                 })
                 .collect();

@@ -158,7 +158,7 @@ impl Config {
         if self.client_id.is_empty() {
             problems.push("client_id: must not be empty".into());
         }
-        if self.client_secret.is_empty() {
+        if self.client_secret.trim_end_matches(['\n', '\r']).is_empty() {
             problems.push("client_secret: must not be empty".into());
         }
         if !self.token_type_hint.bytes().all(|b| b.is_ascii_graphic()) {
@@ -219,7 +219,12 @@ impl Config {
             plugin: Introspection {
                 cache_prefix: crate::cache_prefix(&self.endpoint, &self.client_id),
                 endpoint: self.endpoint,
-                client: crate::Client::new(self.client_auth, &self.client_id, &self.client_secret),
+                // A secret read from a file (`files`) ends with its newline.
+                client: crate::Client::new(
+                    self.client_auth,
+                    &self.client_id,
+                    self.client_secret.trim_end_matches(['\n', '\r']),
+                ),
                 token_type_hint: (!self.token_type_hint.is_empty()).then_some(self.token_type_hint),
                 required_scopes: self.required_scopes,
                 audience: self.audience,
