@@ -16,6 +16,8 @@
 //! - `GET /big`: a 2 MiB body.
 //! - `GET /slow`: answers after 5 s.
 //! - With [`IdpState::down`], every path answers `503`.
+//!
+//! [`Idp::start_tls`] serves the same over HTTPS.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -60,6 +62,7 @@ pub struct Idp {
     addr: SocketAddr,
     state: Arc<Mutex<IdpState>>,
     task: tokio::task::JoinHandle<()>,
+    scheme: &'static str,
 }
 
 impl Drop for Idp {
@@ -69,27 +72,50 @@ impl Drop for Idp {
 }
 
 impl Idp {
-    /// Starts a provider with `state`.
+    /// Starts a provider with `state`, on plain HTTP.
     pub async fn start(state: IdpState) -> Self {
+        Self::serve(state, None).await
+    }
+
+    /// Starts a provider with `state`, on HTTPS with `tls`.
+    pub async fn start_tls(state: IdpState, tls: Arc<rustls::ServerConfig>) -> Self {
+        Self::serve(state, Some(tokio_rustls::TlsAcceptor::from(tls))).await
+    }
+
+    async fn serve(state: IdpState, tls: Option<tokio_rustls::TlsAcceptor>) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("binds");
         let addr = listener.local_addr().expect("address");
         let state = Arc::new(Mutex::new(state));
         let shared = state.clone();
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
                 let state = shared.clone();
+                let tls = tls.clone();
                 tokio::spawn(async move {
-                    let service = service_fn(move |req| answer(req, addr, state.clone()));
-                    let _ = http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
+                    let service = service_fn(move |req| answer(req, addr, scheme, state.clone()));
+                    let http = http1::Builder::new();
+                    let _ = match tls {
+                        None => http.serve_connection(TokioIo::new(stream), service).await,
+                        Some(tls) => match tls.accept(stream).await {
+                            Ok(stream) => {
+                                http.serve_connection(TokioIo::new(stream), service).await
+                            }
+                            Err(_) => return,
+                        },
+                    };
                 });
             }
         });
-        Self { addr, state, task }
+        Self {
+            addr,
+            state,
+            task,
+            scheme,
+        }
     }
 
     /// The address.
@@ -97,14 +123,14 @@ impl Idp {
         self.addr
     }
 
-    /// `http://127.0.0.1:<port>`, the origin to allow.
+    /// `http://127.0.0.1:<port>` (or `https://`), the origin to allow.
     pub fn origin(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("{}://{}", self.scheme, self.addr)
     }
 
     /// The URL of `path`.
     pub fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
+        format!("{}{path}", self.origin())
     }
 
     /// The state, to read or change.
@@ -121,6 +147,7 @@ impl Idp {
 async fn answer(
     req: Request<Incoming>,
     addr: SocketAddr,
+    scheme: &str,
     state: Arc<Mutex<IdpState>>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let (parts, body) = req.into_parts();
@@ -130,7 +157,7 @@ async fn answer(
         .map(|b| b.to_bytes())
         .unwrap_or_default();
     let path = parts.uri.path().to_owned();
-    let base = format!("http://{addr}");
+    let base = format!("{scheme}://{addr}");
     let reply = |status: StatusCode, body: String| {
         let mut response = Response::new(Full::new(Bytes::from(body)));
         *response.status_mut() = status;

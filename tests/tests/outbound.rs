@@ -8,6 +8,7 @@ use http::{Method, StatusCode};
 use portcullis_tests::echo::Echo;
 use portcullis_tests::idp::{Idp, IdpState};
 use portcullis_tests::prom::Scrape;
+use portcullis_tests::tls::{TestCa, server_config};
 use portcullis_tests::{Client, Reply, TestGateway, base_config, fixtures};
 
 /// `/fetch` may call `idp` (and `localhost` on its port, by name, which
@@ -188,4 +189,65 @@ async fn a_grant_lets_through_its_origins_and_nothing_else() {
     assert_eq!(calls("fetch", "timeout"), 1.0);
     assert_eq!(calls("follow", "ok"), 1.0);
     assert_eq!(calls("follow", "refused"), 1.0);
+}
+
+#[tokio::test]
+async fn https_is_verified_against_the_webpki_roots_or_the_grants_ca() {
+    let ca = TestCa::new();
+    let issued = ca.issue(&["127.0.0.1"], -1, 30);
+    let idp = Idp::start_tls(
+        IdpState {
+            jwks: r#"{"keys":[]}"#.into(),
+            ..IdpState::default()
+        },
+        server_config(&issued, None, &[b"http/1.1"]),
+    )
+    .await;
+    let echo = Echo::start_local().await.expect("echo");
+    let dir = tempfile::tempdir().expect("dir");
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, ca.pem()).expect("CA written");
+    let route = |name: &str, ca: &str| {
+        format!(
+            r#"
+[[routes]]
+name = "{name}"
+path_prefix = "/{name}"
+upstream = "echo"
+[[routes.plugins]]
+name = "misbehave"
+config = {{ mode = "none", fetch_path = "/{name}" }}
+[routes.plugins.outbound]
+allow = ["{origin}"]
+{ca}
+"#,
+            origin = idp.origin()
+        )
+    };
+    let config = format!(
+        "{}{}{}",
+        base_config(echo.addr),
+        route("roots", ""),
+        route(
+            "private",
+            &format!("ca = {:?}", ca_file.display().to_string())
+        )
+    );
+    let gw = TestGateway::start(&config, &[("misbehave", fixtures::MISBEHAVE)])
+        .await
+        .expect("gateway starts");
+
+    // The Mozilla roots do not know the test CA: the handshake fails, and
+    // the provider never sees a request.
+    let reply = fetch(&gw, "/roots", &idp.url("/jwks")).await;
+    let (kind, message) = error_of(&reply);
+    assert_eq!(kind, "connect", "{message}");
+    assert!(message.to_lowercase().contains("certificate"), "{message}");
+    assert_eq!(idp.hits("/jwks"), 0);
+
+    // With the CA in the grant, it is verified and answered.
+    let reply = fetch(&gw, "/private", &idp.url("/jwks")).await;
+    assert_eq!(reply.status, StatusCode::OK, "{reply:?}");
+    assert_eq!(reply.header("x-fetch-status"), Some("200"));
+    assert_eq!(idp.hits("/jwks"), 1);
 }
