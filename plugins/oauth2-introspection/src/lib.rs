@@ -115,6 +115,12 @@ pub(crate) trait Env {
 /// The gateway's services.
 struct Live;
 
+thread_local! {
+    /// Whether this instance has said that the store refused an answer: a
+    /// full store would otherwise log on every request.
+    static STORE_WARNED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
 impl Env for Live {
     fn post(
         &self,
@@ -136,8 +142,12 @@ impl Env for Live {
 
     fn set(&self, key: &str, value: &str, ttl_ms: u64) {
         let ttl = Some(std::time::Duration::from_millis(ttl_ms.max(1)));
-        if let Err(e) = portcullis_sdk::store::set(key, value, ttl) {
-            portcullis_sdk::log::warn(&format!("cannot cache an introspection answer: {e}"));
+        if let Err(e) = portcullis_sdk::store::set(key, value, ttl)
+            && !STORE_WARNED.replace(true)
+        {
+            portcullis_sdk::log::warn(&format!(
+                "cannot cache introspection answers: {e}; every request asks the endpoint (logged once per instance)"
+            ));
         }
     }
 
