@@ -170,11 +170,14 @@ async fn answer(
             .insert("content-type", "application/json".parse().expect("value"));
         response
     };
+    {
+        let mut state = state.lock().unwrap_or_else(|e| e.into_inner());
+        *state.hits.entry(path.clone()).or_default() += 1;
+    }
     if path == "/slow" {
         tokio::time::sleep(Duration::from_secs(5)).await;
     }
     let mut state = state.lock().unwrap_or_else(|e| e.into_inner());
-    *state.hits.entry(path.clone()).or_default() += 1;
     if state.down {
         return Ok(reply(StatusCode::SERVICE_UNAVAILABLE, "down".into()));
     }

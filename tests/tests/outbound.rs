@@ -251,3 +251,40 @@ allow = ["{origin}"]
     assert_eq!(reply.header("x-fetch-status"), Some("200"));
     assert_eq!(idp.hits("/jwks"), 1);
 }
+
+#[tokio::test]
+async fn a_plugin_waiting_on_the_network_holds_no_thread() {
+    // The test runtime has one thread. A plugin call waiting for the slow
+    // path (cut at 1 s by the grant) must leave it free: a second request
+    // through the same plugin is answered first.
+    let echo = Echo::start_local().await.expect("echo");
+    let idp = Idp::start(IdpState {
+        jwks: r#"{"keys":[]}"#.into(),
+        ..IdpState::default()
+    })
+    .await;
+    let other = Idp::start(IdpState::default()).await;
+    let config = format!("{}{}", base_config(echo.addr), routes(&idp, &other));
+    let gw = TestGateway::start(&config, &[("misbehave", fixtures::MISBEHAVE)])
+        .await
+        .expect("gateway starts");
+    let order = std::sync::Mutex::new(Vec::new());
+    let slow = async {
+        let reply = fetch(&gw, "/fetch", &idp.url("/slow")).await;
+        order.lock().expect("order").push("slow");
+        reply
+    };
+    let quick = async {
+        // Sent once the slow call is waiting on the provider.
+        while idp.hits("/slow") == 0 {
+            tokio::task::yield_now().await;
+        }
+        let reply = fetch(&gw, "/fetch", &idp.url("/jwks")).await;
+        order.lock().expect("order").push("quick");
+        reply
+    };
+    let (slow, quick) = tokio::join!(slow, quick);
+    assert_eq!(quick.status, StatusCode::OK, "{quick:?}");
+    assert_eq!(error_of(&slow).0, "timeout");
+    assert_eq!(*order.lock().expect("order"), ["quick", "slow"]);
+}
