@@ -72,8 +72,8 @@ fn error_of(reply: &Reply) -> (String, String) {
     )
 }
 
-#[tokio::test]
-async fn a_grant_lets_through_its_origins_and_nothing_else() {
+/// A gateway with [`routes`]: `idp` (serving an empty JWKS) and `other`.
+async fn granted() -> (TestGateway, Echo, Idp, Idp) {
     let echo = Echo::start_local().await.expect("echo");
     let idp = Idp::start(IdpState {
         jwks: r#"{"keys":[]}"#.into(),
@@ -81,11 +81,17 @@ async fn a_grant_lets_through_its_origins_and_nothing_else() {
     })
     .await;
     let other = Idp::start(IdpState::default()).await;
-    let outsider = Idp::start(IdpState::default()).await;
     let config = format!("{}{}", base_config(echo.addr), routes(&idp, &other));
     let gw = TestGateway::start(&config, &[("misbehave", fixtures::MISBEHAVE)])
         .await
         .expect("gateway starts");
+    (gw, echo, idp, other)
+}
+
+#[tokio::test]
+async fn a_grant_lets_through_its_origins_and_nothing_else() {
+    let (gw, _echo, idp, other) = granted().await;
+    let outsider = Idp::start(IdpState::default()).await;
 
     // Granted: the answer comes back to the plugin.
     let reply = fetch(&gw, "/fetch", &idp.url("/jwks")).await;
@@ -257,17 +263,7 @@ async fn a_plugin_waiting_on_the_network_holds_no_thread() {
     // The test runtime has one thread. A plugin call waiting for the slow
     // path (cut at 1 s by the grant) must leave it free: a second request
     // through the same plugin is answered first.
-    let echo = Echo::start_local().await.expect("echo");
-    let idp = Idp::start(IdpState {
-        jwks: r#"{"keys":[]}"#.into(),
-        ..IdpState::default()
-    })
-    .await;
-    let other = Idp::start(IdpState::default()).await;
-    let config = format!("{}{}", base_config(echo.addr), routes(&idp, &other));
-    let gw = TestGateway::start(&config, &[("misbehave", fixtures::MISBEHAVE)])
-        .await
-        .expect("gateway starts");
+    let (gw, _echo, idp, _other) = granted().await;
     let order = std::sync::Mutex::new(Vec::new());
     let slow = async {
         let reply = fetch(&gw, "/fetch", &idp.url("/slow")).await;
