@@ -93,7 +93,9 @@ limits = [{ quota = 2, per = "hour" }]"#
             &[(
                 "misbehave",
                 r#"mode = "trap"
-only_path = "/trap/boom""#
+only_path = "/trap/boom"
+[routes.plugins.outbound]
+allow = ["https://idp.example.com"]"#
             )]
         ),
         jwt = route("jwt", "/jwt", &[("jwt_auth", &jwt)]),
@@ -609,6 +611,12 @@ async fn every_endpoint_answers_as_the_openapi_document_says() {
         .filter_map(|r| r["name"].as_str())
         .collect();
     assert_eq!(names, ["keyed", "limited", "trap", "jwt", "open"]);
+    // A plugin's outbound grant is shown with its route.
+    assert_eq!(
+        routes["routes"][2]["plugins"][0]["outbound"]["allow"],
+        serde_json::json!(["https://idp.example.com"])
+    );
+    assert_eq!(routes["routes"][0]["plugins"][0]["outbound"], Value::Null);
     let plugins = admin.json("/plugins").await;
     let key_auth = plugins["plugins"]
         .as_array()
