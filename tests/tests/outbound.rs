@@ -284,3 +284,32 @@ async fn a_plugin_waiting_on_the_network_holds_no_thread() {
     assert_eq!(error_of(&slow).0, "timeout");
     assert_eq!(*order.lock().expect("order"), ["quick", "slow"]);
 }
+
+#[tokio::test]
+async fn a_bad_grant_is_refused_by_key() {
+    let routes = r#"
+[[routes]]
+name = "api"
+path_prefix = "/api"
+upstream = "echo"
+[[routes.plugins]]
+name = "misbehave"
+config = { mode = "none" }
+[routes.plugins.outbound]
+allow = ["https://idp.example.com/realms/main", "idp.example.com"]
+private_hosts = ["sso.internal"]
+timeout_ms = 0
+"#;
+    portcullis_tests::assert_config_refused(
+        routes,
+        &[("misbehave", fixtures::MISBEHAVE)],
+        &[
+            "routes[0].plugins[0].outbound.allow[0]",
+            "without a path",
+            "routes[0].plugins[0].outbound.allow[1]",
+            "routes[0].plugins[0].outbound.private_hosts[0]",
+            "routes[0].plugins[0].outbound.timeout_ms",
+        ],
+    )
+    .await;
+}
