@@ -11,7 +11,7 @@
 //!   provider that goes down leaves the last good keys in service.
 //! - `oidc:<issuer>`: the discovery document's `jwks_uri`, for at most
 //!   `jwks_max_refresh_seconds`.
-//! - `jwks-gate:<url>`: taken (compare-and-swap on an absent key, with a
+//! - `jwks-gate:<source>` (the URL or the issuer): taken (compare-and-swap on an absent key, with a
 //!   time to live of `jwks_min_refresh_seconds`) by whichever instance
 //!   fetches: at most one fetch per interval, whatever the traffic. A
 //!   token naming an unknown `kid` asks for a fetch through the gate, so a
@@ -89,6 +89,8 @@ pub(crate) trait Env {
     fn set(&self, key: &str, value: &str, ttl_ms: Option<u64>);
     /// Takes `key` if it is absent (for `ttl_ms`); whether this caller got it.
     fn take(&self, key: &str, ttl_ms: u64) -> bool;
+    /// Gives `key` back before its time.
+    fn release(&self, key: &str);
     /// Logs at `warn`.
     fn warn(&self, message: &str);
     /// Logs at `info`.
@@ -126,6 +128,10 @@ impl Env for Live {
     fn take(&self, key: &str, ttl_ms: u64) -> bool {
         let ttl = Some(Duration::from_millis(ttl_ms));
         portcullis_sdk::store::compare_and_swap(key, None, "1", ttl).unwrap_or(false)
+    }
+
+    fn release(&self, key: &str) {
+        portcullis_sdk::store::delete(key);
     }
 
     fn warn(&self, message: &str) {
@@ -210,11 +216,24 @@ impl Remote {
     /// [`Startup::FailClosed`].
     pub(crate) fn start(&self, env: &dyn Env, now_ms: u64) -> Result<(), String> {
         let result = self.sync(env, now_ms, true).and_then(|change| {
-            if self.is_empty() && change == Change::Same {
-                self.fetch(env, now_ms).map(drop)
-            } else {
-                Ok(())
+            if !self.is_empty() || change == Change::Replaced {
+                return Ok(());
             }
+            // Nothing shared yet: fetch, unless a fetch failed less than an
+            // interval ago (then fail at once rather than make every new
+            // instance wait for a provider that does not answer).
+            let gate = self.gate();
+            if !env.take(&gate, self.config.min_refresh_ms) {
+                return Err(format!(
+                    "no keys yet from {}: a fetch failed less than jwks_min_refresh_seconds ago",
+                    self.source()
+                ));
+            }
+            self.fetch(env, now_ms)?;
+            // A fetch that succeeded does not hold back the next one (a
+            // token signed by a key the provider has just added).
+            env.release(&gate);
+            Ok(())
         });
         match (result, self.config.startup) {
             (Ok(()), _) => Ok(()),
@@ -230,6 +249,21 @@ impl Remote {
         }
     }
 
+    /// The gate of this plugin's fetches: one per configured source.
+    fn gate(&self) -> String {
+        format!("jwks-gate:{}", self.source())
+    }
+
+    /// What the keys come from, as configured: the JWKS URL, or the issuer
+    /// to discover.
+    fn source(&self) -> &str {
+        self.config
+            .jwks_url
+            .as_deref()
+            .or(self.config.issuer.as_deref())
+            .unwrap_or_default()
+    }
+
     /// Brings the keys up to the shared document, if it is time to look
     /// (or `now`): on the request path, a store read once a second.
     pub(crate) fn sync(&self, env: &dyn Env, now_ms: u64, now: bool) -> Result<Change, String> {
@@ -241,12 +275,16 @@ impl Remote {
             state.next_sync_ms = now_ms.saturating_add(SYNC_MS);
             state.url.clone()
         };
-        let url = match url {
-            Some(url) => url,
-            None => match self.discover(env, false)? {
-                Some(url) => url,
-                None => return Ok(Change::Same),
-            },
+        // The discovered URL another instance shared, if any: discovery
+        // itself is fetched only through the gate (`fetch`).
+        let url = url.or_else(|| {
+            let issuer = self.config.issuer.as_ref()?;
+            let url = env.get(&format!("oidc:{issuer}"))?;
+            self.state.borrow_mut().url = Some(url.clone());
+            Some(url)
+        });
+        let Some(url) = url else {
+            return Ok(Change::Same);
         };
         let Some(stored) = env
             .get(&format!("jwks:{url}"))
@@ -291,14 +329,7 @@ impl Remote {
     /// across every instance. Failures are logged; the keys in service
     /// stay.
     fn refetch(&self, env: &dyn Env, now_ms: u64) -> Change {
-        let gate = match self.state.borrow().url.as_deref() {
-            Some(url) => format!("jwks-gate:{url}"),
-            None => format!(
-                "jwks-gate:{}",
-                self.config.issuer.as_deref().unwrap_or_default()
-            ),
-        };
-        if !env.take(&gate, self.config.min_refresh_ms) {
+        if !env.take(&self.gate(), self.config.min_refresh_ms) {
             return Change::Same;
         }
         match self.fetch(env, now_ms) {
@@ -310,17 +341,12 @@ impl Remote {
         }
     }
 
-    /// The JWKS URL from the discovery document (the store's, or fetched
-    /// when `fetch` or there is none).
-    fn discover(&self, env: &dyn Env, fetch: bool) -> Result<Option<String>, String> {
+    /// The JWKS URL from the discovery document, fetched now and shared.
+    fn discover(&self, env: &dyn Env) -> Result<Option<String>, String> {
         let Some(issuer) = &self.config.issuer else {
             return Ok(self.config.jwks_url.clone());
         };
         let key = format!("oidc:{issuer}");
-        if !fetch && let Some(url) = env.get(&key) {
-            self.state.borrow_mut().url = Some(url.clone());
-            return Ok(Some(url));
-        }
         let url = format!(
             "{}/.well-known/openid-configuration",
             issuer.trim_end_matches('/')
@@ -369,7 +395,7 @@ impl Remote {
             // expired (`jwks_max_refresh_seconds`).
             Some(issuer) => match env.get(&format!("oidc:{issuer}")) {
                 Some(url) => Some(url),
-                None => match self.discover(env, true) {
+                None => match self.discover(env) {
                     Ok(url) => url,
                     Err(why) => match known {
                         Some(url) => {
@@ -537,6 +563,10 @@ pub(crate) mod fake {
                 .expect("store works")
         }
 
+        fn release(&self, key: &str) {
+            self.store.delete(key);
+        }
+
         fn warn(&self, message: &str) {
             self.warnings.borrow_mut().push(message.to_owned());
         }
@@ -625,11 +655,21 @@ mod tests {
         let r = remote(Startup::FailClosed);
         r.start(&env, 1_000).expect("accepted");
         assert!(r.is_empty());
-        assert_eq!(env.warnings.borrow().len(), 1);
+        assert_eq!(
+            env.fetches(URL),
+            1,
+            "the failed fetch holds the gate: no second try"
+        );
+        assert!(
+            env.warnings.borrow()[0].contains("failed less than"),
+            "{:?}",
+            env.warnings.borrow()
+        );
+        env.store.advance(30_000);
         // The provider comes back; the first token after the gate's
         // interval brings the keys.
         env.answer(URL, ONE, None);
-        assert_eq!(r.refetch_for_unknown_key(&env, 2_000), Change::Replaced);
+        assert_eq!(r.refetch_for_unknown_key(&env, 31_000), Change::Replaced);
         assert_eq!(kids(&r), ["a"]);
     }
 
