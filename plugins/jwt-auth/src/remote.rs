@@ -11,11 +11,13 @@
 //!   provider that goes down leaves the last good keys in service.
 //! - `oidc:<issuer>`: the discovery document's `jwks_uri`, for at most
 //!   `jwks_max_refresh_seconds`.
-//! - `jwks-gate:<source>` (the URL or the issuer): taken (compare-and-swap on an absent key, with a
-//!   time to live of `jwks_min_refresh_seconds`) by whichever instance
-//!   fetches: at most one fetch per interval, whatever the traffic. A
-//!   token naming an unknown `kid` asks for a fetch through the gate, so a
-//!   storm of made-up key ids costs at most one fetch per interval.
+//! - `jwks-gate:<source>` (the configured URL or issuer): taken
+//!   (compare-and-swap on an absent key, with a time to live of
+//!   `jwks_min_refresh_seconds`) by whichever instance fetches: at most one
+//!   fetch per interval, whatever the traffic. A token naming an unknown
+//!   `kid` asks for a fetch through the gate, so a storm of made-up key ids
+//!   costs at most one fetch per interval. A fetch at load takes it too,
+//!   and gives it back when it succeeds.
 //!
 //! The document is due again after the provider's `Cache-Control:
 //! max-age`, bounded by `jwks_min_refresh_seconds` and
