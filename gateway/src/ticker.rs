@@ -4,10 +4,13 @@
 //! need to do without traffic (resolve an incident that cleared) happens
 //! here.
 //!
-//! Ticks run one after another on one task, each under the plugin's CPU
-//! deadline; a tick that fails is logged and the instance is thrown away,
-//! like a request's. When the ticks of one round take longer than the
-//! interval, the next round starts late rather than piling up.
+//! The ticks of one round run side by side, each on its own task under the
+//! plugin's CPU deadline, so that a tick waiting on the network (jwt_auth
+//! refreshing its keys from a slow identity provider) holds back no other
+//! plugin's; a tick that fails is logged and the instance is thrown away,
+//! like a request's. A round ends when its last tick does: when that takes
+//! longer than the interval, the next round starts late rather than piling
+//! up.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,17 +39,22 @@ pub async fn run(registry: Arc<Registry>, mut shutdown: watch::Receiver<bool>) {
 /// One round: every ticking plugin of every route of the current generation.
 async fn round(registry: &Registry) {
     let generation = registry.current();
+    let mut ticks = tokio::task::JoinSet::new();
     for route in &generation.routes {
         for link in route.chain.iter().filter(|l| l.hooks.contains(Hooks::TICK)) {
-            let result = link.pool.on_tick(&route.name).await;
-            if let Err(e) = result {
-                tracing::warn!(
-                    target: "portcullis::plugin",
-                    plugin = %link.plugin,
-                    route = %route.name,
-                    "on-tick failed: {e}"
-                );
-            }
+            let (pool, plugin, route) =
+                (link.pool.clone(), link.plugin.clone(), route.name.clone());
+            ticks.spawn(async move {
+                if let Err(e) = pool.on_tick(&route).await {
+                    tracing::warn!(
+                        target: "portcullis::plugin",
+                        plugin = %plugin,
+                        route = %route,
+                        "on-tick failed: {e}"
+                    );
+                }
+            });
         }
     }
+    while ticks.join_next().await.is_some() {}
 }
