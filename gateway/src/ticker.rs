@@ -4,18 +4,19 @@
 //! need to do without traffic (resolve an incident that cleared) happens
 //! here.
 //!
-//! The ticks of one round run side by side, each on its own task under the
-//! plugin's CPU deadline, so that a tick waiting on the network (jwt_auth
+//! Each tick runs on its own task, under the plugin's CPU deadline, and
+//! rounds do not wait for them: a tick waiting on the network (jwt_auth
 //! refreshing its keys from a slow identity provider) holds back no other
-//! plugin's; a tick that fails is logged and the instance is thrown away,
-//! like a request's. A round ends when its last tick does: when that takes
-//! longer than the interval, the next round starts late rather than piling
-//! up.
+//! plugin's. A pool whose previous tick is still running skips the round
+//! rather than piling ticks up. A tick that fails is logged and the
+//! instance is thrown away, like a request's.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 use tokio::time::MissedTickBehavior;
 
 use crate::plugin::Hooks;
@@ -28,23 +29,30 @@ pub async fn run(registry: Arc<Registry>, mut shutdown: watch::Receiver<bool>) {
     interval.set_missed_tick_behavior(MissedTickBehavior::Delay);
     // The first tick of an interval is immediate; the first round waits.
     interval.tick().await;
+    let mut running = HashMap::new();
     loop {
         tokio::select! {
-            _ = interval.tick() => round(&registry).await,
+            _ = interval.tick() => round(&registry, &mut running),
             _ = shutdown.changed() => break,
         }
     }
 }
 
-/// One round: every ticking plugin of every route of the current generation.
-async fn round(registry: &Registry) {
+/// One round: every ticking plugin of every route of the current
+/// generation whose previous tick has ended. `running` holds the ticks in
+/// flight, by pool.
+fn round(registry: &Registry, running: &mut HashMap<usize, JoinHandle<()>>) {
+    running.retain(|_, tick| !tick.is_finished());
     let generation = registry.current();
-    let mut ticks = tokio::task::JoinSet::new();
     for route in &generation.routes {
         for link in route.chain.iter().filter(|l| l.hooks.contains(Hooks::TICK)) {
+            let key = Arc::as_ptr(&link.pool) as usize;
+            if running.contains_key(&key) {
+                continue;
+            }
             let (pool, plugin, route) =
                 (link.pool.clone(), link.plugin.clone(), route.name.clone());
-            ticks.spawn(async move {
+            let tick = tokio::spawn(async move {
                 if let Err(e) = pool.on_tick(&route).await {
                     tracing::warn!(
                         target: "portcullis::plugin",
@@ -54,7 +62,7 @@ async fn round(registry: &Registry) {
                     );
                 }
             });
+            running.insert(key, tick);
         }
     }
-    while ticks.join_next().await.is_some() {}
 }
