@@ -401,3 +401,36 @@ async fn introspection_with_client_secret_post() {
         StatusCode::SERVICE_UNAVAILABLE
     );
 }
+
+#[tokio::test]
+async fn keys_from_a_provider_need_a_grant() {
+    let idp = Idp::start(IdpState {
+        jwks: jwks(&["rsa-1"]),
+        ..IdpState::default()
+    })
+    .await;
+    let routes = format!(
+        r#"
+[[routes]]
+name = "api"
+path_prefix = "/api"
+upstream = "echo"
+[[routes.plugins]]
+name = "jwt_auth"
+[routes.plugins.config]
+algorithms = ["RS256"]
+jwks_url = "{url}"
+"#,
+        url = idp.url("/jwks")
+    );
+    portcullis_tests::assert_config_refused(
+        &routes,
+        &[("jwt_auth", fixtures::JWT_AUTH)],
+        &[
+            "route `api` plugin `jwt_auth`",
+            "the route grants this plugin no outbound calls",
+        ],
+    )
+    .await;
+    assert_eq!(idp.hits("/jwks"), 0);
+}
