@@ -128,6 +128,14 @@ impl Policy for JwtAuth {
         self.authenticate_in(&Live, header.as_deref(), &cookies, now_ms)
     }
 
+    fn needs(&self) -> portcullis_sdk::Needs {
+        // Only keys from the provider need the tick (their refresh).
+        portcullis_sdk::Needs {
+            on_tick: self.remote.is_some(),
+            ..portcullis_sdk::Needs::ALL
+        }
+    }
+
     fn on_tick(&self, _route: &str) {
         if let Some(remote) = &self.remote {
             remote.refresh_if_due(&Live, portcullis_sdk::time::now_ms());
