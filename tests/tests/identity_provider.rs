@@ -56,19 +56,9 @@ fn rsa2(iss: &str) -> String {
 /// the grant to call `idp`.
 fn route(idp: &Idp, plugin: &str, config: &str) -> String {
     format!(
-        r#"
-[[routes]]
-name = "api"
-path_prefix = "/api"
-upstream = "echo"
-[[routes.plugins]]
-name = "{plugin}"
-[routes.plugins.config]
-{config}
-[routes.plugins.outbound]
-allow = ["{origin}"]
-"#,
-        origin = idp.origin()
+        "{}[routes.plugins.outbound]\nallow = [\"{}\"]\n",
+        portcullis_tests::route("api", "/api", &[(plugin, config)]),
+        idp.origin()
     )
 }
 
@@ -409,20 +399,11 @@ async fn keys_from_a_provider_need_a_grant() {
         ..IdpState::default()
     })
     .await;
-    let routes = format!(
-        r#"
-[[routes]]
-name = "api"
-path_prefix = "/api"
-upstream = "echo"
-[[routes.plugins]]
-name = "jwt_auth"
-[routes.plugins.config]
-algorithms = ["RS256"]
-jwks_url = "{url}"
-"#,
-        url = idp.url("/jwks")
+    let config = format!(
+        "algorithms = [\"RS256\"]\njwks_url = \"{}\"",
+        idp.url("/jwks")
     );
+    let routes = portcullis_tests::route("api", "/api", &[("jwt_auth", &config)]);
     portcullis_tests::assert_config_refused(
         &routes,
         &[("jwt_auth", fixtures::JWT_AUTH)],

@@ -9,52 +9,40 @@ use portcullis_tests::echo::Echo;
 use portcullis_tests::idp::{Idp, IdpState};
 use portcullis_tests::prom::Scrape;
 use portcullis_tests::tls::{TestCa, server_config};
-use portcullis_tests::{Client, Reply, TestGateway, base_config, fixtures};
+use portcullis_tests::{Client, Reply, TestGateway, base_config, fixtures, route};
 
 /// `/fetch` may call `idp` (and `localhost` on its port, by name, which
 /// resolves to loopback and is not listed as private); `/follow` may call
 /// `idp` and `other`, following 2 redirects; `/nogrant` has no grant.
 fn routes(idp: &Idp, other: &Idp) -> String {
     let port = idp.addr().port();
-    format!(
-        r#"
-[admin]
-address = "127.0.0.1:0"
+    let (idp, other) = (idp.origin(), other.origin());
+    [
+        "\n[admin]\naddress = \"127.0.0.1:0\"\n".to_owned(),
+        fetch_route(
+            "fetch",
+            &format!(
+                "allow = [\"{idp}\", \"http://localhost:{port}\"]\nmax_response_bytes = 65536\ntimeout_ms = 1000"
+            ),
+        ),
+        fetch_route(
+            "follow",
+            &format!("allow = [\"{idp}\", \"{other}\"]\nmax_redirects = 2"),
+        ),
+        fetch_route("nogrant", ""),
+    ]
+    .concat()
+}
 
-[[routes]]
-name = "fetch"
-path_prefix = "/fetch"
-upstream = "echo"
-[[routes.plugins]]
-name = "misbehave"
-config = {{ mode = "none", fetch_path = "/fetch" }}
-[routes.plugins.outbound]
-allow = ["{idp}", "http://localhost:{port}"]
-max_response_bytes = 65536
-timeout_ms = 1000
-
-[[routes]]
-name = "follow"
-path_prefix = "/follow"
-upstream = "echo"
-[[routes.plugins]]
-name = "misbehave"
-config = {{ mode = "none", fetch_path = "/follow" }}
-[routes.plugins.outbound]
-allow = ["{idp}", "{other}"]
-max_redirects = 2
-
-[[routes]]
-name = "nogrant"
-path_prefix = "/nogrant"
-upstream = "echo"
-[[routes.plugins]]
-name = "misbehave"
-config = {{ mode = "none", fetch_path = "/nogrant" }}
-"#,
-        idp = idp.origin(),
-        other = other.origin(),
-    )
+/// `/<name>` through misbehave fetching on `/<name>`, with `grant` as its
+/// `[routes.plugins.outbound]` table (none when empty).
+fn fetch_route(name: &str, grant: &str) -> String {
+    let config = format!("mode = \"none\"\nfetch_path = \"/{name}\"");
+    let mut toml = route(name, &format!("/{name}"), &[("misbehave", &config)]);
+    if !grant.is_empty() {
+        toml.push_str(&format!("[routes.plugins.outbound]\n{grant}\n"));
+    }
+    toml
 }
 
 async fn fetch(gw: &TestGateway, path: &str, url: &str) -> Reply {
@@ -213,30 +201,14 @@ async fn https_is_verified_against_the_webpki_roots_or_the_grants_ca() {
     let dir = tempfile::tempdir().expect("dir");
     let ca_file = dir.path().join("ca.pem");
     std::fs::write(&ca_file, ca.pem()).expect("CA written");
-    let route = |name: &str, ca: &str| {
-        format!(
-            r#"
-[[routes]]
-name = "{name}"
-path_prefix = "/{name}"
-upstream = "echo"
-[[routes.plugins]]
-name = "misbehave"
-config = {{ mode = "none", fetch_path = "/{name}" }}
-[routes.plugins.outbound]
-allow = ["{origin}"]
-{ca}
-"#,
-            origin = idp.origin()
-        )
-    };
+    let allow = format!("allow = [\"{}\"]", idp.origin());
     let config = format!(
         "{}{}{}",
         base_config(echo.addr),
-        route("roots", ""),
-        route(
+        fetch_route("roots", &allow),
+        fetch_route(
             "private",
-            &format!("ca = {:?}", ca_file.display().to_string())
+            &format!("{allow}\nca = {:?}", ca_file.display().to_string())
         )
     );
     let gw = TestGateway::start(&config, &[("misbehave", fixtures::MISBEHAVE)])
@@ -287,21 +259,14 @@ async fn a_plugin_waiting_on_the_network_holds_no_thread() {
 
 #[tokio::test]
 async fn a_bad_grant_is_refused_by_key() {
-    let routes = r#"
-[[routes]]
-name = "api"
-path_prefix = "/api"
-upstream = "echo"
-[[routes.plugins]]
-name = "misbehave"
-config = { mode = "none" }
-[routes.plugins.outbound]
-allow = ["https://idp.example.com/realms/main", "idp.example.com"]
+    let routes = fetch_route(
+        "api",
+        r#"allow = ["https://idp.example.com/realms/main", "idp.example.com"]
 private_hosts = ["sso.internal"]
-timeout_ms = 0
-"#;
+timeout_ms = 0"#,
+    );
     portcullis_tests::assert_config_refused(
-        routes,
+        &routes,
         &[("misbehave", fixtures::MISBEHAVE)],
         &[
             "routes[0].plugins[0].outbound.allow[0]",

@@ -171,6 +171,9 @@ struct Synced {
     keys: Vec<Key>,
     /// When to look at the shared document next.
     next_sync_ms: u64,
+    /// When the shared document is due to be fetched again, as last seen;
+    /// `None` when there was none.
+    due_ms: Option<u64>,
 }
 
 /// What [`Remote::refetch`] and [`Remote::sync`] did to the keys.
@@ -288,10 +291,11 @@ impl Remote {
         let Some(url) = url else {
             return Ok(Change::Same);
         };
-        let Some(stored) = env
+        let stored = env
             .get(&format!("jwks:{url}"))
-            .and_then(|text| serde_json::from_str::<Stored>(&text).ok())
-        else {
+            .and_then(|text| serde_json::from_str::<Stored>(&text).ok());
+        self.state.borrow_mut().due_ms = stored.as_ref().map(|s| s.next);
+        let Some(stored) = stored else {
             return Ok(Change::Same);
         };
         if self.state.borrow().hash.as_deref() == Some(stored.hash.as_str()) {
@@ -304,16 +308,9 @@ impl Remote {
     /// On a tick: fetches the document if it is due (or missing), through
     /// the gate.
     pub(crate) fn refresh_if_due(&self, env: &dyn Env, now_ms: u64) {
-        let due = match self.sync(env, now_ms, true) {
-            Ok(_) => {
-                let url = self.state.borrow().url.clone();
-                url.and_then(|url| env.get(&format!("jwks:{url}")))
-                    .and_then(|text| serde_json::from_str::<Stored>(&text).ok())
-                    .is_none_or(|stored| now_ms >= stored.next)
-            }
-            Err(_) => true,
-        };
-        if due {
+        let synced = self.sync(env, now_ms, true);
+        let due = self.state.borrow().due_ms.is_none_or(|due| now_ms >= due);
+        if synced.is_err() || due {
             self.refetch(env, now_ms);
         }
     }
@@ -434,7 +431,9 @@ impl Remote {
         if let Ok(json) = serde_json::to_string(&stored) {
             env.set(&format!("jwks:{url}"), &json, None);
         }
-        self.state.borrow_mut().url = Some(url);
+        let mut state = self.state.borrow_mut();
+        state.url = Some(url);
+        state.due_ms = Some(next);
         Ok(change)
     }
 
