@@ -99,7 +99,7 @@ pub(crate) struct StoreState {
     shadow: bool,
     /// The origins the plugin may call on this route, if any.
     outbound: Option<Arc<Outbound>>,
-    /// Outbound calls made during the call in progress: a call that
+    /// Whether the call in progress made an outbound call: a call that
     /// waited on the network is not a long (CPU-bound) one.
     pub(super) awaited_network: bool,
 }
