@@ -22,6 +22,15 @@ if ! command -v chromedriver >/dev/null 2>&1 || ! command -v chromium >/dev/null
     fi
 fi
 
+# Disk: a full run writes about 4 GB under target/. CI builds once from
+# scratch, so incremental compilation's caches (2 GB more) buy nothing.
+export CARGO_INCREMENTAL=0
+free_kib=$(df -Pk . | awk 'NR == 2 { print $4 }')
+if [ -n "$free_kib" ] && [ "$free_kib" -lt $((5 * 1024 * 1024)) ]; then
+    echo "warning: $((free_kib / 1024)) MiB free under $(pwd); the build and tests" \
+        "write about 4 GB to target/ and may fail with 'No space left on device'" >&2
+fi
+
 cargo fmt --all --check
 cargo clippy --workspace --all-targets -- -D warnings
 # The guests, as they are really built. Same target directory as the test

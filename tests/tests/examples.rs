@@ -208,7 +208,7 @@ async fn the_readme_curl_lines_do_what_the_readme_says() {
     }
     let mut alert = Vec::new();
     for _ in 0..500 {
-        alert = logged_lines(&["portcullis::alert", "kind=auth-failures", "route=api"]);
+        alert = logged_lines(&["portcullis::alert", "kind=auth-failures", " route=api "]);
         if !alert.is_empty() {
             break;
         }
