@@ -105,14 +105,34 @@ async fn until_fetched(idp: &Idp, n: usize) {
     panic!("the JWKS was fetched {} times, not {n}", idp.hits("/jwks"));
 }
 
-#[tokio::test]
-async fn keys_rotate_without_a_failed_request_and_unknown_kids_cannot_storm_the_provider() {
-    let idp = Idp::start(IdpState {
+/// A provider serving `rsa-1`, to be fetched again after 600 s.
+async fn provider_of_rsa1() -> Idp {
+    Idp::start(IdpState {
         jwks: jwks(&["rsa-1"]),
         cache_control: Some("public, max-age=600".into()),
         ..IdpState::default()
     })
-    .await;
+    .await
+}
+
+/// Calls with `token` (a bounded number of times) until it passes; every
+/// refusal meanwhile is the 503 of keys not available (a request that
+/// finds another's fetch in flight gets one).
+async fn until_admitted(gw: &TestGateway, token: &str) {
+    for _ in 0..250 {
+        let reply = call(gw, token).await;
+        if reply.status == StatusCode::OK {
+            return;
+        }
+        assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE, "{reply:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the keys never came");
+}
+
+#[tokio::test]
+async fn keys_rotate_without_a_failed_request_and_unknown_kids_cannot_storm_the_provider() {
+    let idp = provider_of_rsa1().await;
     let iss = idp.origin();
     let config = format!("jwks_url = \"{}\"", idp.url("/jwks"));
     let (gw, _echo, clock) = start(&idp, &config).await.expect("starts");
@@ -262,22 +282,49 @@ async fn a_provider_down_at_load_refuses_the_config_or_fails_closed() {
     // tokens pass without a restart.
     idp.state().down = false;
     clock.advance(31_000);
-    let mut passed = false;
-    for _ in 0..250 {
-        let reply = call(&gw, &rsa1(&iss)).await;
-        if reply.status == StatusCode::OK {
-            passed = true;
-            break;
-        }
-        assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE, "{reply:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(passed, "the keys never came");
+    until_admitted(&gw, &rsa1(&iss)).await;
     assert_eq!(
         idp.hits("/jwks"),
         3,
         "each gateway's failed load, then one fetch"
     );
+}
+
+#[tokio::test]
+async fn keys_past_max_stale_fail_closed_until_the_provider_is_back() {
+    let idp = provider_of_rsa1().await;
+    let iss = idp.origin();
+    let config = format!(
+        "jwks_url = \"{}\"\njwks_max_stale_seconds = 120",
+        idp.url("/jwks")
+    );
+    let (gw, _echo, clock) = start(&idp, &config).await.expect("starts");
+    call(&gw, &rsa1(&iss)).await.assert_ok();
+
+    // The provider goes down. The document is due by half the bound
+    // (60 s, not max-age's 600): that refresh fails, and the keys serve on
+    // within the bound.
+    idp.state().down = true;
+    clock.advance(61_000);
+    until_fetched(&idp, 2).await;
+    call(&gw, &rsa1(&iss)).await.assert_ok();
+
+    // Past the bound: tokens get 503, even one that verified before (the
+    // verification cache does not outlive the keys).
+    clock.advance(60_000);
+    let reply = call(&gw, &rsa1(&iss)).await;
+    assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE, "{reply:?}");
+    assert_eq!(reply.header("retry-after"), Some("30"));
+    assert!(portcullis_tests::logged(&[
+        "more than jwks_max_stale_seconds",
+        &idp.url("/jwks")
+    ]));
+
+    // The provider comes back: once the gate's interval has passed, a
+    // fetch (the tick's or a request's) makes the keys fresh again.
+    idp.state().down = false;
+    clock.advance(31_000);
+    until_admitted(&gw, &rsa1(&iss)).await;
 }
 
 fn provider_with_tokens() -> IdpState {

@@ -112,6 +112,11 @@ pub(crate) struct Config {
     /// What happens when the keys cannot be fetched at load.
     #[serde(default = "default_jwks_startup")]
     jwks_startup: Startup,
+    /// How long after its last successful fetch the JWKS may still be
+    /// used while the provider cannot be reached, in seconds; unset: for
+    /// as long as the provider is down.
+    #[serde(default)]
+    jwks_max_stale_seconds: Option<u64>,
 }
 
 fn default_jwks_min_refresh_seconds() -> u64 {
@@ -234,7 +239,22 @@ impl Config {
                 "jwks_max_refresh_seconds: must be between jwks_min_refresh_seconds ({min}) and 604800, got {max}"
             ));
         }
+        if let Some(stale) = self.jwks_max_stale_seconds {
+            // A document is fetched again by half its allowed age at the
+            // latest, so one failed fetch does not make it stale.
+            let floor = min.saturating_mul(2);
+            if stale < floor || stale > 31_536_000 {
+                problems.push(format!(
+                    "jwks_max_stale_seconds: must be between twice jwks_min_refresh_seconds ({floor}) and 31536000, got {stale}"
+                ));
+            }
+        }
         if self.jwks_url.is_none() && issuer.is_none() {
+            if self.jwks_max_stale_seconds.is_some() {
+                problems.push(
+                    "jwks_max_stale_seconds: only applies to keys fetched from `jwks_url` or by `discovery`".to_owned(),
+                );
+            }
             return None;
         }
         Some(RemoteConfig {
@@ -242,6 +262,7 @@ impl Config {
             issuer,
             min_refresh_ms: min.saturating_mul(1000),
             max_refresh_ms: max.saturating_mul(1000),
+            max_stale_ms: self.jwks_max_stale_seconds.map(|s| s.saturating_mul(1000)),
             startup: self.jwks_startup,
         })
     }
@@ -558,6 +579,31 @@ mod tests {
     }
 
     #[test]
+    fn the_provider_keys_are_read() {
+        let built = build(serde_json::json!({
+            "algorithms": ["RS256"],
+            "jwks_url": "https://idp.example/jwks",
+            "jwks_min_refresh_seconds": 10,
+            "jwks_max_refresh_seconds": 600,
+            "jwks_max_stale_seconds": 3600,
+            "jwks_startup": "fail_closed",
+        }))
+        .expect("valid");
+        let remote = built.plugin.remote.expect("keys from the provider");
+        assert_eq!(
+            remote.config(),
+            &RemoteConfig {
+                jwks_url: Some("https://idp.example/jwks".to_owned()),
+                issuer: None,
+                min_refresh_ms: 10_000,
+                max_refresh_ms: 600_000,
+                max_stale_ms: Some(3_600_000),
+                startup: Startup::FailClosed,
+            }
+        );
+    }
+
+    #[test]
     fn jwks_keys_no_algorithm_uses_are_skipped_with_a_warning() {
         let built =
             build(serde_json::json!({ "algorithms": ["RS256"], "jwks": read("jwks.json") }))
@@ -678,6 +724,14 @@ mod tests {
             (
                 serde_json::json!({ "algorithms": ["HS256"], "keys": [{ "secret": SECRET }], "nope": 1 }),
                 "unknown field `nope`",
+            ),
+            (
+                serde_json::json!({ "algorithms": ["RS256"], "jwks_url": "https://idp.example/jwks", "jwks_max_stale_seconds": 59 }),
+                "jwks_max_stale_seconds: must be between twice jwks_min_refresh_seconds (60) and 31536000, got 59",
+            ),
+            (
+                serde_json::json!({ "algorithms": ["HS256"], "keys": [{ "secret": SECRET }], "jwks_max_stale_seconds": 600 }),
+                "jwks_max_stale_seconds: only applies to keys fetched from `jwks_url` or by `discovery`",
             ),
         ];
         portcullis_plugin_kit::testing::assert_problems(cases, Config::build);

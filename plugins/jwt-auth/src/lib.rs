@@ -212,15 +212,19 @@ impl JwtAuth {
             return self.reject(None, "no bearer token found in request");
         };
         if let Some(remote) = &self.remote
-            && self.keys.is_empty()
-            && remote.is_empty()
-            && remote.refetch_for_unknown_key(env, now_ms) == Change::Same
+            && remote.unavailable(env, now_ms)
         {
-            // Failing closed: no key from the provider yet (it was down at
-            // load, `jwks_startup = "fail_closed"`).
-            return Reply::message(503, "the identity provider's keys are not available")
-                .header("retry-after", remote.retry_after_seconds().to_string())
-                .into();
+            if self.keys.is_empty() {
+                // Failing closed: no key from the provider yet (it was down
+                // at load, `jwks_startup = "fail_closed"`), or none fetched
+                // within `jwks_max_stale_seconds`.
+                return Reply::message(503, "the identity provider's keys are not available")
+                    .header("retry-after", remote.retry_after_seconds().to_string())
+                    .into();
+            }
+            // The configured keys still verify; what the provider's keys
+            // verified must not pass from the cache once they are stale.
+            self.forget_verifications();
         }
         match self.admit(env, token, now_ms) {
             Ok(verified) => self.accept(verified, source, cookies).into(),
@@ -283,7 +287,9 @@ impl JwtAuth {
             Some(Value::String(kid)) => Some(kid.as_str()),
             Some(_) => return Err("the token header's `kid` is not a string".to_owned().into()),
         };
-        let remote = self.remote.as_ref().map(Remote::keys);
+        // Keys from the provider that went stale are not used (configured
+        // keys, if any, still are).
+        let remote = self.remote.as_ref().and_then(|r| r.keys_at(now_ms));
         let candidates: Vec<&Key> = self
             .keys
             .iter()

@@ -5,10 +5,13 @@
 //! The fetched document is shared by every instance of the plugin through
 //! the gateway's store, so that one fetch serves them all:
 //!
-//! - `jwks:<url>`: `{"hash": ..., "next": <ms>, "jwks": "<text>"}`, the
-//!   last good document, when it is due again, and a hash that tells an
-//!   instance whether its parsed keys are current. Kept until replaced: a
-//!   provider that goes down leaves the last good keys in service.
+//! - `jwks:<url>`: `{"hash": ..., "next": <ms>, "fetched": <ms>, "jwks":
+//!   "<text>"}`, the last good document, when it is due again, when it was
+//!   last fetched, and a hash that tells an instance whether its parsed
+//!   keys are current. Kept until replaced: a provider that goes down
+//!   leaves the last good keys in service, for at most
+//!   `jwks_max_stale_seconds` after that last fetch if it is set (then
+//!   requests with a token get 503, as with no keys at all).
 //! - `oidc:<issuer>`: the discovery document's `jwks_uri`, for at most
 //!   `jwks_max_refresh_seconds`.
 //! - `jwks-gate:<source>` (the configured URL or issuer): taken
@@ -65,6 +68,9 @@ pub(crate) struct RemoteConfig {
     pub(crate) min_refresh_ms: u64,
     /// The longest a document is used before it is fetched again, in ms.
     pub(crate) max_refresh_ms: u64,
+    /// How long after its last fetch a document may be used while it
+    /// cannot be fetched again, in ms; `None`: without limit.
+    pub(crate) max_stale_ms: Option<u64>,
     /// What happens when the keys cannot be fetched at load.
     pub(crate) startup: Startup,
 }
@@ -150,6 +156,9 @@ impl Env for Live {
 struct Stored {
     hash: String,
     next: u64,
+    /// When the provider last served the document (the same one or not).
+    #[serde(default)]
+    fetched: Option<u64>,
     jwks: String,
 }
 
@@ -174,6 +183,21 @@ struct Synced {
     /// When the shared document is due to be fetched again, as last seen;
     /// `None` when there was none.
     due_ms: Option<u64>,
+    /// When the provider last served the document, as last seen.
+    fetched_ms: Option<u64>,
+    /// Whether the keys' going stale has been logged (once per outage).
+    stale_logged: bool,
+}
+
+impl Synced {
+    /// The provider served the document at `fetched_ms` (seen here, or
+    /// by another instance through the store).
+    fn note_fetched(&mut self, fetched_ms: u64) {
+        if self.fetched_ms.is_none_or(|known| fetched_ms > known) {
+            self.fetched_ms = Some(fetched_ms);
+            self.stale_logged = false;
+        }
+    }
 }
 
 /// What [`Remote::refetch`] and [`Remote::sync`] did to the keys.
@@ -199,14 +223,64 @@ impl Remote {
         }
     }
 
+    /// Its configuration.
+    #[cfg(test)]
+    pub(crate) fn config(&self) -> &RemoteConfig {
+        &self.config
+    }
+
     /// The keys in service.
     pub(crate) fn keys(&self) -> Ref<'_, Vec<Key>> {
         Ref::map(self.state.borrow(), |s| &s.keys)
     }
 
+    /// The keys that may be used at `now_ms`: none once they are stale.
+    pub(crate) fn keys_at(&self, now_ms: u64) -> Option<Ref<'_, Vec<Key>>> {
+        (!self.is_stale(now_ms)).then(|| self.keys())
+    }
+
     /// Whether there are no keys at all (nothing fetched yet).
     pub(crate) fn is_empty(&self) -> bool {
         self.state.borrow().keys.is_empty()
+    }
+
+    /// Whether the keys were last fetched more than `jwks_max_stale_seconds`
+    /// before `now_ms`.
+    fn is_stale(&self, now_ms: u64) -> bool {
+        let fetched = self.state.borrow().fetched_ms;
+        match (self.config.max_stale_ms, fetched) {
+            (Some(max), Some(fetched)) => now_ms.saturating_sub(fetched) > max,
+            _ => false,
+        }
+    }
+
+    /// Whether a request with a token must be refused for want of usable
+    /// keys at `now_ms`: none fetched yet (`jwks_startup = "fail_closed"`)
+    /// or all stale. Asks for a fetch first, through the gate. Keys going
+    /// stale are logged once per outage.
+    pub(crate) fn unavailable(&self, env: &dyn Env, now_ms: u64) -> bool {
+        if !self.is_empty() && !self.is_stale(now_ms) {
+            return false;
+        }
+        // Another instance may have fetched already; else fetch.
+        let synced = self.sync(env, now_ms, true);
+        if synced.is_err() || self.is_empty() || self.is_stale(now_ms) {
+            self.refetch(env, now_ms);
+        }
+        if self.is_empty() {
+            return true;
+        }
+        let stale = self.is_stale(now_ms);
+        let mut state = self.state.borrow_mut();
+        if stale && !state.stale_logged {
+            state.stale_logged = true;
+            let age_s = now_ms.saturating_sub(state.fetched_ms.unwrap_or(now_ms)) / 1000;
+            env.warn(&format!(
+                "jwks: the keys from {} were last fetched {age_s} s ago, more than jwks_max_stale_seconds: requests with a token get 503 until a fetch succeeds",
+                self.source()
+            ));
+        }
+        stale
     }
 
     /// How long a client should wait before trying again when there are
@@ -294,7 +368,13 @@ impl Remote {
         let stored = env
             .get(&format!("jwks:{url}"))
             .and_then(|text| serde_json::from_str::<Stored>(&text).ok());
-        self.state.borrow_mut().due_ms = stored.as_ref().map(|s| s.next);
+        {
+            let mut state = self.state.borrow_mut();
+            state.due_ms = stored.as_ref().map(|s| s.next);
+            if let Some(fetched) = stored.as_ref().and_then(|s| s.fetched) {
+                state.note_fetched(fetched);
+            }
+        }
         let Some(stored) = stored else {
             return Ok(Change::Same);
         };
@@ -419,6 +499,7 @@ impl Remote {
         let stored = Stored {
             hash: digest(&text),
             next,
+            fetched: Some(now_ms),
             jwks: text,
         };
         let change = if self.state.borrow().hash.as_deref() == Some(stored.hash.as_str()) {
@@ -434,6 +515,7 @@ impl Remote {
         let mut state = self.state.borrow_mut();
         state.url = Some(url);
         state.due_ms = Some(next);
+        state.note_fetched(now_ms);
         Ok(change)
     }
 
@@ -474,9 +556,17 @@ impl Remote {
                     .map(|s| s.saturating_mul(1000));
             }
         }
-        wanted
-            .unwrap_or(DEFAULT_REFRESH_MS)
-            .clamp(self.config.min_refresh_ms, self.config.max_refresh_ms)
+        // With a bound on staleness, the document is fetched again by half
+        // that age, so a failed fetch or two are retried before it goes
+        // stale (the config keeps the bound at twice the minimum or more).
+        let max = match self.config.max_stale_ms {
+            Some(stale) => self.config.max_refresh_ms.min(stale / 2),
+            None => self.config.max_refresh_ms,
+        };
+        wanted.unwrap_or(DEFAULT_REFRESH_MS).clamp(
+            self.config.min_refresh_ms,
+            max.max(self.config.min_refresh_ms),
+        )
     }
 }
 
@@ -592,6 +682,7 @@ mod tests {
                 issuer: None,
                 min_refresh_ms: 30_000,
                 max_refresh_ms: 3_600_000,
+                max_stale_ms: None,
                 startup,
             },
             vec![Algorithm::HS256],
@@ -688,6 +779,55 @@ mod tests {
     }
 
     #[test]
+    fn keys_older_than_max_stale_are_not_used() {
+        let env = Fake::at(1_000);
+        env.answer(URL, ONE, Some("max-age=600"));
+        let bounded = || {
+            let mut r = remote(Startup::Require);
+            r.config.max_stale_ms = Some(120_000);
+            r
+        };
+        let (first, second) = (bounded(), bounded());
+        first.start(&env, 1_000).expect("starts");
+        second.start(&env, 1_000).expect("starts");
+        // Due again by half the bound, whatever max-age says.
+        assert_eq!(first.refresh_ms(Some("max-age=600")), 60_000);
+
+        // The provider goes down: a failed refresh leaves the keys usable
+        // until the bound.
+        env.answers.borrow_mut().clear();
+        env.store.advance(60_000);
+        first.refresh_if_due(&env, 61_000);
+        assert_eq!(env.fetches(URL), 2);
+        assert!(!first.unavailable(&env, 121_000));
+        assert!(first.keys_at(121_000).is_some());
+
+        // Past it: refused, after one more try through the gate, and
+        // logged once.
+        env.store.advance(61_000);
+        assert!(first.unavailable(&env, 122_000));
+        assert!(first.keys_at(122_000).is_none());
+        assert!(first.unavailable(&env, 122_500));
+        assert_eq!(
+            env.fetches(URL),
+            3,
+            "the gate holds the second request back"
+        );
+        let stale = |w: &String| w.contains("more than jwks_max_stale_seconds");
+        assert_eq!(env.warnings.borrow().iter().filter(|w| stale(w)).count(), 1);
+
+        // Back: the same document, fetched again, is fresh again, for
+        // every instance.
+        env.answer(URL, ONE, None);
+        env.store.advance(30_000);
+        assert!(!first.unavailable(&env, 152_500));
+        assert_eq!(env.fetches(URL), 4);
+        assert!(!second.unavailable(&env, 152_600));
+        assert_eq!(env.fetches(URL), 4, "the other instance reads the store");
+        assert!(second.keys_at(152_600).is_some());
+    }
+
+    #[test]
     fn cache_control_is_bounded() {
         let r = remote(Startup::Require);
         assert_eq!(r.refresh_ms(Some("max-age=600")), 600_000);
@@ -706,6 +846,7 @@ mod tests {
             issuer: Some(issuer.into()),
             min_refresh_ms: 30_000,
             max_refresh_ms: 3_600_000,
+            max_stale_ms: None,
             startup: Startup::Require,
         };
         let env = Fake::at(1_000);
