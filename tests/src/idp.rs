@@ -142,6 +142,18 @@ impl Idp {
     pub fn hits(&self, path: &str) -> usize {
         self.state().hits.get(path).copied().unwrap_or(0)
     }
+
+    /// Waits (polling, at most 10 s as a safety net) until `path` has been
+    /// requested `n` times or more; panics otherwise.
+    pub async fn until_hits(&self, path: &str, n: usize) {
+        for _ in 0..500 {
+            if self.hits(path) >= n {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        panic!("{path} was requested {} times, not {n}", self.hits(path));
+    }
 }
 
 async fn answer(

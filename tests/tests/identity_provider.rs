@@ -93,18 +93,6 @@ async fn call(gw: &TestGateway, token: &str) -> Reply {
         .expect("gateway answers")
 }
 
-/// Waits (a bounded number of ticks) until `idp` has served `/jwks`
-/// `n` times.
-async fn until_fetched(idp: &Idp, n: usize) {
-    for _ in 0..250 {
-        if idp.hits("/jwks") >= n {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("the JWKS was fetched {} times, not {n}", idp.hits("/jwks"));
-}
-
 /// A provider serving `rsa-1`, to be fetched again after 600 s.
 async fn provider_of_rsa1() -> Idp {
     Idp::start(IdpState {
@@ -178,7 +166,7 @@ async fn keys_rotate_without_a_failed_request_and_unknown_kids_cannot_storm_the_
     // verification cache goes with the old keys).
     idp.state().jwks = jwks(&["rsa-2"]);
     clock.advance(601_000);
-    until_fetched(&idp, 5).await;
+    idp.until_hits("/jwks", 5).await;
     // The fetch is shared once the tick has stored it; instances look at
     // the shared document once a second of the gateway's clock.
     let mut refused = false;
@@ -202,7 +190,7 @@ async fn keys_rotate_without_a_failed_request_and_unknown_kids_cannot_storm_the_
     // The provider goes down: refreshes fail, the keys in service stay.
     idp.state().down = true;
     clock.advance(601_000);
-    until_fetched(&idp, 6).await;
+    idp.until_hits("/jwks", 6).await;
     for _ in 0..5 {
         call(&gw, &rsa2(&iss)).await.assert_ok();
     }
@@ -306,7 +294,7 @@ async fn keys_past_max_stale_fail_closed_until_the_provider_is_back() {
     // within the bound.
     idp.state().down = true;
     clock.advance(61_000);
-    until_fetched(&idp, 2).await;
+    idp.until_hits("/jwks", 2).await;
     call(&gw, &rsa1(&iss)).await.assert_ok();
 
     // Past the bound: tokens get 503, even one that verified before (the

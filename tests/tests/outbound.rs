@@ -258,6 +258,47 @@ async fn a_plugin_waiting_on_the_network_holds_no_thread() {
 }
 
 #[tokio::test]
+async fn a_tick_waiting_on_the_network_holds_back_no_other_tick() {
+    let echo = Echo::start_local().await.expect("echo");
+    let idp = Idp::start(IdpState::default()).await;
+    // Two routes whose plugin fetches on every tick (every 20 ms): one
+    // from a path the provider answers after 5 s, one from a quick one.
+    let ticking = |name: &str, path: &str| {
+        let config = format!("mode = \"none\"\ntick_fetch = \"{}\"", idp.url(path));
+        format!(
+            "{}[routes.plugins.outbound]\nallow = [\"{}\"]\ntimeout_ms = 60000\n",
+            route(name, &format!("/{name}"), &[("misbehave", &config)]),
+            idp.origin()
+        )
+    };
+    let config = format!(
+        "{}{}{}",
+        base_config(echo.addr),
+        ticking("stalled", "/slow"),
+        ticking("brisk", "/jwks")
+    );
+    let _gw = TestGateway::start(&config, &[("misbehave", fixtures::MISBEHAVE)])
+        .await
+        .expect("gateway starts");
+
+    // The gateway serves its optimized builds, a generation after the
+    // baseline ones (whose pools ticked too). A round of this generation
+    // later, its `stalled` tick waits for the answer...
+    idp.until_hits("/slow", 1).await;
+    let brisk = idp.hits("/jwks");
+    idp.until_hits("/jwks", brisk + 2).await;
+    let slow = idp.hits("/slow");
+    // ...while `brisk` ticks on, and `stalled` is skipped rather than
+    // ticked again.
+    idp.until_hits("/jwks", brisk + 5).await;
+    assert_eq!(
+        idp.hits("/slow"),
+        slow,
+        "a pool whose tick is in flight is not ticked again"
+    );
+}
+
+#[tokio::test]
 async fn a_bad_grant_is_refused_by_key() {
     let routes = fetch_route(
         "api",
