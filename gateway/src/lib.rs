@@ -57,7 +57,6 @@ use crate::config::Config;
 use crate::plugin::engine::EngineLimits;
 use crate::plugin::{HostServices, PluginEngine};
 use crate::registry::{Registry, ReloadEvent};
-use crate::server::tls::ListenerTls;
 use crate::state::{Budget, InMemoryStore, StoreBackend};
 
 /// How often expired entries are swept from the shared store.
@@ -162,36 +161,16 @@ impl GatewayBuilder {
         })
         .await
         .context("plugin loading task failed")??;
-        // The admin listener's certificate is checked here, so that
-        // `portcullis check` refuses what `run` would.
-        let admin_tls = match registry
-            .current()
-            .config
-            .admin
-            .as_ref()
-            .and_then(|a| a.tls.as_ref())
-        {
-            Some(tls) => Some(
-                ListenerTls::load_named("admin.tls", tls, None, std::time::SystemTime::now())
-                    .map_err(|ps| anyhow::anyhow!("{}", ps.join("\n")))?,
-            ),
-            None => None,
-        };
         let _ = sources.set(metrics::Sources {
             registry: Arc::downgrade(&registry),
             store: store.clone(),
             alerts: alerts.clone(),
-            admin_certificates: admin_tls
-                .as_ref()
-                .map(|tls| tls.certificates.clone())
-                .unwrap_or_default(),
         });
         Ok(Loaded {
             registry,
             store,
             alerts,
             alert_rx,
-            admin_tls,
         })
     }
 
@@ -205,7 +184,6 @@ impl GatewayBuilder {
             store,
             alerts,
             alert_rx,
-            admin_tls,
         } = self.load().await?;
         let config = registry.current().config.clone();
         let listeners_config = config.listeners.clone();
@@ -221,11 +199,10 @@ impl GatewayBuilder {
         let admin_listener = match &config.admin {
             None => None,
             Some(admin) => {
-                let tls = admin_tls;
                 let bound = TcpListener::bind(admin.address).await.with_context(|| {
                     format!("cannot listen on {} (admin.address)", admin.address)
                 })?;
-                Some((bound, tls))
+                Some((bound, admin.tls.is_some()))
             }
         };
 
@@ -267,7 +244,7 @@ impl GatewayBuilder {
         let mut admin_addr = None;
         if let Some((listener, tls)) = admin_listener {
             let addr = listener.local_addr()?;
-            tracing::info!(%addr, tls = tls.is_some(), "admin listening (metrics, API, dashboard)");
+            tracing::info!(%addr, tls, "admin listening (metrics, API, dashboard)");
             admin_addr = Some(addr);
             let sampler = Arc::new(admin::Sampler::new(SAMPLE_INTERVAL));
             let state = Arc::new(admin::Admin {
@@ -282,7 +259,6 @@ impl GatewayBuilder {
             ));
             admin_tasks.push(tokio::spawn(admin::serve(
                 listener,
-                tls,
                 state,
                 admin_shutdown_rx,
             )));
@@ -310,8 +286,6 @@ struct Loaded {
     store: Arc<dyn StoreBackend>,
     alerts: AlertSender,
     alert_rx: alerts::AlertReceiver,
-    /// The admin listener's TLS, loaded and checked.
-    admin_tls: Option<Arc<ListenerTls>>,
 }
 
 async fn sweep(store: Arc<dyn StoreBackend>, mut shutdown: watch::Receiver<bool>) {

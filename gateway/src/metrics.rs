@@ -440,8 +440,6 @@ pub struct Sources {
     pub store: Arc<dyn StoreBackend>,
     /// The alert queue, for its counters.
     pub alerts: AlertSender,
-    /// The admin listener's certificates (loaded at start only).
-    pub admin_certificates: Vec<crate::server::tls::CertificateInfo>,
 }
 
 /// Every metric of one gateway.
@@ -469,8 +467,6 @@ pub struct Metrics {
     routes: Arc<dashmap::DashMap<Arc<str>, Arc<RouteCounts>>>,
     no_route: RouteMetrics,
     started: SystemTime,
-    /// What scrape-time values are read from.
-    sources: Arc<OnceLock<Sources>>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -635,7 +631,7 @@ impl Metrics {
         );
         let routes: Arc<dashmap::DashMap<Arc<str>, Arc<RouteCounts>>> = Arc::default();
         p.register_collector(Box::new(Live {
-            sources: sources.clone(),
+            sources,
             routes: routes.clone(),
         }));
         let no_route_label = RouteLabel {
@@ -673,7 +669,6 @@ impl Metrics {
             routes,
             no_route,
             started,
-            sources,
         }
     }
 
@@ -755,13 +750,6 @@ impl Metrics {
                 route: route.clone(),
             }),
         }
-    }
-
-    /// The admin listener's certificates, once the gateway is loaded.
-    pub fn admin_certificates(&self) -> &[crate::server::tls::CertificateInfo] {
-        self.sources
-            .get()
-            .map_or(&[], |sources| sources.admin_certificates.as_slice())
     }
 
     /// The handles of requests that matched no route.
@@ -1247,7 +1235,7 @@ impl Collector for Live {
             }
         }
         if let Some(admin) = &generation.config.admin {
-            for cert in &sources.admin_certificates {
+            for cert in generation.admin_tls.iter().flat_map(|t| &t.certificates) {
                 certificates.push((
                     vec![
                         ("name", cert.display_name()),

@@ -410,6 +410,27 @@ pub async fn next_event(
     .flatten()
 }
 
+/// Waits for a config reload that `accept` takes, skipping others (a
+/// certificate and its key land one after the other; the reload between
+/// them is refused).
+pub async fn wait_for_reload(
+    events: &mut broadcast::Receiver<ReloadEvent>,
+    accept: impl Fn(&portcullis::registry::Outcome) -> bool,
+) -> portcullis::registry::Outcome {
+    loop {
+        let event = next_event(
+            events,
+            &portcullis::registry::Trigger::Config,
+            Duration::from_secs(20),
+        )
+        .await
+        .expect("a config reload");
+        if accept(&event.outcome) {
+            return event.outcome;
+        }
+    }
+}
+
 /// A response, read whole.
 #[derive(Debug, Clone)]
 pub struct Reply {

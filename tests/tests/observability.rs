@@ -895,7 +895,7 @@ async fn off_loopback_the_admin_listener_needs_tls_and_a_token() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_admin_listeners_certificate_is_in_the_expiry_metric() {
+async fn the_admin_listeners_certificate_is_in_the_expiry_metric_and_renews_without_a_restart() {
     use portcullis_tests::tls::{self, TestCa};
     let echo = Echo::start_local().await.expect("echo");
     let ca = TestCa::new();
@@ -911,27 +911,62 @@ async fn the_admin_listeners_certificate_is_in_the_expiry_metric() {
         .expect("certificate written");
     let gw = TestGateway::start_in(dir).await.expect("starts");
     let admin = gw.handle.admin_addr().expect("admin");
-    let (_, reply) = tls::get_with(
-        admin,
-        "admin.test",
-        ca.client_config(&[b"http/1.1"]),
-        http::Request::get("https://admin.test/metrics")
-            .header("authorization", format!("Bearer {TOKEN}")),
-    )
-    .await
-    .expect("metrics over TLS");
-    assert_eq!(reply.status, StatusCode::OK);
-    let scrape = Scrape::parse(&String::from_utf8_lossy(&reply.body)).expect("parses");
-    let not_after = scrape.sum(
-        "portcullis_tls_certificate_not_after_seconds",
-        &[("name", "admin.test"), ("listener", "admin 127.0.0.1:0")],
-    );
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("after 1970")
-        .as_secs_f64();
-    let days = (not_after - now) / 86_400.0;
+    // The admin listener's metrics over TLS: the certificate served, and
+    // the days left on the one in the expiry metric.
+    let scrape = || async {
+        let (session, reply) = tls::get_with(
+            admin,
+            "admin.test",
+            ca.client_config(&[b"http/1.1"]),
+            http::Request::get("https://admin.test/metrics")
+                .header("authorization", format!("Bearer {TOKEN}")),
+        )
+        .await
+        .expect("metrics over TLS");
+        assert_eq!(reply.status, StatusCode::OK);
+        let scrape = Scrape::parse(&String::from_utf8_lossy(&reply.body)).expect("parses");
+        let not_after = scrape.sum(
+            "portcullis_tls_certificate_not_after_seconds",
+            &[("name", "admin.test"), ("listener", "admin 127.0.0.1:0")],
+        );
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("after 1970")
+            .as_secs_f64();
+        (session.served, (not_after - now) / 86_400.0)
+    };
+    let (_, days) = scrape().await;
     assert!((29.0..=31.0).contains(&days), "{days} days left");
+
+    // Renewed: the files are watched, and the next connection gets the new
+    // certificate, without a restart.
+    let renewed = ca.issue(&["admin.test"], -1, 90);
+    let mut events = gw.events();
+    renewed
+        .write(gw.dir(), "admin")
+        .expect("certificate written");
+    portcullis_tests::wait_for_reload(&mut events, |o| {
+        matches!(o, portcullis::registry::Outcome::Applied { .. })
+    })
+    .await;
+    let (served, days) = scrape().await;
+    assert_eq!(served, renewed.der, "the renewed certificate is served");
+    assert!((89.0..=91.0).contains(&days), "{days} days left");
+
+    // An expired one is refused by the reload, naming the key; the
+    // renewed one keeps serving.
+    let expired = ca.issue(&["admin.test"], -60, -1);
+    let mut events = gw.events();
+    expired
+        .write(gw.dir(), "admin")
+        .expect("certificate written");
+    portcullis_tests::wait_for_reload(&mut events, |o| {
+        matches!(o, portcullis::registry::Outcome::Rejected { reason }
+            if reason.contains("admin.tls") && reason.contains("expired"))
+    })
+    .await;
+    let (served, _) = scrape().await;
+    assert_eq!(served, renewed.der);
     gw.stop().await;
 }
 

@@ -9,12 +9,11 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use http::StatusCode;
-use portcullis::registry::{Outcome, ReloadEvent, Trigger};
+use portcullis::registry::Outcome;
 use portcullis_tests::echo::Echo;
 use portcullis_tests::tls::{self, Issued, TestCa};
-use portcullis_tests::{TestGateway, base_config, fixtures, next_event, route};
+use portcullis_tests::{TestGateway, base_config, fixtures, route, wait_for_reload};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::broadcast;
 
 const PLAIN_LISTENER: &str = "[[listeners]]\naddress = \"127.0.0.1:0\"\n";
 
@@ -142,23 +141,6 @@ async fn a_bad_certificate_keeps_the_gateway_from_starting() {
         format!("{error:#}").contains("listeners[0].tls: cannot read"),
         "{error:#}"
     );
-}
-
-/// Waits for a config reload that `accept` takes, skipping others (a
-/// certificate and its key land one after the other; the reload between
-/// them is refused).
-async fn wait_for_reload(
-    events: &mut broadcast::Receiver<ReloadEvent>,
-    accept: impl Fn(&Outcome) -> bool,
-) -> Outcome {
-    loop {
-        let event = next_event(events, &Trigger::Config, Duration::from_secs(20))
-            .await
-            .expect("a config reload");
-        if accept(&event.outcome) {
-            return event.outcome;
-        }
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -37,7 +37,6 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::alerts::AlertSender;
 use crate::registry::Registry;
-use crate::server::tls::ListenerTls;
 
 pub use stats::Sampler;
 
@@ -373,13 +372,11 @@ impl Admin {
     }
 }
 
-/// Serves the admin API on `listener` until `shutdown` turns true.
-pub async fn serve(
-    listener: TcpListener,
-    tls: Option<Arc<ListenerTls>>,
-    admin: Arc<Admin>,
-    mut shutdown: watch::Receiver<bool>,
-) {
+/// Serves the admin API on `listener` until `shutdown` turns true. With
+/// `[admin.tls]`, each connection gets the certificates of the current
+/// generation, so a reload (of the config, or of a certificate file)
+/// renews them without a restart.
+pub async fn serve(listener: TcpListener, admin: Arc<Admin>, mut shutdown: watch::Receiver<bool>) {
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -394,7 +391,7 @@ pub async fn serve(
             }
         };
         let admin = admin.clone();
-        let tls = tls.clone();
+        let tls = admin.registry.current().admin_tls.clone();
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
             match tls {

@@ -225,12 +225,11 @@ impl Sampler {
             }
         }
         let now = SystemTime::now();
-        let admin_certificates = registry.metrics().admin_certificates();
         let certificates: Vec<Value> = generation
             .listeners
             .iter()
             .flat_map(|l| l.tls.iter().flat_map(|t| &t.certificates))
-            .chain(admin_certificates)
+            .chain(generation.admin_tls.iter().flat_map(|t| &t.certificates))
             .map(|cert| {
                 let left = cert.not_after.duration_since(now).unwrap_or_default();
                 json!({

@@ -79,9 +79,13 @@ impl AdminConfig {
         }
     }
 
-    /// The files it reads (a change to one is a change to the config).
+    /// The files it reads (a change to one is a change to the config):
+    /// `token_file`, and the TLS certificates, keys and client CA.
     pub fn files(&self) -> impl Iterator<Item = &Path> {
-        self.token_file.iter().map(PathBuf::as_path)
+        self.token_file
+            .iter()
+            .map(PathBuf::as_path)
+            .chain(self.tls.iter().flat_map(TlsConfig::files))
     }
 }
 

@@ -181,6 +181,16 @@ pub struct TlsConfig {
     pub client_auth: Option<ClientAuthConfig>,
 }
 
+impl TlsConfig {
+    /// The files it reads: certificates, keys, the client CA.
+    pub fn files(&self) -> impl Iterator<Item = &Path> {
+        self.certificates
+            .iter()
+            .flat_map(|c| [c.cert.as_path(), c.key.as_path()])
+            .chain(self.client_auth.iter().map(|a| a.ca.as_path()))
+    }
+}
+
 /// Mutual TLS on a listener.
 ///
 /// ```toml
@@ -254,11 +264,7 @@ impl ListenerConfig {
 
     /// The certificate, key and CA files this listener reads.
     pub fn files(&self) -> impl Iterator<Item = &Path> {
-        let tls = self.tls.iter();
-        tls.clone()
-            .flat_map(|t| &t.certificates)
-            .flat_map(|c| [c.cert.as_path(), c.key.as_path()])
-            .chain(tls.filter_map(|t| t.client_auth.as_ref().map(|a| a.ca.as_path())))
+        self.tls.iter().flat_map(TlsConfig::files)
     }
 }
 

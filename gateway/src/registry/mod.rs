@@ -101,6 +101,10 @@ pub struct Generation {
     pub routes: Vec<RouteRuntime>,
     /// Each listener's protocol settings, in config order.
     pub listeners: Vec<Arc<ListenerRuntime>>,
+    /// The admin listener's certificates, with `[admin.tls]`: a reload
+    /// (a change to the config or to one of their files) replaces them
+    /// for the next connection.
+    pub admin_tls: Option<Arc<ListenerTls>>,
     /// The proxies whose forwarding headers are believed.
     pub trusted_proxies: Vec<ipnet::IpNet>,
 }
@@ -1196,10 +1200,12 @@ fn keep_static_settings(old: &Config, new: &mut Config) -> Result<(), String> {
         new.limits.plugin_timeout_ms = old.limits.plugin_timeout_ms;
         new.limits.max_instances = old.limits.max_instances;
     }
-    let bound = |c: &Config| c.admin.as_ref().map(|a| (a.address, a.tls.clone()));
+    // Its certificates and TLS settings change with a reload; its address,
+    // and whether it has TLS at all, only with a restart.
+    let bound = |c: &Config| c.admin.as_ref().map(|a| (a.address, a.tls.is_some()));
     if bound(new) != bound(old) {
         tracing::warn!(
-            "config reload: the admin listener's address and TLS change only with a restart"
+            "config reload: the admin listener's address, and whether it has TLS, change only with a restart"
         );
         match (new.admin.as_mut(), old.admin.as_ref()) {
             (Some(new), Some(old)) => {
@@ -1810,6 +1816,19 @@ fn build(
             http1: listener.http1,
         }));
     }
+    let admin_tls = match config.admin.as_ref().and_then(|a| a.tls.as_ref()) {
+        None => None,
+        Some(settings) => {
+            let before = previous.and_then(|g| g.admin_tls.as_ref());
+            match ListenerTls::load_named("admin.tls", settings, before, SystemTime::now()) {
+                Ok(loaded) => Some(loaded),
+                Err(ps) => {
+                    problems.extend(ps);
+                    None
+                }
+            }
+        }
+    };
     if !problems.is_empty() {
         return Err(problems);
     }
@@ -1819,6 +1838,7 @@ fn build(
         router,
         routes,
         listeners,
+        admin_tls,
         trusted_proxies: config
             .trusted_proxies
             .iter()
