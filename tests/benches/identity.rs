@@ -5,7 +5,8 @@
 //! - `cached`: one `on-request` call on a pooled instance, for a token the
 //!   plugin has already checked: jwt_auth with the same JWKS inline and
 //!   from `jwks_url` (whose cached path adds a look at the shared document
-//!   once a second), and oauth2_introspection with its answer in the store
+//!   once a second), the same with `jwks_max_stale_seconds` (the keys' age
+//!   checked on every request), and oauth2_introspection with its answer in the store
 //!   (a SHA-256 of the token, a store read, a JSON parse), beside key_auth.
 //! - `refresh`: a new pool (instantiate and `init`) of jwt_auth with the
 //!   JWKS inline and with it fetched from `jwks_url` (a URL never seen, so
@@ -186,6 +187,14 @@ fn bench(c: &mut Criterion) {
     );
     group.bench_function("jwt_auth, jwks_url", |b| {
         b.iter_custom(|iters| calls(&rt, &url_pool, &bearer, iters))
+    });
+    let bounded = jwt_config(json!({
+        "jwks_url": idp.url("/jwks"),
+        "jwks_max_stale_seconds": 86_400,
+    }));
+    let bounded_pool = pool(&rt, &engine, &services, &jwt, &idp, bounded);
+    group.bench_function("jwt_auth, jwks_url, jwks_max_stale_seconds", |b| {
+        b.iter_custom(|iters| calls(&rt, &bounded_pool, &bearer, iters))
     });
     let intro_pool = pool(
         &rt,
