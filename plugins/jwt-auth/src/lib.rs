@@ -212,19 +212,17 @@ impl JwtAuth {
             return self.reject(None, "no bearer token found in request");
         };
         if let Some(remote) = &self.remote
+            && self.keys.is_empty()
             && remote.unavailable(env, now_ms)
         {
-            if self.keys.is_empty() {
-                // Failing closed: no key from the provider yet (it was down
-                // at load, `jwks_startup = "fail_closed"`), or none fetched
-                // within `jwks_max_stale_seconds`.
-                return Reply::message(503, "the identity provider's keys are not available")
-                    .header("retry-after", remote.retry_after_seconds().to_string())
-                    .into();
-            }
-            // The configured keys still verify; what the provider's keys
-            // verified must not pass from the cache once they are stale.
-            self.forget_verifications();
+            // Failing closed: no key from the provider yet (it was down at
+            // load, `jwks_startup = "fail_closed"`), or none fetched within
+            // `jwks_max_stale_seconds`. (With configured keys as well, those
+            // verify on, and stale provider keys are left out of
+            // `verify_with_keys`.)
+            return Reply::message(503, "the identity provider's keys are not available")
+                .header("retry-after", remote.retry_after_seconds().to_string())
+                .into();
         }
         match self.admit(env, token, now_ms) {
             Ok(verified) => self.accept(verified, source, cookies).into(),
